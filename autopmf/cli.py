@@ -1,0 +1,140 @@
+"""The `autopmf` command: a thin layer over the library API."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from autopmf.errors import AutopmfError
+
+DEMO_SPACE = "demo"
+DEMO_DATA = "digits"
+DEMO_REFERENCE = (2, 4)  # the PMF paper's setting: top two slots fused, prompt length 4
+
+
+def _parse_arch(text: str, space_name: str | None):
+    """--arch is a YAML file, or `reference:N:M` (top N fusable slots fused, prompt length M)."""
+    from autopmf.space import load_arch, load_space
+
+    space = load_space(space_name) if space_name else None
+    if text.startswith("reference:"):
+        parts = text.split(":")
+        if space is None or len(parts) != 3 or not all(p.isdigit() for p in parts[1:]):
+            raise AutopmfError("--arch reference:N:M needs --space and two integers, e.g. "
+                               "--space demo --arch reference:2:4")
+        return space, space.reference_arch(int(parts[1]), int(parts[2]))
+    return load_arch(text, space)
+
+
+def _train_config(args, space):
+    from autopmf.train import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed,
+                       batch_size=args.batch_size or space.batch_size,
+                       precision=args.precision or space.precision, device=args.device,
+                       progress=not args.quiet)
+
+
+def cmd_train(args) -> int:
+    from autopmf.train_arch import train_architecture
+
+    space, arch = _parse_arch(args.arch, args.space)
+    metrics = train_architecture(space, arch, args.data, Path(args.out),
+                                 _train_config(args, space), baselines=not args.no_baselines,
+                                 force=args.force)
+    _print_train_summary(metrics, Path(args.out))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from autopmf.space import load_space
+    from autopmf.train_arch import train_architecture
+
+    space = load_space(DEMO_SPACE)
+    arch = space.reference_arch(*DEMO_REFERENCE)
+    out = Path(args.out)
+    print(f"autopmf demo: training the PMF reference design (top {DEMO_REFERENCE[0]} slots "
+          f"fused, prompt length {DEMO_REFERENCE[1]}) on '{DEMO_DATA}' with frozen "
+          f"{space.text_encoder} + {space.image_encoder}", flush=True)
+    metrics = train_architecture(space, arch, DEMO_DATA, out, _train_config(args, space),
+                                 force=args.force)
+    _print_train_summary(metrics, out)
+    return 0
+
+
+def _print_train_summary(metrics: dict, out: Path) -> None:
+    m = metrics["metric"]
+    print(f"\n{m}: val {metrics['val_score']:.4f}  test {metrics['test_score']:.4f}  "
+          f"(fused slots {metrics['fused_slots']}, {metrics['trainable_params']:,} trainable of "
+          f"{metrics['total_params']:,} params, {metrics['seconds']['total']:.0f} s)")
+    for name, scores in metrics.get("baselines", {}).items():
+        print(f"{name:>10} baseline: val {scores['val']:.4f}  test {scores['test']:.4f}")
+    print(f"wrote {out}/metrics.json, {out}/weights.safetensors, {out}/arch.yaml")
+
+
+def _add_train_options(p: argparse.ArgumentParser, epochs: int) -> None:
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="default: the search space's batch size")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="default: the search space's precision")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: all cores)")
+    p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autopmf", description="Neural architecture search for prompt-based multimodal "
+        "fusion over frozen pretrained encoders.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one fixed architecture standalone")
+    p.add_argument("--space", default=None, help="search space YAML or built-in name")
+    p.add_argument("--arch", required=True,
+                   help="architecture YAML, or reference:N:M (top N slots fused, length M)")
+    p.add_argument("--data", default=DEMO_DATA, help="dataset spec, e.g. digits or easyvqa")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the image-only and text-only baselines")
+    _add_train_options(p, epochs=8)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="the embedded default, end to end")
+    p.add_argument("--out", default="runs/demo")
+    _add_train_options(p, epochs=8)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _setup_runtime(args) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at run time
+    args = build_parser().parse_args(argv)
+    try:
+        _setup_runtime(args)
+        return args.func(args)
+    except AutopmfError as exc:
+        print(f"autopmf: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autopmf: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

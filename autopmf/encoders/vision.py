@@ -1,0 +1,111 @@
+"""Image transformers seen through the FrozenEncoder interface: Hugging Face ViT / DINOv2 and
+timm's VisionTransformer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import Dinov2Config, Dinov2Model
+
+from autopmf.encoders.base import ImageEncoder, first_tensor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class HFVisionEncoder(ImageEncoder):
+    """A frozen `transformers` ViTModel or Dinov2Model (embeddings / encoder.layer / layernorm)."""
+
+    def __init__(self, model, name: str, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.model = model
+        self.name = name
+        cfg = model.config
+        self.hidden_size = cfg.hidden_size
+        self.depth = cfg.num_hidden_layers
+        self.num_heads = cfg.num_attention_heads
+        self.patch_size = cfg.patch_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.freeze()
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        emb = self.model.embeddings
+        if isinstance(self.model, Dinov2Model):
+            return emb(pixels)  # DINOv2 always interpolates its position grid
+        return emb(pixels, interpolate_pos_encoding=True)
+
+    def run_layer(self, index, tokens, key_mask):
+        return first_tensor(self.model.encoder.layer[index](tokens))
+
+    def cls_feature(self, tokens):
+        return self.model.layernorm(tokens[:, 0])  # LayerNorm is per token: norm [CLS] only
+
+    def num_tokens(self, image_size: int) -> int:
+        return (image_size // self.patch_size) ** 2 + 1
+
+
+class TimmVisionEncoder(ImageEncoder):
+    """A frozen timm `VisionTransformer` (patch_embed, _pos_embed, blocks, norm)."""
+
+    def __init__(self, model, name: str):
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.hidden_size = model.embed_dim
+        self.depth = len(model.blocks)
+        self.num_heads = model.blocks[0].attn.num_heads
+        self.patch_size = model.patch_embed.patch_size[0]
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
+        self.std = tuple(cfg.get("std", IMAGENET_STD))
+        self.freeze()
+
+    def embed(self, pixels):
+        m = self.model
+        return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(pixels))))
+
+    def run_layer(self, index, tokens, key_mask):
+        return self.model.blocks[index](tokens)
+
+    def cls_feature(self, tokens):
+        return self.model.norm(tokens[:, 0])
+
+    def num_tokens(self, image_size: int) -> int:
+        return (image_size // self.patch_size) ** 2 + self.model.num_prefix_tokens
+
+
+def load_hf_vision(path: str | Path, name: str) -> HFVisionEncoder:
+    """A ViT or DINOv2 directory (config.json + weights); mean/std from its image processor
+    config when it has one."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(path), local_files_only=True)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    processor = Path(path) / "preprocessor_config.json"
+    if processor.exists():
+        cfg = json.loads(processor.read_text())
+        mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
+    return HFVisionEncoder(model, name, mean, std)
+
+
+def tiny_dinov2(depth: int = 4, hidden: int = 32, heads: int = 2, seed: int = 1,
+                attn_implementation: str = "sdpa") -> HFVisionEncoder:
+    """A randomly initialised tiny DINOv2 for unit tests (no files needed)."""
+    torch.manual_seed(seed)
+    cfg = Dinov2Config(hidden_size=hidden, num_hidden_layers=depth, num_attention_heads=heads,
+                       mlp_ratio=2, image_size=28, patch_size=7,
+                       attn_implementation=attn_implementation)
+    return HFVisionEncoder(Dinov2Model(cfg), f"tiny-dinov2:{depth}")
+
+
+def tiny_timm_vit(depth: int = 3, hidden: int = 32, heads: int = 2, image_size: int = 28,
+                  seed: int = 2) -> TimmVisionEncoder:
+    """A randomly initialised tiny timm ViT for unit tests."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(seed)
+    model = VisionTransformer(img_size=image_size, patch_size=7, embed_dim=hidden, depth=depth,
+                              num_heads=heads, mlp_ratio=2.0, num_classes=0)
+    return TimmVisionEncoder(model, f"tiny-timm-vit:{depth}")

@@ -1,0 +1,81 @@
+"""Encoder inputs and the frozen-feature cache.
+
+`EncodedSplit` holds one split ready for the encoders (token ids, normalised pixels). Below the
+first fused slot the model is a pure function of the input, so `FeatureCache` computes the two
+residual streams at a given slot once (image streams once per distinct image) and training
+starts every step from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from autopmf.data.types import Split
+from autopmf.space import SearchSpace
+from supernet.backbone import FrozenBackbone
+from supernet.fusion import Streams
+
+
+@dataclass
+class EncodedSplit:
+    input_ids: torch.Tensor  # [N, L]
+    attention_mask: torch.Tensor  # [N, L]
+    pixels: torch.Tensor  # [n_images, 3, S, S], one row per distinct image
+    image_index: torch.Tensor  # [N]
+    labels: torch.Tensor  # [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's input for examples `rows`."""
+        return {"input_ids": self.input_ids[rows], "attention_mask": self.attention_mask[rows],
+                "pixels": self.pixels[self.image_index[rows]], "labels": self.labels[rows]}
+
+
+def encode_split(split: Split, backbone: FrozenBackbone, space: SearchSpace) -> EncodedSplit:
+    tokens = backbone.text.tokenize(split.texts, space.max_text_len)
+    return EncodedSplit(tokens["input_ids"], tokens["attention_mask"],
+                        backbone.image.preprocess(split.images, space.image_size),
+                        torch.from_numpy(split.image_index), torch.from_numpy(split.labels))
+
+
+@dataclass
+class FeatureCache:
+    """The streams entering slot `slot` for every example of one split."""
+
+    slot: int
+    text: torch.Tensor  # [N, L, d_text]
+    text_mask: torch.Tensor  # [N, L] bool
+    image: torch.Tensor  # [n_images, Nv, d_image]
+    image_index: torch.Tensor  # [N]
+    labels: torch.Tensor  # [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def streams(self, rows: torch.Tensor, device: torch.device | str = "cpu") -> Streams:
+        return Streams(self.text[rows].to(device), self.text_mask[rows].to(device),
+                       self.image[self.image_index[rows]].to(device))
+
+
+@torch.no_grad()
+def build_feature_cache(encoded: EncodedSplit, backbone: FrozenBackbone, slot: int,
+                        batch_size: int = 64, device: torch.device | str = "cpu"
+                        ) -> FeatureCache:
+    """Run the frozen encoders up to `slot` once: texts per example, images per image."""
+    mask = encoded.attention_mask.bool()
+    text = torch.cat([
+        backbone.encode_text_until(encoded.input_ids[r].to(device), mask[r].to(device),
+                                   slot).cpu()
+        for r in _row_batches(len(encoded), batch_size)])
+    image = torch.cat([
+        backbone.encode_image_until(encoded.pixels[r].to(device), slot).cpu()
+        for r in _row_batches(len(encoded.pixels), batch_size)])
+    return FeatureCache(slot, text, mask, image, encoded.image_index, encoded.labels)
+
+
+def _row_batches(n: int, batch_size: int) -> list[slice]:
+    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]

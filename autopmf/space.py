@@ -1,0 +1,254 @@
+"""Search spaces and architectures.
+
+A search space (one YAML file) names the two encoders, the slots that may fuse, the choices per
+slot, and the training setting (batch size, sequence lengths, precision) that a memory budget
+refers to. An architecture is a plain ``dict`` of choice name -> value (``fusion_3: 1``,
+``prompt_3: 4``, ...) that round-trips through YAML; `SearchSpace.slot_configs` decodes it into
+one `SlotConfig` per fused slot for the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from autopmf.errors import AutopmfError
+
+Architecture = dict[str, int]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+PROMPT_MODES = ("shared", "split")
+
+
+@dataclass(frozen=True)
+class SlotConfig:
+    """What one fused slot needs: its prompt lengths and its mapping MLP's hidden size."""
+
+    query_len: int  # QP length M: also the number of tokens passed to the other encoder
+    query_context_len: int  # QCP length
+    fusion_context_len: int  # FCP length
+    mapping_hidden: int
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    text_encoder: str
+    image_encoder: str
+    fusable_slots: tuple[int, ...]
+    prompt_lengths: tuple[int, ...]
+    prompt_mode: str = "shared"  # "split": separate QP / QCP / FCP lengths per slot
+    mapping_hidden: tuple[int, ...] = ()  # empty: fixed at max(d_text, d_image) // 2
+    batch_size: int = 32
+    image_size: int = 224
+    max_text_len: int = 32
+    precision: str = "fp32"
+    source: str = field(default="", compare=False)  # file it was read from, for messages
+
+    # ----- choices -----------------------------------------------------------------------
+    def choices(self) -> dict[str, tuple[int, ...]]:
+        """Every choice name of this space and its allowed values, in a stable order."""
+        out: dict[str, tuple[int, ...]] = {}
+        nonzero = tuple(m for m in self.prompt_lengths if m > 0)
+        for j in self.fusable_slots:
+            out[f"fusion_{j}"] = (0, 1)
+            if self.prompt_mode == "shared":
+                out[f"prompt_{j}"] = nonzero
+            else:
+                out[f"qp_{j}"] = nonzero
+                out[f"qcp_{j}"] = self.prompt_lengths
+                out[f"fcp_{j}"] = self.prompt_lengths
+            if self.mapping_hidden:
+                out[f"mapping_{j}"] = self.mapping_hidden
+        return out
+
+    def validate(self, arch: Mapping[str, Any]) -> Architecture:
+        """Return `arch` as a clean dict, or raise AutopmfError saying what is wrong."""
+        choices = self.choices()
+        where = f"architecture for space '{self.name}'"
+        unknown = sorted(set(arch) - set(choices))
+        if unknown:
+            raise AutopmfError(
+                f"{where}: unknown choice {unknown[0]!r}; this space has {', '.join(choices)}"
+                " (is the architecture from another space?)")
+        missing = [k for k in choices if k not in arch]
+        if missing:
+            raise AutopmfError(f"{where}: missing choice {missing[0]!r}")
+        clean: Architecture = {}
+        for key, allowed in choices.items():
+            value = arch[key]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise AutopmfError(f"{where}: {key}={value!r} is not an integer")
+            if value not in allowed:
+                hint = ""
+                if key.startswith(("prompt_", "qp_")) and value == 0:
+                    hint = " (a fused slot needs a prompt length > 0; set fusion to 0 instead)"
+                raise AutopmfError(
+                    f"{where}: {key}={value} is not one of {list(allowed)}{hint}")
+            clean[key] = value
+        return clean
+
+    # ----- decoding ----------------------------------------------------------------------
+    def fused_slots(self, arch: Mapping[str, int]) -> list[int]:
+        return [j for j in self.fusable_slots if arch[f"fusion_{j}"]]
+
+    def slot_configs(self, arch: Mapping[str, int], default_mapping_hidden: int
+                     ) -> dict[int, SlotConfig]:
+        """Decode a validated architecture into a config per *fused* slot."""
+        configs = {}
+        for j in self.fused_slots(arch):
+            if self.prompt_mode == "shared":
+                qp = qcp = fcp = arch[f"prompt_{j}"]
+            else:
+                qp, qcp, fcp = arch[f"qp_{j}"], arch[f"qcp_{j}"], arch[f"fcp_{j}"]
+            hidden = arch[f"mapping_{j}"] if self.mapping_hidden else default_mapping_hidden
+            configs[j] = SlotConfig(qp, qcp, fcp, hidden)
+        return configs
+
+    def canonical(self, arch: Mapping[str, int]) -> Architecture:
+        """Same model, one spelling: choices of slots that do not fuse are set to their first
+        value, so that architectures differing only there compare equal."""
+        choices = self.choices()
+        out = dict(arch)
+        for j in self.fusable_slots:
+            if not arch[f"fusion_{j}"]:
+                for key in choices:
+                    if key.endswith(f"_{j}") and not key.startswith("fusion_"):
+                        out[key] = choices[key][0]
+        return out
+
+    # ----- named architectures -----------------------------------------------------------
+    def reference_arch(self, n_fused: int, prompt_len: int) -> Architecture:
+        """The PMF paper's design: the top `n_fused` fusable slots fused, one prompt length."""
+        if not 0 <= n_fused <= len(self.fusable_slots):
+            raise AutopmfError(f"space '{self.name}' has {len(self.fusable_slots)} fusable "
+                               f"slots; cannot fuse the top {n_fused}")
+        top = set(sorted(self.fusable_slots)[len(self.fusable_slots) - n_fused:])
+        arch = {}
+        for key, allowed in self.choices().items():
+            kind, j = key.rsplit("_", 1)
+            if kind == "fusion":
+                arch[key] = int(int(j) in top)
+            elif kind == "mapping":
+                arch[key] = max(allowed)
+            else:
+                arch[key] = prompt_len
+        return self.validate(arch)
+
+    def random_arch(self, rng: random.Random) -> Architecture:
+        return {key: rng.choice(allowed) for key, allowed in self.choices().items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        for key, value in d.items():
+            if isinstance(value, tuple):
+                d[key] = list(value)
+        return d
+
+
+# ----- loading ---------------------------------------------------------------------------
+_BUILTIN_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def resolve_space_path(name_or_path: str | Path) -> Path:
+    """A path as given, or the name of a built-in space (`demo` -> search_spaces/demo.yaml)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    builtin = _BUILTIN_DIR / f"{name_or_path}.yaml"
+    if builtin.exists():
+        return builtin
+    known = sorted(p.stem for p in _BUILTIN_DIR.glob("*.yaml"))
+    raise AutopmfError(f"search space '{name_or_path}' not found: give a YAML file path or "
+                       f"one of the built-in spaces {known}")
+
+
+def space_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> SearchSpace:
+    if not isinstance(data, Mapping):
+        raise AutopmfError(f"{source}: a search space must be a YAML mapping of keys to values")
+    fields = {f.name: f for f in dataclasses.fields(SearchSpace) if f.name != "source"}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise AutopmfError(f"{source}: unknown key {unknown[0]!r}; "
+                           f"known keys are {', '.join(fields)}")
+    required = [n for n, f in fields.items()
+                if f.default is dataclasses.MISSING and n not in data]
+    if required:
+        raise AutopmfError(f"{source}: missing key {required[0]!r}")
+    kwargs = dict(data)
+    for key in ("fusable_slots", "prompt_lengths", "mapping_hidden"):
+        if key in kwargs:
+            value = kwargs[key]
+            if not isinstance(value, list) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+                raise AutopmfError(f"{source}: {key} must be a list of non-negative integers")
+            kwargs[key] = tuple(sorted(set(value)))
+    for key in ("batch_size", "image_size", "max_text_len"):
+        if key in kwargs and (not isinstance(kwargs[key], int) or kwargs[key] <= 0):
+            raise AutopmfError(f"{source}: {key} must be a positive integer")
+    space = SearchSpace(**kwargs, source=source)
+    if space.precision not in PRECISIONS:
+        raise AutopmfError(f"{source}: precision {space.precision!r} must be one of {PRECISIONS}")
+    if space.prompt_mode not in PROMPT_MODES:
+        raise AutopmfError(
+            f"{source}: prompt_mode {space.prompt_mode!r} must be one of {PROMPT_MODES}")
+    if not space.fusable_slots:
+        raise AutopmfError(f"{source}: fusable_slots is empty; list at least one slot")
+    if not any(m > 0 for m in space.prompt_lengths):
+        raise AutopmfError(f"{source}: prompt_lengths needs at least one length > 0")
+    if 0 in space.mapping_hidden:
+        raise AutopmfError(f"{source}: mapping_hidden sizes must be > 0")
+    return space
+
+
+def load_space(name_or_path: str | Path) -> SearchSpace:
+    path = resolve_space_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise AutopmfError(f"{path}: not valid YAML ({first}); fix the file") from None
+    return space_from_dict(data, source=str(path))
+
+
+def save_arch(path: Path, space: SearchSpace, arch: Mapping[str, int], **extra: Any) -> None:
+    """Write an architecture YAML that `autopmf train/retrain --arch` reads back."""
+    from autopmf.files import atomic_write_text  # local: keeps this module dependency-free
+
+    doc = {"space": space.source or space.name, "arch": dict(arch), **extra}
+    atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
+
+
+def load_arch(path: str | Path, space: SearchSpace | None = None
+              ) -> tuple[SearchSpace, Architecture]:
+    """Read an architecture file: either `{space: ..., arch: {...}}` or a bare choice mapping
+    (then `space` must be given)."""
+    path = Path(path)
+    if not path.exists():
+        raise AutopmfError(f"architecture file {path} does not exist")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise AutopmfError(f"{path}: not valid YAML ({first})") from None
+    if not isinstance(doc, Mapping):
+        raise AutopmfError(f"{path}: an architecture must be a YAML mapping")
+    if "arch" in doc:
+        if space is None:
+            if "space" not in doc:
+                raise AutopmfError(f"{path}: names no space; pass --space")
+            space = load_space(doc["space"])
+        arch = doc["arch"]
+        if not isinstance(arch, Mapping):
+            raise AutopmfError(f"{path}: 'arch' must be a mapping of choice names to values")
+    else:
+        if space is None:
+            raise AutopmfError(f"{path}: a bare architecture needs --space")
+        arch = doc
+    return space, space.validate(arch)

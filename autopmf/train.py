@@ -1,0 +1,133 @@
+"""Training one fixed model: the loop shared by `autopmf train` and the baselines.
+
+The loop is deliberately plain: shuffle with a seeded generator, AdamW over the trainable
+parameters only, linear warm-up then cosine decay, validation each epoch, keep the best
+validation weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from autopmf.metrics import loss_fn, score
+
+
+class Examples(Protocol):
+    labels: torch.Tensor
+
+    def __len__(self) -> int: ...
+
+
+Forward = Callable[[Examples, torch.Tensor], torch.Tensor]  # (examples, rows) -> logits
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.05
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    seed: int = 0
+    precision: str = "fp32"
+    device: str = "cpu"
+    progress: bool = True
+
+
+@dataclass
+class FitResult:
+    best_val: float
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def autocast(precision: str, device: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def warmup_cosine(total_steps: int, warmup_frac: float) -> Callable[[int], float]:
+    warmup = max(1, int(total_steps * warmup_frac))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+@torch.no_grad()
+def predict(forward: Forward, examples: Examples, cfg: TrainConfig) -> torch.Tensor:
+    parts = []
+    for start in range(0, len(examples), cfg.eval_batch_size):
+        rows = torch.arange(start, min(start + cfg.eval_batch_size, len(examples)))
+        with autocast(cfg.precision, cfg.device):
+            parts.append(forward(examples, rows).float().cpu())
+    return torch.cat(parts)
+
+
+def evaluate(forward: Forward, examples: Examples, cfg: TrainConfig, metric: str) -> float:
+    return score(metric, predict(forward, examples, cfg), examples.labels)
+
+
+def fit(model: nn.Module, forward: Forward, train: Examples, val: Examples, cfg: TrainConfig,
+        metric: str, desc: str = "train") -> FitResult:
+    """Train `model`'s trainable parameters; on return it holds the best-validation weights."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup_frac))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    result = FitResult(best_val=-math.inf, best_epoch=-1)
+    best_state = None
+    started = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(len(train), generator=generator)
+        bar = tqdm(range(steps_per_epoch), desc=f"{desc} {epoch + 1}/{cfg.epochs}",
+                   disable=not (cfg.progress and sys.stderr.isatty()), leave=False,
+                   dynamic_ncols=True, mininterval=0.5)
+        total_loss = 0.0
+        for step in bar:
+            rows = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            with autocast(cfg.precision, cfg.device):
+                logits = forward(train, rows)
+            loss = loss_fn(metric, logits, train.labels[rows].to(logits.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.item()
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{total_loss / (step + 1):.4f}", refresh=False)
+        model.eval()
+        val_score = evaluate(forward, val, cfg, metric)
+        result.history.append({"epoch": epoch + 1, "loss": total_loss / steps_per_epoch,
+                               f"val_{metric}": val_score})
+        if cfg.progress:
+            tqdm.write(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss "
+                       f"{total_loss / steps_per_epoch:.4f}  val {metric} {val_score:.4f}")
+        if val_score > result.best_val:
+            result.best_val, result.best_epoch = val_score, epoch + 1
+            best_state = [p.detach().clone() for p in trainable]
+    if best_state is not None:
+        with torch.no_grad():
+            for p, best in zip(trainable, best_state):
+                p.copy_(best)
+    result.seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,86 @@
+"""`autopmf train`: train one fixed architecture standalone and write its run directory.
+
+Flow: data -> frozen encoders -> feature cache at the first fused slot -> PMF model -> fit ->
+val/test scores (+ unimodal baselines) -> metrics.json, weights.safetensors, arch.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from autopmf.baselines import unimodal_baselines
+from autopmf.build import build_backbone, build_pmf
+from autopmf.data.registry import load_dataset
+from autopmf.errors import AutopmfError
+from autopmf.features import build_feature_cache, encode_split
+from autopmf.files import atomic_write_json, save_tensors
+from autopmf.space import SearchSpace, save_arch
+from autopmf.train import TrainConfig, evaluate, fit
+
+SPLITS = ("train", "val", "test")
+
+
+def prepare_out_dir(out: Path, force: bool) -> None:
+    """Refuse to overwrite a finished run unless told to."""
+    if (out / "metrics.json").exists() and not force:
+        raise AutopmfError(f"{out} already holds a finished run (metrics.json); choose another "
+                           "--out or pass --force to overwrite it")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: str, out: Path,
+                       cfg: TrainConfig, baselines: bool = True, force: bool = False) -> dict:
+    arch = space.validate(arch)
+    prepare_out_dir(out, force)
+    started = time.perf_counter()
+    dataset = load_dataset(data_spec, seed=cfg.seed)
+    backbone = build_backbone(space).to(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = build_pmf(space, arch, backbone, len(dataset.label_names)).to(cfg.device)
+
+    encoded = {name: encode_split(split, backbone, space)
+               for name, split in dataset.splits().items()}
+    t0 = time.perf_counter()
+    caches = {name: build_feature_cache(enc, backbone, model.first_fused_slot, device=cfg.device)
+              for name, enc in encoded.items()}
+    cache_seconds = time.perf_counter() - t0
+
+    def forward(cache, rows):
+        return model.forward_from(cache.streams(rows, cfg.device), cache.slot)
+
+    result = fit(model, forward, caches["train"], caches["val"], cfg, dataset.metric)
+    model.eval()
+    scores = {name: evaluate(forward, caches[name], cfg, dataset.metric) for name in ("val", "test")}
+
+    metrics = {
+        "data": data_spec, "metric": dataset.metric, "arch": arch,
+        "fused_slots": space.fused_slots(arch),
+        "val_score": scores["val"], "test_score": scores["test"],
+        "best_epoch": result.best_epoch, "history": result.history,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "examples": {name: len(split) for name, split in dataset.splits().items()},
+        "seconds": {"feature_cache": cache_seconds, "train": result.seconds},
+        "train_config": vars(cfg),
+    }
+    if baselines:
+        if model.first_fused_slot == backbone.num_slots:
+            top = caches
+        else:
+            top = {name: build_feature_cache(enc, backbone, backbone.num_slots,
+                                             device=cfg.device)
+                   for name, enc in encoded.items()}
+        metrics["baselines"] = unimodal_baselines(backbone, top, len(dataset.label_names),
+                                                  dataset.metric, cfg)
+    metrics["seconds"]["total"] = time.perf_counter() - started
+
+    save_arch(out / "arch.yaml", space, arch)
+    save_tensors(out / "weights.safetensors", model.trainable_state_dict(),
+                 metadata={"arch": json.dumps(arch), "space": space.name})
+    atomic_write_json(out / "metrics.json", metrics)  # last: its presence marks the run done
+    return metrics

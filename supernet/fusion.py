@@ -1,0 +1,101 @@
+"""The trainable part of one fused slot: prompts and the two mapping MLPs.
+
+A `FusionSlot` holds prompt banks and mapping MLPs of some size and runs a fused slot with
+any *active* lengths up to that size, using the first rows of each bank (AutoFormer-style
+weight entanglement). A standalone PMF model builds its slots at exactly its own lengths; the
+supernet builds them at the largest lengths of the space — the same code runs both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from autopmf.space import SlotConfig
+
+PROMPT_INIT_STD = 0.02  # the paper's N(0, 0.02)
+
+LayerFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+@dataclass
+class Streams:
+    """The two residual streams between slots. text_mask [B, Nt] is True for real tokens."""
+
+    text: torch.Tensor
+    text_mask: torch.Tensor
+    image: torch.Tensor
+
+
+class SlicedMLP(nn.Module):
+    """Linear-ReLU-Linear whose hidden width can be narrowed to the first `hidden` units."""
+
+    def __init__(self, d_in: int, hidden: int, d_out: int):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.fc2 = nn.Linear(hidden, d_out)
+
+    def forward(self, x: torch.Tensor, hidden: int | None = None) -> torch.Tensor:
+        h = self.fc1.out_features if hidden is None else hidden
+        x = F.relu(F.linear(x, self.fc1.weight[:h], self.fc1.bias[:h]))
+        return F.linear(x, self.fc2.weight[:, :h], self.fc2.bias)
+
+
+def _prompt(rows: int, dim: int) -> nn.Parameter:
+    return nn.Parameter(torch.randn(rows, dim) * PROMPT_INIT_STD)
+
+
+class FusionSlot(nn.Module):
+    """Prompts of one slot (names follow the paper: QP query prompts, QCP query context
+    prompts, FCP fusion context prompts) and the two mappings between the encoders."""
+
+    def __init__(self, d_text: int, d_image: int, size: SlotConfig):
+        super().__init__()
+        self.size = size
+        self.text_query = _prompt(size.query_len, d_text)  # QP_t2v
+        self.text_query_context = _prompt(size.query_context_len, d_text)  # QCP_t2v
+        self.image_query = _prompt(size.query_len, d_image)  # QP_v2t
+        self.image_query_context = _prompt(size.query_context_len, d_image)  # QCP_v2t
+        self.text_fusion_context = _prompt(size.fusion_context_len, d_text)  # FCP_txt
+        self.image_fusion_context = _prompt(size.fusion_context_len, d_image)  # FCP_img
+        self.text_to_image = SlicedMLP(d_text, size.mapping_hidden, d_image)
+        self.image_to_text = SlicedMLP(d_image, size.mapping_hidden, d_text)
+
+    def forward(self, streams: Streams, text_layer: LayerFn, image_layer: LayerFn,
+                active: SlotConfig | None = None) -> Streams:
+        cfg = active or self.size
+        text, mask, image = streams.text, streams.text_mask, streams.image
+        n_text, n_image, batch = text.shape[1], image.shape[1], text.shape[0]
+        q = cfg.query_len
+
+        def rows(bank: nn.Parameter, n: int) -> torch.Tensor:
+            return bank[:n].to(text.dtype).unsqueeze(0).expand(batch, -1, -1)
+
+        def with_prompts(mask_extra: int) -> torch.Tensor:
+            return torch.cat([mask, mask.new_ones(batch, mask_extra)], dim=1)
+
+        # Query stage: each encoder reads its own tokens into its query prompts.
+        text_q = text_layer(
+            torch.cat([text, rows(self.text_query_context, cfg.query_context_len),
+                       rows(self.text_query, q)], dim=1),
+            with_prompts(cfg.query_context_len + q))[:, -q:]
+        image_q = image_layer(
+            torch.cat([image, rows(self.image_query_context, cfg.query_context_len),
+                       rows(self.image_query, q)], dim=1), None)[:, -q:]
+        to_image = self.text_to_image(text_q, cfg.mapping_hidden)
+        to_text = self.image_to_text(image_q, cfg.mapping_hidden)
+
+        # Fusion stage: each encoder attends to the other's mapped queries; the appended
+        # positions are dropped so each residual stream keeps its length.
+        image_out = image_layer(
+            torch.cat([image, rows(self.image_fusion_context, cfg.fusion_context_len),
+                       to_image], dim=1), None)[:, :n_image]
+        text_out = text_layer(
+            torch.cat([text, rows(self.text_fusion_context, cfg.fusion_context_len),
+                       to_text], dim=1),
+            with_prompts(cfg.fusion_context_len + q))[:, :n_text]
+        return Streams(text_out, mask, image_out)

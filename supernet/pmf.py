@@ -1,0 +1,89 @@
+"""The standalone PMF model of one architecture (Li et al., CVPR 2023), over frozen encoders.
+
+Only prompts, mapping MLPs and the two heads are trainable. Fused slots may be anywhere (not
+only the top n) and each has its own prompt lengths. Slots below the first fused slot run
+without autograd, so they keep no activations for backward.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from autopmf.space import SlotConfig
+from supernet.backbone import FrozenBackbone, TwoHeads
+from supernet.fusion import FusionSlot, Streams
+
+
+def run_slots(backbone: FrozenBackbone, heads: TwoHeads, streams: Streams, start_slot: int,
+              fused: Mapping[int, tuple[FusionSlot, SlotConfig]]) -> torch.Tensor:
+    """Run slots start_slot..top on `streams` (fused where `fused` says so) and the heads.
+
+    Shared by the standalone model and the supernet: they differ only in where `fused`'s
+    modules come from (own parameters vs. shared banks sliced to the active lengths).
+    """
+    first_fused = min(fused, default=backbone.num_slots)
+    grad_enabled = torch.is_grad_enabled()
+    for slot in range(start_slot, backbone.num_slots):
+        # Below the first fused slot nothing trainable has acted yet: no autograd needed.
+        with torch.set_grad_enabled(grad_enabled and slot >= first_fused):
+            if slot in fused:
+                module, active = fused[slot]
+                streams = module(streams, backbone.text_layer_fn(slot),
+                                 backbone.image_layer_fn(slot), active)
+            else:
+                streams = backbone.run_plain_slot(slot, streams)
+    return heads(*backbone.cls_features(streams))
+
+
+class PMFModel(nn.Module):
+    def __init__(self, backbone: FrozenBackbone, slot_configs: Mapping[int, SlotConfig],
+                 num_classes: int):
+        super().__init__()
+        bad = [j for j in slot_configs if not 0 <= j < backbone.num_slots]
+        if bad:
+            raise ValueError(f"slot {bad[0]} does not exist: the encoders pair into "
+                             f"{backbone.num_slots} slots")
+        self.backbone = backbone
+        self.slot_configs = dict(sorted(slot_configs.items()))
+        d_text, d_image = backbone.text.hidden_size, backbone.image.hidden_size
+        self.fusion = nn.ModuleDict(
+            {str(j): FusionSlot(d_text, d_image, cfg) for j, cfg in self.slot_configs.items()})
+        self.heads = TwoHeads(d_text, d_image, num_classes)
+
+    @property
+    def first_fused_slot(self) -> int:
+        """The lowest fused slot (num_slots when nothing fuses): the feature-cache boundary."""
+        return min(self.slot_configs, default=self.backbone.num_slots)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        start = self.first_fused_slot
+        return self.forward_from(self.backbone.encode_until(batch, start), start)
+
+    def forward_from(self, streams: Streams, start_slot: int) -> torch.Tensor:
+        """Logits from streams that already went through every layer below `start_slot`."""
+        if start_slot > self.first_fused_slot:
+            raise ValueError(f"streams start at slot {start_slot}, above the first fused "
+                             f"slot {self.first_fused_slot}")
+        fused = {j: (self.fusion[str(j)], cfg) for j, cfg in self.slot_configs.items()}
+        return run_slots(self.backbone, self.heads, streams, start_slot, fused)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        own = dict(self.named_parameters())
+        expected = {n for n, p in own.items() if p.requires_grad}
+        if set(tensors) != expected:
+            missing = sorted(expected - set(tensors))
+            extra = sorted(set(tensors) - expected)
+            raise ValueError(f"weights do not match this architecture (missing {missing[:3]}, "
+                             f"unexpected {extra[:3]})")
+        with torch.no_grad():
+            for name, value in tensors.items():
+                if own[name].shape != value.shape:
+                    raise ValueError(f"weights for {name} have shape {tuple(value.shape)}, "
+                                     f"this architecture needs {tuple(own[name].shape)}")
+                own[name].copy_(value)
