@@ -31,7 +31,8 @@ def _parse_arch(text: str, space_name: str | None):
 def _train_config(args, space):
     from autopmf.train import TrainConfig
 
-    return TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed,
+    return TrainConfig(epochs=args.epochs, lr=args.lr, head_lr_scale=args.head_lr_scale,
+                       seed=args.seed,
                        batch_size=args.batch_size or space.batch_size,
                        precision=args.precision or space.precision, device=args.device,
                        progress=not args.quiet)
@@ -76,7 +77,9 @@ def _print_train_summary(metrics: dict, out: Path) -> None:
 
 def _add_train_options(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=2e-3, help="prompts and mappings")
+    p.add_argument("--head-lr-scale", type=float, default=0.1,
+                   help="the heads' learning rate is lr times this")
     p.add_argument("--batch-size", type=int, default=None,
                    help="default: the search space's batch size")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,

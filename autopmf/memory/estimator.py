@@ -1,0 +1,134 @@
+"""Peak training-step memory of any architecture, composed from a `MemoryProfile`.
+
+The quantity (DESIGN.md section 4): the peak of allocated bytes during one steady-state training
+step of the standalone subnet at the space's batch size, sequence lengths and precision — the
+step of `autopmf.train.fit`: forward from raw inputs under autocast, loss, zero_grad (the last
+step's gradients live through the forward), backward, AdamW.step(). Steady state means AdamW's
+moments exist (they are created lazily by the first step). On CUDA this is what
+`torch.cuda.max_memory_allocated` reports; the CUDA context and the allocator's cached but
+unallocated blocks come on top of it on a real GPU.
+
+The estimate walks the step's segments in order — prefix, units bottom up, heads, backward top
+down, optimizer — adding each segment's net change to a running level and taking the maximum of
+level + the segment's peak rise. It reads only the profile: no model, no weights, ~10 µs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Mapping
+
+from autopmf.errors import AutopmfError
+from autopmf.memory.profile import MemoryProfile, UnitCost, config_key, optimizer_transient
+from autopmf.space import Architecture, SearchSpace
+
+GIB = 2**30
+ADAM_STEP_BYTES = 4  # AdamW keeps one float32 step counter per parameter (on the CPU)
+
+
+def estimate_bytes(space: SearchSpace, arch: Mapping[str, int], profile: MemoryProfile) -> int:
+    """Predicted peak bytes of one training step of `arch` (a validated architecture)."""
+    configs = space.slot_configs(arch, profile.mapping_hidden)
+    first = min(configs, default=profile.num_slots)
+    units: list[UnitCost] = []
+    for slot in range(first, profile.num_slots):
+        if slot not in configs:
+            units.append(profile.plain)
+        else:
+            table = profile.first_fused if slot == first else profile.fused
+            units.append(table[config_key(configs[slot])])
+    units.append(profile.heads if configs else profile.heads_only)
+    return _walk(profile, first, units)
+
+
+def _walk(profile: MemoryProfile, first: int, units: list[UnitCost]) -> int:
+    params = tuple(itertools.chain.from_iterable(u.params for u in units))
+    trainable = sum(params)
+    steps = ADAM_STEP_BYTES * len(params) if profile.optimizer == "single" else 0
+    state = profile.static + 3 * trainable + steps  # weights, AdamW's two moments, counters
+    level = state + trainable  # the last step's gradients, alive until zero_grad
+    peak = level
+
+    prefix = profile.prefix[first]
+    peak = max(peak, level + prefix.forward.peak)
+    level += prefix.forward.delta
+    outputs = [(prefix.out_text, prefix.out_image)]  # output streams of each link
+    for i, unit in enumerate(units):
+        peak = max(peak, level + unit.forward.peak)
+        level += unit.forward.delta
+        if i > 0:  # the streams it read are dropped now, unless it saved them
+            level -= _unsaved(unit, *outputs[-1])
+        outputs.append((unit.out_text, unit.out_image))
+    # PMFModel.forward holds the prefix's streams until it returns.
+    level -= _unsaved(units[0], *outputs[0])
+
+    level -= trainable  # zero_grad(set_to_none=True)
+    for unit, (text, image) in zip(reversed(units), reversed(outputs[:-1])):
+        peak = max(peak, level + unit.backward.peak)
+        level += unit.backward.delta
+        level -= (text if unit.saves_text else 0) + (image if unit.saves_image else 0)
+
+    peak = max(peak, state + trainable + optimizer_transient(profile.optimizer, params))
+    return peak + profile.runtime
+
+
+def _unsaved(unit: UnitCost, text: int, image: int) -> int:
+    return (0 if unit.saves_text else text) + (0 if unit.saves_image else image)
+
+
+def min_memory_arch(space: SearchSpace, profile: MemoryProfile) -> tuple[Architecture, int]:
+    """The architecture of `space` with the smallest estimate, and that estimate.
+
+    Searched exhaustively when the space is small, else by coordinate descent from the
+    all-off architecture (memory grows with every fused slot and every prompt row)."""
+    choices = space.choices()
+    best = {k: min(v) for k, v in choices.items()}
+    best_bytes = estimate_bytes(space, best, profile)
+    n_archs = 1
+    for values in choices.values():
+        n_archs *= len(values)
+    if n_archs <= 200_000:
+        for combo in itertools.product(*choices.values()):
+            arch = dict(zip(choices, combo))
+            nbytes = estimate_bytes(space, arch, profile)
+            if nbytes < best_bytes:
+                best, best_bytes = arch, nbytes
+        return space.canonical(best), best_bytes
+    improved = True
+    while improved:
+        improved = False
+        for key, values in choices.items():
+            for value in values:
+                arch = {**best, key: value}
+                nbytes = estimate_bytes(space, arch, profile)
+                if nbytes < best_bytes:
+                    best, best_bytes, improved = arch, nbytes, True
+    return space.canonical(best), best_bytes
+
+
+def max_memory_arch(space: SearchSpace, profile: MemoryProfile) -> tuple[Architecture, int]:
+    """The architecture with the largest estimate among those that fuse every fusable slot at
+    one setting of each choice (the largest architectures of a PMF space)."""
+    choices = space.choices()
+    arch = {k: max(v) for k, v in choices.items()}
+    return arch, estimate_bytes(space, arch, profile)
+
+
+def check_budget(space: SearchSpace, budget_bytes: int, profile: MemoryProfile
+                 ) -> tuple[Architecture, int]:
+    """Raise AutopmfError unless some architecture fits `budget_bytes`; return the smallest."""
+    arch, nbytes = min_memory_arch(space, profile)
+    if nbytes > budget_bytes:
+        device = profile.key["device"]
+        fused = space.fused_slots(arch)
+        which = (f"fusing only slot(s) {fused}" if fused else
+                 "no slot fused, heads only")
+        cheaper = ("bf16" if space.precision == "fp32" else None)
+        hint = f", precision {cheaper}" if cheaper else ""
+        raise AutopmfError(
+            f"no architecture of space '{space.name}' fits a budget of "
+            f"{budget_bytes / GIB:.2f} GiB on {device}: the smallest ({which}) needs "
+            f"{nbytes / GIB:.2f} GiB at batch size {space.batch_size}, {space.precision}; "
+            f"raise the budget to at least {nbytes / GIB:.2f} GiB or lower batch_size"
+            f"{hint} in {space.source or 'the space file'}")
+    return arch, nbytes

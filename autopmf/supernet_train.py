@@ -1,0 +1,171 @@
+"""Training the weight-sharing supernet: one sampled subnet per step, from the feature cache.
+
+Flow: data -> frozen encoders -> cached streams at the lowest fusable slot -> per step: sample
+a subnet (same on every rank), forward from the cache, AdamW -> per epoch: validate the fixed
+reference subnets, write an atomic checkpoint. `resume=True` continues from the newest
+checkpoint and ends with the same weights as an uninterrupted run of the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from autopmf.build import build_backbone
+from autopmf.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from autopmf.data.registry import load_dataset
+from autopmf.distributed import DistContext, init_distributed
+from autopmf.errors import AutopmfError
+from autopmf.feature_store import feature_caches
+from autopmf.features import FeatureCache
+from autopmf.files import atomic_write_json, load_tensors, save_tensors
+from autopmf.metrics import loss_fn
+from autopmf.space import SearchSpace
+from autopmf.train import TrainConfig, autocast, evaluate, param_groups, warmup_cosine
+from supernet.optim import step_used_only
+from supernet.sampling import ArchSampler, reference_subnets
+from supernet.supernet import Supernet
+
+WEIGHTS = "supernet.safetensors"
+METRICS = "supernet_metrics.json"
+
+
+@dataclass
+class SupernetConfig(TrainConfig):
+    epochs: int = 10
+    sampling: str = "sandwich"
+    use_disk_cache: bool = True
+
+
+@dataclass
+class SupernetRun:
+    supernet: Supernet
+    caches: dict[str, FeatureCache]
+    metric: str
+    metrics: dict
+
+
+def load_supernet_weights(supernet: Supernet, tensors: dict[str, torch.Tensor]) -> None:
+    own = dict(supernet.named_parameters())
+    if set(tensors) != {n for n, p in own.items() if p.requires_grad}:
+        raise AutopmfError("supernet weights do not match this space and encoder pair; "
+                           "use the space the run was made with, or a new --out")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            own[name].copy_(value)
+
+
+def subnet_score(supernet: Supernet, arch, cache: FeatureCache, cfg: TrainConfig,
+                 metric: str) -> float:
+    """A subnet's score with inherited weights, straight from the cached streams."""
+    def forward(c, rows):
+        return supernet(c.streams(rows, cfg.device), c.slot, arch)
+    return evaluate(forward, cache, cfg, metric)
+
+
+def _train_epoch(model, supernet: Supernet, sampler: ArchSampler, train: FeatureCache,
+                 optimizer, schedule, cfg: SupernetConfig, metric: str, epoch: int,
+                 dist: DistContext) -> float:
+    steps = len(train) // cfg.batch_size  # full global batches only: ranks stay in step
+    # The order depends only on (seed, epoch), so a resumed epoch sees the same batches.
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(
+        cfg.seed * 100_003 + epoch))
+    bar = tqdm(range(steps), desc=f"supernet {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=not (cfg.progress and dist.is_main and sys.stderr.isatty()),
+               mininterval=0.5, dynamic_ncols=True)
+    total = 0.0
+    for step in bar:
+        arch = sampler.sample(epoch * steps + step)
+        batch_rows = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        rows = batch_rows[dist.rank::dist.world_size]  # this rank's shard of the batch
+        with autocast(cfg.precision, cfg.device):
+            logits = model(train.streams(rows, cfg.device), train.slot, arch)
+        loss = loss_fn(metric, logits, train.labels[rows].to(logits.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        step_used_only(optimizer, supernet, supernet.used_regions(arch))
+        schedule.step()
+        total += loss.item()
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{total / (step + 1):.4f}", refresh=False)
+    return total / max(1, steps)
+
+
+def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetConfig,
+                   resume: bool = False, force: bool = False) -> SupernetRun:
+    dist = init_distributed(cfg.device)
+    cfg.device = dist.device
+    out = Path(out)
+    if (out / METRICS).exists() and not (resume or force):
+        raise AutopmfError(f"{out} already holds a trained supernet; pass --resume to reuse "
+                           "it, --force to train a new one, or choose another --out")
+    started = time.perf_counter()
+    dataset = load_dataset(data_spec, seed=cfg.seed)
+    backbone = build_backbone(space).to(cfg.device)
+    torch.manual_seed(cfg.seed)
+    supernet = Supernet(space, backbone, len(dataset.label_names)).to(cfg.device)
+
+    slot = supernet.lowest_fusable_slot
+    if dist.is_main:  # rank 0 fills the disk cache; the others then read it
+        caches = feature_caches(space, dataset, backbone, slot, cfg.device, cfg.use_disk_cache)
+    dist.barrier()
+    if not dist.is_main:
+        caches = feature_caches(space, dataset, backbone, slot, cfg.device, cfg.use_disk_cache)
+    cache_seconds = time.perf_counter() - started
+
+    if resume and (out / METRICS).exists() and not force:
+        load_supernet_weights(supernet, load_tensors(out / WEIGHTS))
+        return SupernetRun(supernet, caches, dataset.metric,
+                           json.loads((out / METRICS).read_text()))
+
+    optimizer = torch.optim.AdamW(param_groups(supernet, cfg), weight_decay=cfg.weight_decay)
+    steps = len(caches["train"]) // cfg.batch_size
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(cfg.epochs * steps, cfg.warmup_frac))
+    history: list[dict] = []
+    start_epoch = 0
+    checkpoint = latest_checkpoint(out) if resume else None
+    if checkpoint is not None:
+        weights, state = load_checkpoint(checkpoint, optimizer, schedule)
+        load_supernet_weights(supernet, weights)
+        start_epoch, history = state["epoch"], state["history"]
+
+    model = supernet
+    if dist.active:
+        model = torch.nn.parallel.DistributedDataParallel(supernet, find_unused_parameters=True)
+    sampler = ArchSampler(space, cfg.sampling, cfg.seed)
+    references = reference_subnets(space, cfg.seed)
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        loss = _train_epoch(model, supernet, sampler, caches["train"], optimizer, schedule, cfg,
+                            dataset.metric, epoch, dist)
+        record = {"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - t0}
+        if dist.is_main:
+            record["val"] = {name: subnet_score(supernet, arch, caches["val"], cfg,
+                                                dataset.metric)
+                             for name, arch in references.items()}
+            history.append(record)
+            if cfg.progress:
+                scores = "  ".join(f"{k} {v:.3f}" for k, v in record["val"].items())
+                tqdm.write(f"supernet epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f}  "
+                           f"val {dataset.metric}: {scores}")
+            save_checkpoint(out, epoch + 1, supernet.trainable_state_dict(), optimizer,
+                            schedule, {"history": history})
+        dist.barrier()
+
+    metrics = {"data": data_spec, "metric": dataset.metric, "space": space.to_dict(),
+               "config": asdict(cfg), "references": references, "history": history,
+               "steps_per_epoch": steps, "world_size": dist.world_size,
+               "seconds": {"feature_cache": cache_seconds,
+                           "total": time.perf_counter() - started}}
+    if dist.is_main:
+        save_tensors(out / WEIGHTS, supernet.trainable_state_dict())
+        atomic_write_json(out / METRICS, metrics)  # last: marks the supernet as done
+    dist.barrier()
+    return SupernetRun(supernet, caches, dataset.metric, metrics)

@@ -1,0 +1,194 @@
+"""The weight-sharing supernet: extraction, entanglement, masked steps, cache, resume, DDP."""
+
+import os
+import random
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from autopmf import supernet_train
+from autopmf.build import build_backbone
+from autopmf.features import build_feature_cache, encode_split
+from autopmf.files import load_tensors
+from autopmf.supernet_train import SupernetConfig, train_supernet
+from supernet.optim import step_used_only
+from supernet.sampling import ArchSampler, largest_arch, smallest_arch
+from supernet.supernet import Supernet
+from tests.conftest import make_batch, tiny_space
+
+DATA = "digits:examples_per_image=1"
+
+
+@pytest.fixture(scope="module", params=["shared", "split"])
+def setup(request):
+    if request.param == "shared":
+        space = tiny_space()
+    else:
+        space = tiny_space(prompt_mode="split", prompt_lengths=[0, 1, 3],
+                           mapping_hidden=[8, 16])
+    backbone = build_backbone(space)
+    torch.manual_seed(0)
+    return space, backbone, Supernet(space, backbone, num_classes=3)
+
+
+def random_archs(space, n=6, seed=0):
+    rng = random.Random(seed)
+    return [largest_arch(space), smallest_arch(space)] + [
+        space.random_arch(rng) for _ in range(n)]
+
+
+def test_extract_gives_exactly_the_supernets_output(setup, images):
+    space, backbone, supernet = setup
+    batch = make_batch(backbone, space, images)
+    for arch in random_archs(space):
+        model = supernet.extract(arch)
+        own = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert own <= set(supernet.trainable_state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(model(batch), supernet.forward_batch(batch, arch),
+                                       atol=0, rtol=0)
+
+
+def test_subnets_share_their_first_prompt_rows(setup):
+    space, _, supernet = setup
+    key = "prompt_2" if space.prompt_mode == "shared" else "qp_2"
+    short, long = largest_arch(space), largest_arch(space)
+    short[key] = min(v for v in space.choices()[key])
+    a, b = supernet.extract(short), supernet.extract(long)
+    m = a.fusion["2"].text_query.shape[0]
+    assert m < b.fusion["2"].text_query.shape[0]
+    torch.testing.assert_close(a.fusion["2"].text_query, b.fusion["2"].text_query[:m])
+    torch.testing.assert_close(a.fusion["2"].image_query, b.fusion["2"].image_query[:m])
+
+
+def test_a_step_moves_only_what_the_subnet_used(setup, images):
+    space, backbone, _ = setup
+    torch.manual_seed(1)
+    supernet = Supernet(space, backbone, num_classes=3)
+    batch = make_batch(backbone, space, images)
+    labels = torch.tensor([0, 1, 2, 0])
+    optimizer = torch.optim.AdamW(
+        [p for p in supernet.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+
+    def step(arch):
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(supernet.forward_batch(batch, arch), labels)
+        loss.backward()
+        step_used_only(optimizer, supernet, supernet.used_regions(arch))
+
+    step(largest_arch(space))  # leaves momentum and state in every row
+    arch = smallest_arch(space)
+    before = {n: p.detach().clone() for n, p in supernet.named_parameters() if p.requires_grad}
+    step(arch)
+    regions = supernet.used_regions(arch)
+    for name, p in supernet.named_parameters():
+        if not p.requires_grad:
+            continue
+        unused = torch.ones_like(p, dtype=torch.bool)
+        if regions[name] is not None:
+            unused[regions[name]] = False
+        assert torch.equal(p[unused], before[name][unused]), f"{name} moved where unused"
+        if regions[name] is not None and p[~unused].numel():
+            assert not torch.equal(p[~unused], before[name][~unused]), f"{name} did not move"
+
+
+def test_cached_path_gives_the_same_loss_as_the_uncached_path(setup, images):
+    space, backbone, supernet = setup
+    batch = make_batch(backbone, space, images)
+    encoded = encode_split_from_batch(batch)
+    cache = build_feature_cache(encoded, backbone, supernet.lowest_fusable_slot)
+    labels = torch.tensor([0, 1, 2, 0])
+    rows = torch.arange(len(labels))
+    for arch in random_archs(space, n=3, seed=5):
+        direct = torch.nn.functional.cross_entropy(supernet.forward_batch(batch, arch), labels)
+        cached = torch.nn.functional.cross_entropy(
+            supernet(cache.streams(rows), cache.slot, arch), labels)
+        torch.testing.assert_close(cached, direct, atol=1e-6, rtol=1e-6)
+
+
+def encode_split_from_batch(batch):
+    from autopmf.features import EncodedSplit
+    n = len(batch["input_ids"])
+    return EncodedSplit(batch["input_ids"], batch["attention_mask"], batch["pixels"],
+                        torch.arange(n), torch.zeros(n, dtype=torch.long))
+
+
+def test_sampler_is_a_function_of_seed_and_step():
+    space = tiny_space()
+    a, b = ArchSampler(space, "sandwich", seed=3), ArchSampler(space, "sandwich", seed=3)
+    assert [a.sample(s) for s in range(9)] == [b.sample(s) for s in reversed(range(9))][::-1]
+    assert a.sample(0) == space.canonical(largest_arch(space))
+    assert a.sample(1) == space.canonical(smallest_arch(space))
+    uniform = ArchSampler(space, "uniform", seed=0)
+    assert len({tuple(uniform.sample(s).values()) for s in range(30)}) > 5
+    fits = ArchSampler(space, "uniform", seed=0, feasible=lambda arch: not arch["fusion_0"])
+    assert all(fits.sample(s)["fusion_0"] == 0 for s in range(20))
+
+
+def small_config(**kw):
+    return SupernetConfig(**{"epochs": 2, "batch_size": 16, "lr": 5e-3, "progress": False,
+                             **kw})
+
+
+@pytest.fixture()
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOPMF_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_resume_after_interruption_gives_the_same_weights(tmp_path, cache_dir, monkeypatch):
+    space = tiny_space()
+    clean = train_supernet(space, DATA, tmp_path / "clean", small_config())
+    assert len(clean.metrics["history"]) == 2
+    assert set(clean.metrics["history"][-1]["val"]) >= {"largest", "smallest", "random_0"}
+    assert list(cache_dir.glob("features/*.safetensors"))  # the feature cache is on disk
+
+    real_epoch = supernet_train._train_epoch
+    calls = {"n": 0}
+
+    def dies_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed mid-run, after epoch 1's checkpoint
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(supernet_train, "_train_epoch", dies_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_supernet(space, DATA, tmp_path / "cut", small_config())
+    assert not (tmp_path / "cut" / "supernet.safetensors").exists()
+    monkeypatch.setattr(supernet_train, "_train_epoch", real_epoch)
+    resumed = train_supernet(space, DATA, tmp_path / "cut", small_config(), resume=True)
+
+    a = load_tensors(tmp_path / "clean" / "supernet.safetensors")
+    b = load_tensors(tmp_path / "cut" / "supernet.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert resumed.metrics["history"][-1]["val"] == clean.metrics["history"][-1]["val"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world_size, port, out, cache):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), AUTOPMF_CACHE=cache)
+    torch.set_num_threads(1)
+    train_supernet(tiny_space(), DATA, out, small_config(epochs=1))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_processes_match_one_process(tmp_path, cache_dir):
+    space = tiny_space()
+    train_supernet(space, DATA, tmp_path / "one", small_config(epochs=1))
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "two"), str(cache_dir)),
+             nprocs=2, join=True)
+    a = load_tensors(tmp_path / "one" / "supernet.safetensors")
+    b = load_tensors(tmp_path / "two" / "supernet.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -1,0 +1,83 @@
+"""`autopmf train` end to end on tiny encoders, and the CLI's error contract."""
+
+import json
+
+import pytest
+import torch
+
+from autopmf.build import build_backbone, build_pmf
+from autopmf.cli import main
+from autopmf.data.registry import load_dataset
+from autopmf.errors import AutopmfError
+from autopmf.features import build_feature_cache, encode_split
+from autopmf.files import load_tensors
+from autopmf.space import load_arch
+from autopmf.train import TrainConfig, evaluate
+from autopmf.train_arch import train_architecture
+from tests.conftest import tiny_space
+
+DATA = "digits:examples_per_image=1"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    space = tiny_space(batch_size=16)
+    cfg = TrainConfig(epochs=2, batch_size=16, progress=False, lr=5e-3)
+    metrics = train_architecture(space, space.reference_arch(2, 2), DATA, out, cfg)
+    return space, out, metrics
+
+
+def test_train_writes_a_complete_run(trained):
+    space, out, metrics = trained
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    assert metrics["fused_slots"] == [1, 2]
+    assert 0 <= metrics["test_score"] <= 1 and len(metrics["history"]) == 2
+    assert set(metrics["baselines"]) == {"text_only", "image_only"}
+    weights = load_tensors(out / "weights.safetensors")
+    assert weights and all(k.startswith(("fusion.1.", "fusion.2.", "heads.")) for k in weights)
+    assert sum(w.numel() for w in weights.values()) == metrics["trainable_params"]
+    assert load_arch(out / "arch.yaml")[1] == space.reference_arch(2, 2)
+    assert not list(out.glob(".*tmp"))  # no temporary files left behind
+
+
+def test_saved_weights_reproduce_the_recorded_val_score(trained):
+    space, out, metrics = trained
+    _, arch = load_arch(out / "arch.yaml")
+    backbone = build_backbone(space)
+    model = build_pmf(space, arch, backbone, 2)
+    model.load_trainable_state_dict(load_tensors(out / "weights.safetensors"))
+    model.eval()
+    val = encode_split(load_dataset(DATA, seed=0).val, backbone, space)
+    cache = build_feature_cache(val, backbone, model.first_fused_slot)
+    score = evaluate(lambda c, rows: model.forward_from(c.streams(rows), c.slot), cache,
+                     TrainConfig(progress=False), "accuracy")
+    assert score == pytest.approx(metrics["val_score"], abs=1e-9)
+
+
+def test_refuses_to_overwrite_a_finished_run(trained):
+    space, out, _ = trained
+    with pytest.raises(AutopmfError, match="--force"):
+        train_architecture(space, space.reference_arch(1, 1), DATA, out, TrainConfig())
+
+
+def test_training_lowers_the_loss_on_a_learnable_task(tmp_path):
+    """Identity statements only; a few epochs must beat the first epoch's loss clearly."""
+    space = tiny_space(batch_size=32)
+    cfg = TrainConfig(epochs=4, batch_size=32, progress=False, lr=1e-2)
+    m = train_architecture(space, space.reference_arch(3, 4), "digits:identity=1", tmp_path,
+                           cfg, baselines=False)
+    losses = [h["loss"] for h in m["history"]]
+    assert losses[-1] < losses[0]
+    assert torch.isfinite(torch.tensor(losses)).all()
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    code = main(["train", "--space", str(tmp_path / "missing.yaml"), "--arch",
+                 "reference:1:1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("autopmf: error:") and "\n" not in err
+    code = main(["train", "--space", "tiny", "--arch", "reference:1:3", "--out",
+                 str(tmp_path / "o")])
+    assert code == 2 and "prompt_2=3 is not one of" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "metrics.json").exists()
