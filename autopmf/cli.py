@@ -49,6 +49,49 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_supernet(args) -> int:
+    from autopmf.space import load_space
+    from autopmf.supernet_train import train_supernet
+
+    space = load_space(args.space)
+    cfg = _supernet_config(args, space)
+    run = train_supernet(space, args.data, Path(args.out), cfg, resume=args.resume,
+                         force=args.force)
+    if run.metrics["history"]:
+        last = run.metrics["history"][-1]["val"]
+        print("reference subnets, val " + run.metric + ": "
+              + "  ".join(f"{k} {v:.4f}" for k, v in last.items()))
+    print(f"wrote {args.out}/supernet.safetensors, {args.out}/supernet_metrics.json")
+    return 0
+
+
+def _supernet_config(args, space):
+    from autopmf.supernet_train import SupernetConfig
+
+    return SupernetConfig(epochs=args.epochs, lr=args.lr, head_lr_scale=args.head_lr_scale,
+                          seed=args.seed, batch_size=args.batch_size or space.batch_size,
+                          precision=args.precision or space.precision, device=args.device,
+                          progress=not args.quiet, sampling=args.sampling)
+
+
+def cmd_search(args) -> int:
+    from autopmf.search import SearchConfig, run_search
+    from autopmf.space import load_space
+
+    space = load_space(args.space)
+    cfg = SearchConfig(budget_gb=args.budget_gb, trials=args.trials,
+                       population=args.population, seed=args.seed, progress=not args.quiet,
+                       supernet=_supernet_config(args, space))
+    result = run_search(space, args.data, Path(args.out), cfg, resume=args.resume,
+                        force=args.force)
+    best = result["best"]
+    print(f"best of {result['trials']} candidates: {result['metric']} {best['score']:.4f} at "
+          f"{best['mem_gb']:.3f} GiB (budget {args.budget_gb} GiB), fused slots "
+          f"{space.fused_slots(best['arch'])}")
+    print(f"wrote {args.out}/best_arch.yaml, {args.out}/search_log.jsonl, {args.out}/pareto.json")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from autopmf.space import load_space
     from autopmf.train_arch import train_architecture
@@ -108,6 +151,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the image-only and text-only baselines")
     _add_train_options(p, epochs=8)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("search", help="find the best architecture within a memory budget")
+    p.add_argument("--space", required=True, help="search space YAML or built-in name")
+    p.add_argument("--data", default=DEMO_DATA, help="dataset spec, e.g. digits or easyvqa")
+    p.add_argument("--budget-gb", type=float, required=True,
+                   help="peak training memory allowed (GiB) at the space's batch size")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--trials", type=int, default=60, help="candidates to score")
+    p.add_argument("--population", type=int, default=16, help="evolution population size")
+    p.add_argument("--sampling", choices=("uniform", "sandwich"), default="sandwich",
+                   help="supernet training: which subnet trains at each step")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search")
+    _add_train_options(p, epochs=10)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("supernet", help="train the weight-sharing supernet of a space")
+    p.add_argument("--space", required=True, help="search space YAML or built-in name")
+    p.add_argument("--data", default=DEMO_DATA, help="dataset spec, e.g. digits or easyvqa")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--sampling", choices=("uniform", "sandwich"), default="sandwich",
+                   help="which subnet trains at each step")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run's newest checkpoint")
+    _add_train_options(p, epochs=10)
+    p.set_defaults(func=cmd_supernet)
 
     p = sub.add_parser("demo", help="the embedded default, end to end")
     p.add_argument("--out", default="runs/demo")

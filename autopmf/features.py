@@ -79,3 +79,22 @@ def build_feature_cache(encoded: EncodedSplit, backbone: FrozenBackbone, slot: i
 
 def _row_batches(n: int, batch_size: int) -> list[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+@torch.no_grad()
+def advance_feature_cache(cache: FeatureCache, backbone: FrozenBackbone, slot: int,
+                          batch_size: int = 256) -> FeatureCache:
+    """The same examples' streams entering a higher `slot`, by running the plain slots between
+    (texts per example, images per image, as in `build_feature_cache`)."""
+    def run(tensor, layer_index, run_layer, mask=None):
+        parts = []
+        for r in _row_batches(len(tensor), batch_size):
+            x = tensor[r]
+            for s in range(cache.slot, slot):
+                x = run_layer(layer_index(s), x, None if mask is None else mask[r])
+            parts.append(x)
+        return torch.cat(parts)
+
+    text = run(cache.text, backbone.text_layer_index, backbone.text.run_layer, cache.text_mask)
+    image = run(cache.image, backbone.image_layer_index, backbone.image.run_layer)
+    return FeatureCache(slot, text, cache.text_mask, image, cache.image_index, cache.labels)

@@ -16,6 +16,7 @@ level + the segment's peak rise. It reads only the profile: no model, no weights
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Mapping
 
 from autopmf.errors import AutopmfError
@@ -23,6 +24,7 @@ from autopmf.memory.profile import MemoryProfile, UnitCost, config_key, optimize
 from autopmf.space import Architecture, SearchSpace
 
 GIB = 2**30
+MIB = 2**20
 ADAM_STEP_BYTES = 4  # AdamW keeps one float32 step counter per parameter (on the CPU)
 
 
@@ -79,56 +81,48 @@ def _unsaved(unit: UnitCost, text: int, image: int) -> int:
 def min_memory_arch(space: SearchSpace, profile: MemoryProfile) -> tuple[Architecture, int]:
     """The architecture of `space` with the smallest estimate, and that estimate.
 
-    Searched exhaustively when the space is small, else by coordinate descent from the
-    all-off architecture (memory grows with every fused slot and every prompt row)."""
+    Coordinate descent from the all-smallest choices: memory only grows with each fused slot
+    and each prompt row, so this is nothing fused unless a space makes that not so."""
     choices = space.choices()
-    best = {k: min(v) for k, v in choices.items()}
+    best = {key: min(values) for key, values in choices.items()}
     best_bytes = estimate_bytes(space, best, profile)
-    n_archs = 1
-    for values in choices.values():
-        n_archs *= len(values)
-    if n_archs <= 200_000:
-        for combo in itertools.product(*choices.values()):
-            arch = dict(zip(choices, combo))
-            nbytes = estimate_bytes(space, arch, profile)
-            if nbytes < best_bytes:
-                best, best_bytes = arch, nbytes
-        return space.canonical(best), best_bytes
     improved = True
     while improved:
         improved = False
         for key, values in choices.items():
             for value in values:
-                arch = {**best, key: value}
-                nbytes = estimate_bytes(space, arch, profile)
+                nbytes = estimate_bytes(space, {**best, key: value}, profile)
                 if nbytes < best_bytes:
-                    best, best_bytes, improved = arch, nbytes, True
+                    best, best_bytes, improved = {**best, key: value}, nbytes, True
     return space.canonical(best), best_bytes
 
 
 def max_memory_arch(space: SearchSpace, profile: MemoryProfile) -> tuple[Architecture, int]:
-    """The architecture with the largest estimate among those that fuse every fusable slot at
-    one setting of each choice (the largest architectures of a PMF space)."""
-    choices = space.choices()
-    arch = {k: max(v) for k, v in choices.items()}
+    """The largest architecture: every fusable slot fused, every choice at its largest."""
+    arch = {key: max(values) for key, values in space.choices().items()}
     return arch, estimate_bytes(space, arch, profile)
 
 
 def check_budget(space: SearchSpace, budget_bytes: int, profile: MemoryProfile
                  ) -> tuple[Architecture, int]:
-    """Raise AutopmfError unless some architecture fits `budget_bytes`; return the smallest."""
+    """Raise AutopmfError unless some architecture fits `budget_bytes`; return the smallest
+    architecture and its estimate."""
     arch, nbytes = min_memory_arch(space, profile)
     if nbytes > budget_bytes:
-        device = profile.key["device"]
         fused = space.fused_slots(arch)
-        which = (f"fusing only slot(s) {fused}" if fused else
-                 "no slot fused, heads only")
-        cheaper = ("bf16" if space.precision == "fp32" else None)
-        hint = f", precision {cheaper}" if cheaper else ""
+        which = f"fusing slot(s) {fused}" if fused else "no slot fused, heads only"
+        precision = ", precision bf16" if space.precision == "fp32" else ""
         raise AutopmfError(
             f"no architecture of space '{space.name}' fits a budget of "
-            f"{budget_bytes / GIB:.2f} GiB on {device}: the smallest ({which}) needs "
-            f"{nbytes / GIB:.2f} GiB at batch size {space.batch_size}, {space.precision}; "
-            f"raise the budget to at least {nbytes / GIB:.2f} GiB or lower batch_size"
-            f"{hint} in {space.source or 'the space file'}")
+            f"{format_bytes(budget_bytes)} on {profile.key['device']}: the smallest ({which}) "
+            f"needs {format_bytes(nbytes)} at batch size {space.batch_size}, "
+            f"{space.precision}; raise the budget to at least {format_bytes(nbytes)}, or lower "
+            f"batch_size{precision} in {space.source or 'the search space'}")
     return arch, nbytes
+
+
+def format_bytes(nbytes: int) -> str:
+    """GiB (or MiB below 1 GiB), rounded up: a budget of what is printed is enough."""
+    if nbytes >= GIB:
+        return f"{math.ceil(nbytes / GIB * 100) / 100:.2f} GiB"
+    return f"{math.ceil(nbytes / MIB * 10) / 10:.1f} MiB"

@@ -171,7 +171,7 @@ def load_profile(space: SearchSpace, device: str = "cpu", num_classes: int = 2,
 
 
 # ----- building ----------------------------------------------------------------------------
-def fake_batch(space: SearchSpace, backbone: FrozenBackbone) -> tuple[dict, torch.Tensor]:
+def fake_batch(space: SearchSpace) -> tuple[dict, torch.Tensor]:
     """Input batch and labels as fake tensors (call inside FakeTensorMode)."""
     b, n, s = space.batch_size, space.max_text_len, space.image_size
     batch = {"input_ids": torch.zeros(b, n, dtype=torch.long),
@@ -221,7 +221,7 @@ class _Simulator:
         self.space, self.backbone = space, backbone
         self.granule = CUDA_GRANULE if device == "cuda" else 1
         self.optimizer = "foreach" if device == "cuda" else "single"
-        self.batch, self.labels = fake_batch(space, backbone)
+        self.batch, self.labels = fake_batch(space)
         self.mask = self.batch["attention_mask"].bool()
 
     def autocast(self):
@@ -241,9 +241,10 @@ class _Simulator:
         streams = self.backbone.encode_until(self.batch, first_fused)  # untracked copy
         return PrefixCost(forward, out_text, out_image), streams
 
-    def unit(self, run: Callable[[Streams], Streams], like: Streams, params: list,
+    def link(self, run: Callable[[Streams], Streams | tuple], like: Streams, params,
              inputs_need_grad: bool) -> UnitCost:
-        """Cost of `run` (one slot) on streams shaped like `like`."""
+        """Cost of one link of the chain on streams shaped like `like`: `run` maps them to
+        output streams (a slot), or to (loss, logits) (the heads; the step keeps both)."""
         tracker = LiveBytes(self.granule)
         marks: dict[str, int] = {}
 
@@ -265,10 +266,14 @@ class _Simulator:
                 forward = Segment(tracker.peak - start, tracker.live - start)
             del text, image
             saves_text, saves_image = (ref() is not None for ref in kept)
-            loss = _Sink.apply(start_backward, out.text, out.image)
-            outputs = [out.text, out.image]
-            del out
-            out_text, out_image = self._release(tracker, outputs)
+            if isinstance(out, Streams):
+                loss = _Sink.apply(start_backward, out.text, out.image)
+                outputs = [out.text, out.image]
+                del out
+                out_text, out_image = self._release(tracker, outputs)
+            else:
+                loss, out_text, out_image = out[0], 0, 0
+                start_backward()
             loss.backward()
             if not inputs_need_grad:
                 end_backward()
@@ -277,33 +282,11 @@ class _Simulator:
                         self._param_bytes(params))
 
     def heads(self, heads: TwoHeads, like: Streams, inputs_need_grad: bool) -> UnitCost:
-        """Cost of the heads and the loss (the top of the chain)."""
-        tracker = LiveBytes(self.granule)
-        marks: dict[str, int] = {}
+        def run(streams):
+            logits = heads(*self.backbone.cls_features(streams))
+            return loss_fn("accuracy", logits, self.labels), logits
 
-        def end_backward():
-            marks["peak"], marks["end"] = tracker.peak, tracker.live
-
-        text, image = fake_like(like.text), fake_like(like.image)
-        if inputs_need_grad:
-            text, image = _Source.apply(end_backward, text.requires_grad_(),
-                                        image.requires_grad_())
-        kept = weakref.ref(text.untyped_storage()), weakref.ref(image.untyped_storage())
-        with tracker:
-            start = tracker.begin()
-            with self.autocast():
-                logits = heads(*self.backbone.cls_features(Streams(text, self.mask, image)))
-            loss = loss_fn("accuracy", logits, self.labels)
-            forward = Segment(tracker.peak - start, tracker.live - start)
-            del text, image
-            saves_text, saves_image = (ref() is not None for ref in kept)
-            start = tracker.begin()
-            loss.backward()
-            if not inputs_need_grad:
-                end_backward()
-        backward = Segment(marks["peak"] - start, marks["end"] - start)
-        return UnitCost(forward, backward, 0, 0, saves_text, saves_image,
-                        self._param_bytes(heads.parameters()))
+        return self.link(run, like, heads.parameters(), inputs_need_grad)
 
     def full_finetune(self, num_classes: int) -> int:
         """Peak of a steady-state step that trains every weight: embeddings, all layers of both
@@ -393,8 +376,8 @@ def build_profile(space: SearchSpace, backbone: FrozenBackbone, device: str = "c
             def run(streams):
                 return slot(streams, backbone.text_layer_fn(top), backbone.image_layer_fn(top))
 
-            return sim.unit(run, inputs[top] if first else layer_out,
-                            list(slot.parameters()), inputs_need_grad=not first)
+            return sim.link(run, inputs[top] if first else layer_out, slot.parameters(),
+                            inputs_need_grad=not first)
 
         _check_stream_dtypes(inputs, layer_out)
         configs = slot_configs_of_space(space, mapping_hidden)
@@ -405,12 +388,13 @@ def build_profile(space: SearchSpace, backbone: FrozenBackbone, device: str = "c
             runtime=CUDA_CUBLAS_WORKSPACES if device == "cuda" else 0,
             optimizer=sim.optimizer,
             prefix=prefix,
-            plain=sim.unit(plain, layer_out, [], inputs_need_grad=True),
+            plain=sim.link(plain, layer_out, [], inputs_need_grad=True),
             fused={config_key(c): fused_cost(c, first=False) for c in configs},
             first_fused={config_key(c): fused_cost(c, first=True) for c in configs},
             heads=sim.heads(heads, layer_out, inputs_need_grad=True),
             heads_only=sim.heads(heads, inputs[backbone.num_slots], inputs_need_grad=False),
             full_finetune=0)
+        # Last: it makes every (fake) weight trainable.
         profile.full_finetune = sim.full_finetune(num_classes) + profile.runtime
     return profile
 

@@ -1,0 +1,279 @@
+"""`autopmf search`: the best architecture whose training fits a memory budget.
+
+Flow: check the budget against the memory model (fail fast, write nothing) -> train or reuse
+the supernet -> NNI RegularizedEvolution over the space, every candidate repaired into the
+budget and scored on the validation split with inherited weights -> search_log.jsonl (one
+line per candidate, as scored) -> best_arch.yaml and pareto.json.
+
+Resume replays the search: the strategy is deterministic given the seed and the scores, so it
+is run again from the start while every candidate already in the log takes its logged score
+instead of being scored again. The result equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import yaml
+from tqdm import tqdm
+
+from autopmf.data.registry import load_dataset
+from autopmf.errors import AutopmfError
+from autopmf.features import FeatureCache, advance_feature_cache
+from autopmf.files import atomic_write_json, atomic_write_text
+from autopmf.memory import GIB, check_budget, estimate_bytes, load_profile
+from autopmf.nni_space import (BUDGET_LABEL, BudgetedEvolution, build_nni_space, quiet_nni,
+                               repair, report)
+from autopmf.space import Architecture, SearchSpace, save_arch
+from autopmf.supernet_train import SupernetConfig, subnet_score, train_supernet
+from supernet.supernet import Supernet
+
+LOG = "search_log.jsonl"
+CONFIG = "config.yaml"
+BEST = "best_arch.yaml"
+PARETO = "pareto.json"
+
+
+@dataclass
+class SearchConfig:
+    budget_gb: float
+    trials: int = 60
+    population: int = 16
+    tournament: int = 4
+    mutation_prob: float = 0.15
+    seed: int = 0
+    progress: bool = True
+    supernet: SupernetConfig = field(default_factory=SupernetConfig)
+
+
+# ----- the log ---------------------------------------------------------------------------
+def read_log(path: Path) -> list[dict]:
+    """Logged candidates; a half-written last line (a killed run) is dropped."""
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    entries = []
+    for i, line in enumerate(lines):
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # interrupted mid-write: that candidate is simply scored again
+            raise AutopmfError(f"{path}: line {i + 1} is not JSON; the log is damaged — "
+                               "start a new search with another --out") from None
+    return entries
+
+
+class SearchLog:
+    def __init__(self, path: Path, entries: list[dict]):
+        self.path = path
+        self.entries = entries
+        # Rewrite without any dropped half line, so appends start on a clean line.
+        atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in entries))
+
+    def append(self, entry: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+        self.entries.append(entry)
+
+
+# ----- scoring ---------------------------------------------------------------------------
+class InheritedScorer:
+    """Scores subnets with the supernet's weights on the validation split, starting each one
+    from cached streams at its first fused slot (computed once per slot)."""
+
+    def __init__(self, supernet: Supernet, val: FeatureCache, cfg: SupernetConfig,
+                 metric: str):
+        self.supernet, self.cfg, self.metric = supernet, cfg, metric
+        self._at_slot = {val.slot: val}
+
+    def streams_at(self, slot: int) -> FeatureCache:
+        if slot not in self._at_slot:
+            below = max(s for s in self._at_slot if s < slot)
+            self._at_slot[slot] = advance_feature_cache(self._at_slot[below],
+                                                        self.supernet.backbone, slot)
+        return self._at_slot[slot]
+
+    def __call__(self, arch: Mapping[str, int]) -> float:
+        fused = self.supernet.space.fused_slots(arch)
+        start = min(fused, default=self.supernet.backbone.num_slots)
+        self.supernet.eval()
+        return subnet_score(self.supernet, arch, self.streams_at(start), self.cfg, self.metric)
+
+
+# ----- NNI evaluator ---------------------------------------------------------------------
+def _make_evaluator(space: SearchSpace, scorer, estimate, log: SearchLog, replay: list[dict],
+                    bar):
+    from nni.nas.evaluator import Evaluator
+
+    class InheritedWeightsEvaluator(Evaluator):
+        """Scores one candidate (NNI calls `_execute` with the frozen model)."""
+
+        def __init__(self):
+            self.trial = 0
+            self.scored: dict[str, float] = {}
+
+        def _execute(self, model) -> None:
+            arch = {k: v for k, v in model.sample.items() if k != BUDGET_LABEL}
+            self.trial += 1
+            key = json.dumps(space.canonical(arch), sort_keys=True)
+            if self.trial <= len(replay):
+                entry = replay[self.trial - 1]
+                if entry["arch"] != arch:
+                    raise AutopmfError(
+                        f"{log.path}: trial {self.trial} differs from this search's; the log "
+                        "comes from another seed or space — use a new --out or --force")
+            else:
+                started = time.perf_counter()
+                mem_gb = estimate(arch) / GIB
+                if key in self.scored:
+                    score, status = self.scored[key], "duplicate"
+                else:
+                    score, status = scorer(arch), "scored"
+                entry = {"trial": self.trial, "arch": arch, "mem_gb": round(mem_gb, 6),
+                         "score": score, "status": status,
+                         "seconds": round(time.perf_counter() - started, 4)}
+                log.append(entry)
+            self.scored[key] = entry["score"]
+            bar.update(1)
+            _show_best(bar, log.entries)
+            report(entry["score"])
+
+        def _dump(self):
+            return {}
+
+        @staticmethod
+        def _load(**kwargs):
+            raise NotImplementedError
+
+    return InheritedWeightsEvaluator()
+
+
+def _show_best(bar, entries: list[dict]) -> None:
+    best = best_entry(entries)
+    if best:
+        bar.set_postfix(best=f"{best['score']:.4f}", mem=f"{best['mem_gb']:.3f}GiB",
+                        refresh=False)
+
+
+def best_entry(entries: list[dict], budget_gb: float | None = None) -> dict | None:
+    """Best score among scored candidates within budget; ties: less memory, earlier trial."""
+    ok = [e for e in entries if e.get("score") is not None
+          and (budget_gb is None or e["mem_gb"] <= budget_gb)]
+    return min(ok, key=lambda e: (-e["score"], e["mem_gb"], e["trial"]), default=None)
+
+
+def pareto(entries: list[dict]) -> list[dict]:
+    """Candidates no other beats on both score and memory, by memory."""
+    front, best_score = [], float("-inf")
+    for e in sorted((e for e in entries if e.get("status") == "scored"),
+                    key=lambda e: (e["mem_gb"], -e["score"], e["trial"])):
+        if e["score"] > best_score:
+            front.append(e)
+            best_score = e["score"]
+    return front
+
+
+# ----- the run directory -----------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("autopmf", "torch", "transformers", "timm", "nni", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def _run_identity(space: SearchSpace, data_spec: str, cfg: SearchConfig) -> dict:
+    """What makes two searches the same search (resume must match it)."""
+    return {"space": space.to_dict(), "data": data_spec, "budget_gb": cfg.budget_gb,
+            "trials": cfg.trials, "population": cfg.population, "tournament": cfg.tournament,
+            "mutation_prob": cfg.mutation_prob, "seed": cfg.seed,
+            "supernet": {k: v for k, v in asdict(cfg.supernet).items()
+                         if k not in ("progress", "device", "use_disk_cache")}}
+
+
+def _prepare_out(out: Path, identity: dict, resume: bool, force: bool) -> None:
+    config = out / CONFIG
+    if not config.exists():
+        return
+    previous = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    same = {k: previous.get(k) for k in identity} == identity
+    if force:
+        for name in (LOG, BEST, PARETO, CONFIG, "supernet_metrics.json"):
+            (out / name).unlink(missing_ok=True)
+        import shutil
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        return
+    if not same:
+        raise AutopmfError(f"{out} holds a different search (other space, data, budget, seed or "
+                           "settings); choose another --out, or --force to replace it")
+    if not resume:
+        raise AutopmfError(f"{out} already holds this search; pass --resume to continue it "
+                           "(or --force to start over)")
+
+
+def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
+               resume: bool = False, force: bool = False) -> dict:
+    if not cfg.budget_gb > 0:
+        raise AutopmfError(f"--budget-gb must be a positive number of GiB, got {cfg.budget_gb}")
+    if cfg.trials < 1 or cfg.population < 1:
+        raise AutopmfError("--trials and --population must be at least 1")
+    out = Path(out)
+    identity = _run_identity(space, data_spec, cfg)
+    _prepare_out(out, identity, resume, force)
+    budget_bytes = int(cfg.budget_gb * GIB)
+    device_kind = "cuda" if cfg.supernet.device.startswith("cuda") else "cpu"
+    num_classes = len(load_dataset(data_spec, seed=cfg.supernet.seed).label_names)
+    profile = load_profile(space, device=device_kind, num_classes=num_classes)
+    check_budget(space, budget_bytes, profile)  # nothing fits: clear error, nothing written
+
+    def estimate(arch):
+        return estimate_bytes(space, arch, profile)
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / CONFIG, yaml.safe_dump(
+        {**identity, "memory_device": device_kind, "versions": _versions()}, sort_keys=False))
+    started = time.perf_counter()
+    run = train_supernet(space, data_spec, out, cfg.supernet, resume=True)
+    scorer = InheritedScorer(run.supernet, run.caches["val"], cfg.supernet, run.metric)
+
+    replay = read_log(out / LOG) if resume else []
+    log = SearchLog(out / LOG, list(replay))
+    quiet_nni()
+    from nni.nas.execution import SequentialExecutionEngine
+    from nni.nas.space import RawFormatModelSpace
+
+    nni_space, choices = build_nni_space(space, estimate, budget_bytes)
+    strategy = BudgetedEvolution(
+        choices, lambda sample: repair(space, sample, estimate, budget_bytes),
+        population_size=min(cfg.population, cfg.trials),
+        sample_size=min(cfg.tournament, cfg.population, cfg.trials),
+        mutation_prob=cfg.mutation_prob, seed=cfg.seed)
+    bar = tqdm(total=cfg.trials, desc="search", dynamic_ncols=True, mininterval=0.5,
+               disable=not (cfg.progress and sys.stderr.isatty()))
+    evaluator = _make_evaluator(space, scorer, estimate, log, replay, bar)
+    engine = SequentialExecutionEngine(max_model_count=cfg.trials)
+    strategy(RawFormatModelSpace(nni_space, evaluator), engine)
+    bar.close()
+
+    best = best_entry(log.entries, cfg.budget_gb)
+    if best is None:
+        raise AutopmfError("the search scored no architecture within the budget; raise "
+                           "--budget-gb or --trials")
+    front = pareto(log.entries)
+    atomic_write_json(out / PARETO, front)
+    save_arch(out / BEST, space, best["arch"], score=best["score"], mem_gb=best["mem_gb"],
+              trial=best["trial"], budget_gb=cfg.budget_gb, data=data_spec,
+              metric=run.metric)
+    return {"best": best, "pareto": front, "trials": len(log.entries),
+            "seconds": time.perf_counter() - started, "metric": run.metric}
