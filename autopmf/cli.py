@@ -49,6 +49,45 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_retrain(args) -> int:
+    import yaml
+
+    from autopmf.space import load_arch
+    from autopmf.train_arch import train_architecture
+
+    space, arch = load_arch(args.arch)
+    doc = yaml.safe_load(Path(args.arch).read_text(encoding="utf-8"))
+    data = args.data or doc.get("data") or DEMO_DATA
+    init = None
+    if args.init == "supernet":
+        init = _inherited_weights(Path(args.arch).parent, space, arch, data, args)
+    out = Path(args.out) if args.out else Path(args.arch).parent / "retrain"
+    metrics = train_architecture(space, arch, data, out, _train_config(args, space),
+                                 baselines=not args.no_baselines, force=args.force,
+                                 init_weights=init, measure_memory=True)
+    _print_train_summary(metrics, out)
+    print(f"peak training memory: measured {metrics['mem_gb_measured']:.3f} GiB, predicted "
+          f"{metrics['mem_gb_predicted']:.3f} GiB ({metrics['memory_device']})")
+    return 0
+
+
+def _inherited_weights(run: Path, space, arch, data: str, args):
+    """The subnet's weights extracted from the search run's supernet."""
+    from autopmf.build import build_backbone
+    from autopmf.data.registry import load_dataset
+    from autopmf.files import load_tensors
+    from autopmf.supernet_train import WEIGHTS, load_supernet_weights
+    from supernet.supernet import Supernet
+
+    if not (run / WEIGHTS).exists():
+        raise AutopmfError(f"--init supernet needs {run / WEIGHTS} (the search run's "
+                           "supernet); use --init scratch or point --arch into a search run")
+    num_classes = len(load_dataset(data, seed=args.seed).label_names)
+    supernet = Supernet(space, build_backbone(space), num_classes)
+    load_supernet_weights(supernet, load_tensors(run / WEIGHTS))
+    return supernet.extract(arch).trainable_state_dict()
+
+
 def cmd_supernet(args) -> int:
     from autopmf.space import load_space
     from autopmf.supernet_train import train_supernet
@@ -166,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p, epochs=10)
     p.set_defaults(func=cmd_search)
 
+    p = sub.add_parser("retrain", help="retrain a searched architecture standalone")
+    p.add_argument("--arch", required=True, help="RUN/best_arch.yaml (or any arch file)")
+    p.add_argument("--out", default=None, help="default: retrain/ beside the arch file")
+    p.add_argument("--data", default=None, help="default: the data the search used")
+    p.add_argument("--init", choices=("scratch", "supernet"), default="scratch",
+                   help="start from fresh weights or from the supernet's")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the image-only and text-only baselines")
+    _add_train_options(p, epochs=8)
+    p.set_defaults(func=cmd_retrain)
+
     p = sub.add_parser("supernet", help="train the weight-sharing supernet of a space")
     p.add_argument("--space", required=True, help="search space YAML or built-in name")
     p.add_argument("--data", default=DEMO_DATA, help="dataset spec, e.g. digits or easyvqa")
@@ -177,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p, epochs=10)
     p.set_defaults(func=cmd_supernet)
 
+    from autopmf.memory.cli import add_measure_parser
+    from autopmf.report_cli import add_log_parser
+
+    add_log_parser(sub)
+    add_measure_parser(sub)
+
     p = sub.add_parser("demo", help="the embedded default, end to end")
     p.add_argument("--out", default="runs/demo")
     _add_train_options(p, epochs=8)
@@ -185,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_runtime(args) -> None:
+    if not hasattr(args, "threads"):
+        return  # commands that run no model (log) skip importing torch
     import torch
 
     if args.threads:

@@ -27,9 +27,10 @@ from autopmf.errors import AutopmfError
 from autopmf.features import FeatureCache, advance_feature_cache
 from autopmf.files import atomic_write_json, atomic_write_text
 from autopmf.memory import GIB, check_budget, estimate_bytes, load_profile
+from autopmf.report import pareto_front, read_search_log
 from autopmf.nni_space import (BUDGET_LABEL, BudgetedEvolution, build_nni_space, quiet_nni,
                                repair, report)
-from autopmf.space import Architecture, SearchSpace, save_arch
+from autopmf.space import SearchSpace, save_arch
 from autopmf.supernet_train import SupernetConfig, subnet_score, train_supernet
 from supernet.supernet import Supernet
 
@@ -52,23 +53,6 @@ class SearchConfig:
 
 
 # ----- the log ---------------------------------------------------------------------------
-def read_log(path: Path) -> list[dict]:
-    """Logged candidates; a half-written last line (a killed run) is dropped."""
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    entries = []
-    for i, line in enumerate(lines):
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break  # interrupted mid-write: that candidate is simply scored again
-            raise AutopmfError(f"{path}: line {i + 1} is not JSON; the log is damaged — "
-                               "start a new search with another --out") from None
-    return entries
-
-
 class SearchLog:
     def __init__(self, path: Path, entries: list[dict]):
         self.path = path
@@ -169,17 +153,6 @@ def best_entry(entries: list[dict], budget_gb: float | None = None) -> dict | No
     return min(ok, key=lambda e: (-e["score"], e["mem_gb"], e["trial"]), default=None)
 
 
-def pareto(entries: list[dict]) -> list[dict]:
-    """Candidates no other beats on both score and memory, by memory."""
-    front, best_score = [], float("-inf")
-    for e in sorted((e for e in entries if e.get("status") == "scored"),
-                    key=lambda e: (e["mem_gb"], -e["score"], e["trial"])):
-        if e["score"] > best_score:
-            front.append(e)
-            best_score = e["score"]
-    return front
-
-
 # ----- the run directory -----------------------------------------------------------------
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
@@ -233,7 +206,8 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     _prepare_out(out, identity, resume, force)
     budget_bytes = int(cfg.budget_gb * GIB)
     device_kind = "cuda" if cfg.supernet.device.startswith("cuda") else "cpu"
-    num_classes = len(load_dataset(data_spec, seed=cfg.supernet.seed).label_names)
+    dataset = load_dataset(data_spec, seed=cfg.supernet.seed)
+    num_classes, dataset_metric = len(dataset.label_names), dataset.metric
     profile = load_profile(space, device=device_kind, num_classes=num_classes)
     check_budget(space, budget_bytes, profile)  # nothing fits: clear error, nothing written
 
@@ -242,12 +216,13 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / CONFIG, yaml.safe_dump(
-        {**identity, "memory_device": device_kind, "versions": _versions()}, sort_keys=False))
+        {**identity, "metric": dataset_metric, "memory_device": device_kind,
+         "versions": _versions()}, sort_keys=False))
     started = time.perf_counter()
     run = train_supernet(space, data_spec, out, cfg.supernet, resume=True)
     scorer = InheritedScorer(run.supernet, run.caches["val"], cfg.supernet, run.metric)
 
-    replay = read_log(out / LOG) if resume else []
+    replay = read_search_log(out / LOG) if resume and (out / LOG).exists() else []
     log = SearchLog(out / LOG, list(replay))
     quiet_nni()
     from nni.nas.execution import SequentialExecutionEngine
@@ -270,7 +245,7 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     if best is None:
         raise AutopmfError("the search scored no architecture within the budget; raise "
                            "--budget-gb or --trials")
-    front = pareto(log.entries)
+    front = pareto_front(log.entries)
     atomic_write_json(out / PARETO, front)
     save_arch(out / BEST, space, best["arch"], score=best["score"], mem_gb=best["mem_gb"],
               trial=best["trial"], budget_gb=cfg.budget_gb, data=data_spec,

@@ -34,7 +34,12 @@ def prepare_out_dir(out: Path, force: bool) -> None:
 
 
 def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: str, out: Path,
-                       cfg: TrainConfig, baselines: bool = True, force: bool = False) -> dict:
+                       cfg: TrainConfig, baselines: bool = True, force: bool = False,
+                       init_weights: Mapping[str, torch.Tensor] | None = None,
+                       measure_memory: bool = False) -> dict:
+    """Train `arch` standalone (from `init_weights`, e.g. inherited from a supernet, or from
+    scratch) and write its run directory; `measure_memory` adds its measured and predicted
+    peak training memory."""
     arch = space.validate(arch)
     prepare_out_dir(out, force)
     started = time.perf_counter()
@@ -42,6 +47,8 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
     backbone = build_backbone(space).to(cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_pmf(space, arch, backbone, len(dataset.label_names)).to(cfg.device)
+    if init_weights is not None:
+        model.load_trainable_state_dict(init_weights)
 
     encoded = {name: encode_split(split, backbone, space)
                for name, split in dataset.splits().items()}
@@ -77,6 +84,9 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
                    for name, enc in encoded.items()}
         metrics["baselines"] = unimodal_baselines(backbone, top, len(dataset.label_names),
                                                   dataset.metric, cfg)
+    if measure_memory:
+        metrics.update(memory_report(space, arch, backbone, cfg.device,
+                                     len(dataset.label_names)))
     metrics["seconds"]["total"] = time.perf_counter() - started
 
     save_arch(out / "arch.yaml", space, arch)
@@ -84,3 +94,17 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
                  metadata={"arch": json.dumps(arch), "space": space.name})
     atomic_write_json(out / "metrics.json", metrics)  # last: its presence marks the run done
     return metrics
+
+
+def memory_report(space: SearchSpace, arch: Mapping[str, int], backbone, device: str,
+                  num_classes: int) -> dict:
+    """Measured (a real isolated training step) and predicted peak training memory, GiB."""
+    from autopmf.memory import GIB, estimate_bytes, load_profile
+    from autopmf.memory.measure import measure_peak_bytes
+
+    kind = torch.device(device).type
+    measured = measure_peak_bytes(space, arch, backbone, device, num_classes)
+    predicted = estimate_bytes(space, arch, load_profile(space, kind, num_classes,
+                                                         backbone=backbone))
+    return {"mem_gb_measured": measured / GIB, "mem_gb_predicted": predicted / GIB,
+            "memory_device": kind}

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 from autopmf import supernet_train
 from autopmf.build import build_backbone
-from autopmf.features import build_feature_cache, encode_split
+from autopmf.features import build_feature_cache
 from autopmf.files import load_tensors
 from autopmf.supernet_train import SupernetConfig, train_supernet
 from supernet.optim import step_used_only

@@ -20,12 +20,12 @@ import math
 from typing import Mapping
 
 from autopmf.errors import AutopmfError
-from autopmf.memory.profile import MemoryProfile, UnitCost, config_key, optimizer_transient
+from autopmf.memory.profile import (MemoryProfile, UnitCost, config_key, optimizer_state,
+                                    optimizer_transient)
 from autopmf.space import Architecture, SearchSpace
 
 GIB = 2**30
 MIB = 2**20
-ADAM_STEP_BYTES = 4  # AdamW keeps one float32 step counter per parameter (on the CPU)
 
 
 def estimate_bytes(space: SearchSpace, arch: Mapping[str, int], profile: MemoryProfile) -> int:
@@ -46,8 +46,7 @@ def estimate_bytes(space: SearchSpace, arch: Mapping[str, int], profile: MemoryP
 def _walk(profile: MemoryProfile, first: int, units: list[UnitCost]) -> int:
     params = tuple(itertools.chain.from_iterable(u.params for u in units))
     trainable = sum(params)
-    steps = ADAM_STEP_BYTES * len(params) if profile.optimizer == "single" else 0
-    state = profile.static + 3 * trainable + steps  # weights, AdamW's two moments, counters
+    state = profile.static + trainable + optimizer_state(profile.optimizer, params)
     level = state + trainable  # the last step's gradients, alive until zero_grad
     peak = level
 

@@ -14,6 +14,7 @@ so that AdamW's lazily created moments exist (steady state).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from typing import Mapping
 
@@ -59,7 +60,24 @@ def measure_peak_bytes(space: SearchSpace, arch: Mapping[str, int], backbone: Fr
                        batch: tuple[dict, torch.Tensor] | None = None) -> int:
     """Peak allocated bytes of a steady-state training step of `arch` on `device` (the
     backbone must already be there). `batch`: (inputs, labels) on `device`, else synthetic."""
-    model = build_pmf(space, arch, backbone, num_classes).to(device)
+    model = build_pmf(space, arch, backbone, num_classes)
+    return _measure(model, space, device, num_classes, batch)
+
+
+def measure_full_finetune_bytes(space: SearchSpace, backbone: FrozenBackbone,
+                                device: str = "cpu", num_classes: int = 2,
+                                batch: tuple[dict, torch.Tensor] | None = None) -> int:
+    """The same for full fine-tuning (`FullFineTune`: every weight trained)."""
+    from autopmf.memory.finetune import FullFineTune, unfrozen
+
+    with unfrozen(backbone):
+        return _measure(FullFineTune(backbone, num_classes), space, device, num_classes, batch)
+
+
+def _measure(model: torch.nn.Module, space: SearchSpace, device: str, num_classes: int,
+             batch: tuple[dict, torch.Tensor] | None) -> int:
+    gc.collect()  # nothing of an earlier measurement may linger on the device
+    model = model.to(device)
     inputs, labels = batch if batch is not None else synthetic_batch(space, num_classes, device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
 

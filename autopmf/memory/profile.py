@@ -31,6 +31,8 @@ from typing import Callable
 import torch
 
 from autopmf.errors import AutopmfError
+from autopmf.memory.finetune import FullFineTune
+from autopmf.memory.measure import training_step
 from autopmf.memory.simulate import (CUDA_GRANULE, LiveBytes, fake_like, fake_mode,
                                      fake_parameters, storage_bytes)
 from autopmf.metrics import loss_fn
@@ -213,6 +215,21 @@ class _Sink(torch.autograd.Function):
         return None, *grads
 
 
+class _AdamWStandIn:
+    """AdamW's part in a simulated step: zero_grad as AdamW does it; `step` notes the level
+    (its scratch is added by `optimizer_transient`: fake tensors cannot run AdamW's update)."""
+
+    def __init__(self, params: list, tracker: LiveBytes):
+        self.params, self.tracker, self.level_at_step = params, tracker, 0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        self.level_at_step = self.tracker.live
+
+
 class _Simulator:
     """Runs pieces of one training step on fake tensors (inside `fake_mode()` and
     `fake_parameters(backbone)`) and measures them with a `LiveBytes` tracker."""
@@ -289,39 +306,23 @@ class _Simulator:
         return self.link(run, like, heads.parameters(), inputs_need_grad)
 
     def full_finetune(self, num_classes: int) -> int:
-        """Peak of a steady-state step that trains every weight: embeddings, all layers of both
-        encoders, and the heads (AdamW's own peak added by the caller's rule)."""
-        bb = self.backbone
-        heads = TwoHeads(bb.text.hidden_size, bb.image.hidden_size, num_classes)
-        params = [*bb.parameters(), *heads.parameters()]
+        """Peak of a steady-state step of `FullFineTune`: every weight trained."""
+        model = FullFineTune(self.backbone, num_classes)
+        params = list(model.parameters())
         for p in params:
             p.requires_grad_(True)
         tracker = LiveBytes(self.granule)
+        optimizer = _AdamWStandIn(params, tracker)
         with tracker:
-            for t in (*params, *bb.buffers(), *self.batch.values(), self.labels):
+            for t in (*params, *model.buffers(), *self.batch.values(), self.labels):
                 tracker.track(t.untyped_storage())
-            state = [torch.zeros_like(p) for p in params for _ in range(2)]  # AdamW moments
+            param_bytes = self._param_bytes(params)
+            tracker.live += optimizer_state(self.optimizer, param_bytes)
             for p in params:
-                p.grad = torch.zeros_like(p)  # last step's gradients, freed by zero_grad
-            tracker.begin()
-            with self.autocast():
-                text = bb.text.embed({"input_ids": self.batch["input_ids"]})
-                for i in range(bb.text.depth):
-                    text = bb.text.run_layer(i, text, self.mask)
-                image = bb.image.embed(self.batch["pixels"])
-                for i in range(bb.image.depth):
-                    image = bb.image.run_layer(i, image, None)
-                logits = heads(*bb.cls_features(Streams(text, self.mask, image)))
-            del text, image
-            loss = loss_fn("accuracy", logits, self.labels)
-            for p in params:
-                p.grad = None
-            loss.backward()
-            step_peak = tracker.peak
-            opt_peak = tracker.live + optimizer_transient(self.optimizer,
-                                                          self._param_bytes(params))
-        del state
-        return max(step_peak, opt_peak)
+                p.grad = torch.zeros_like(p)  # the last step's, freed by zero_grad
+            training_step(model, self.batch, self.labels, optimizer, self.space.precision, "cpu")
+        scratch = optimizer_transient(self.optimizer, param_bytes)
+        return max(tracker.peak, optimizer.level_at_step + scratch)
 
     @staticmethod
     def _release(tracker: LiveBytes, tensors: list) -> tuple[int, ...]:
@@ -336,6 +337,12 @@ class _Simulator:
 
     def _param_bytes(self, params) -> tuple[int, ...]:
         return tuple(storage_bytes([p], self.granule) for p in params if p.requires_grad)
+
+
+def optimizer_state(kind: str, param_bytes: tuple[int, ...]) -> int:
+    """AdamW's state: two moments per parameter, and on the CPU path a float32 step counter
+    each (the CUDA path keeps those on the host)."""
+    return 2 * sum(param_bytes) + (4 * len(param_bytes) if kind == "single" else 0)
 
 
 def optimizer_transient(kind: str, param_bytes: tuple[int, ...]) -> int:

@@ -1,0 +1,134 @@
+"""`autopmf search` on tiny encoders: budget respected, best = best logged, resume, errors."""
+
+import json
+
+import pytest
+import yaml
+
+from autopmf import search as search_mod
+from autopmf.cli import main
+from autopmf.errors import AutopmfError
+from autopmf.memory import GIB, estimate_bytes, load_profile, max_memory_arch, min_memory_arch
+from autopmf.nni_space import repair
+from autopmf.search import SearchConfig, run_search
+from autopmf.space import load_arch
+from autopmf.supernet_train import SupernetConfig
+from tests.conftest import tiny_space
+
+DATA = "digits:examples_per_image=1"
+
+
+@pytest.fixture(scope="module")
+def space():
+    return tiny_space(batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def budget_gb(space):
+    profile = load_profile(space)
+    low, high = min_memory_arch(space, profile)[1], max_memory_arch(space, profile)[1]
+    return (low + 0.75 * (high - low)) / GIB  # the largest architecture does not fit
+
+
+def config(budget_gb, trials=14):
+    return SearchConfig(budget_gb=budget_gb, trials=trials, population=5, tournament=2,
+                        mutation_prob=0.3, seed=3, progress=False,
+                        supernet=SupernetConfig(epochs=1, batch_size=16, progress=False))
+
+
+@pytest.fixture(scope="module")
+def finished(space, budget_gb, tmp_path_factory):
+    out = tmp_path_factory.mktemp("search")
+    result = run_search(space, DATA, out, config(budget_gb))
+    return out, result
+
+
+def log_of(out):
+    return [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
+
+
+def test_every_logged_candidate_fits_and_best_is_the_best_line(finished, budget_gb, space):
+    out, result = finished
+    log = log_of(out)
+    assert len(log) == 14 and [e["trial"] for e in log] == list(range(1, 15))
+    assert all(e["mem_gb"] <= budget_gb for e in log)
+    profile = load_profile(space)
+    for e in log:  # the logged memory is the memory model's, for exactly that architecture
+        assert e["mem_gb"] == pytest.approx(estimate_bytes(space, e["arch"], profile) / GIB,
+                                            abs=1e-6)
+    keys = [json.dumps(space.canonical(e["arch"]), sort_keys=True) for e in log]
+    assert len(set(keys)) == len(keys)  # no architecture scored twice
+    best = min(log, key=lambda e: (-e["score"], e["mem_gb"], e["trial"]))
+    doc = yaml.safe_load((out / "best_arch.yaml").read_text())
+    assert doc["arch"] == best["arch"] and doc["score"] == best["score"]
+    assert load_arch(out / "best_arch.yaml")[1] == best["arch"]
+    config_doc = yaml.safe_load((out / "config.yaml").read_text())
+    assert config_doc["seed"] == 3 and "torch" in config_doc["versions"]
+
+
+def test_log_command_reports_no_over_budget_candidate(finished, capsys):
+    out, _ = finished
+    assert main(["log", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["over_budget"] == 0 and report["trials"] == 14
+    assert report["best"]["arch"] == yaml.safe_load((out / "best_arch.yaml").read_text())["arch"]
+
+
+def test_repair_steps_an_oversized_architecture_into_the_budget(space, budget_gb):
+    profile = load_profile(space)
+    largest = max_memory_arch(space, profile)[0]
+
+    def estimate(a):
+        return estimate_bytes(space, a, profile)
+
+    fixed = repair(space, largest, estimate, int(budget_gb * GIB))
+    assert fixed is not None and estimate(fixed) <= budget_gb * GIB
+    assert space.fused_slots(fixed)  # it steps down, it does not throw everything away
+    assert repair(space, largest, estimate, 1) is None
+
+
+def test_infeasible_budget_fails_clearly_and_writes_no_best_arch(space, tmp_path):
+    with pytest.raises(AutopmfError, match="smallest .* needs .* raise the budget") as info:
+        run_search(space, DATA, tmp_path / "run", config(1e-6))
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "run" / "best_arch.yaml").exists()
+    assert main(["search", "--space", "tiny", "--budget-gb", "0", "--out",
+                 str(tmp_path / "r2")]) == 2
+
+
+def test_killed_and_resumed_search_equals_uninterrupted(finished, space, budget_gb, tmp_path,
+                                                        monkeypatch):
+    clean_out, _ = finished
+    real_call = search_mod.InheritedScorer.__call__
+    calls = {"n": 0}
+
+    def dies_at_ninth(self, arch):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise KeyboardInterrupt
+        return real_call(self, arch)
+
+    monkeypatch.setattr(search_mod.InheritedScorer, "__call__", dies_at_ninth)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(space, DATA, tmp_path, config(budget_gb))
+    assert len(log_of(tmp_path)) == 8 and not (tmp_path / "best_arch.yaml").exists()
+    with (tmp_path / "search_log.jsonl").open("a") as f:
+        f.write('{"trial": 9, "arch": {"fusi')  # killed mid-write
+
+    scored_again = []
+    monkeypatch.setattr(search_mod.InheritedScorer, "__call__",
+                        lambda self, arch: scored_again.append(arch) or real_call(self, arch))
+    with pytest.raises(AutopmfError, match="--resume"):
+        run_search(space, DATA, tmp_path, config(budget_gb))
+    run_search(space, DATA, tmp_path, config(budget_gb), resume=True)
+    strip = [{k: v for k, v in e.items() if k != "seconds"} for e in log_of(tmp_path)]
+    clean = [{k: v for k, v in e.items() if k != "seconds"} for e in log_of(clean_out)]
+    assert strip == clean
+    assert len(scored_again) == 14 - 8  # logged candidates were not scored again
+    assert (tmp_path / "best_arch.yaml").read_text() == (clean_out / "best_arch.yaml").read_text()
+
+
+def test_a_different_search_in_the_same_directory_is_refused(finished, space, budget_gb):
+    out, _ = finished
+    with pytest.raises(AutopmfError, match="different search"):
+        run_search(space, DATA, out, config(budget_gb * 0.9), resume=True)
