@@ -98,3 +98,33 @@ def advance_feature_cache(cache: FeatureCache, backbone: FrozenBackbone, slot: i
     text = run(cache.text, backbone.text_layer_index, backbone.text.run_layer, cache.text_mask)
     image = run(cache.image, backbone.image_layer_index, backbone.image.run_layer)
     return FeatureCache(slot, text, cache.text_mask, image, cache.image_index, cache.labels)
+
+
+class SlotCaches:
+    """Streams of one split entering each slot, built on demand from the lowest one.
+
+    A subnet whose first fused slot is s starts from the streams entering s, so the frozen
+    slots below it are never run again. Higher slots are kept only while the total stays
+    under `max_bytes`; past that, a subnet starts from the highest kept slot below its own
+    first fused slot (still correct: those slots then run without autograd)."""
+
+    def __init__(self, lowest: FeatureCache, backbone: FrozenBackbone,
+                 max_bytes: int = 2 * 2**30):
+        self.backbone = backbone
+        self.max_bytes = max_bytes
+        self._by_slot = {lowest.slot: lowest}
+
+    @staticmethod
+    def _nbytes(cache: FeatureCache) -> int:
+        return sum(t.numel() * t.element_size() for t in (cache.text, cache.image))
+
+    def at(self, slot: int) -> FeatureCache:
+        """The cache to start a subnet whose first fused slot is `slot` from."""
+        if slot in self._by_slot:
+            return self._by_slot[slot]
+        below = self._by_slot[max(s for s in self._by_slot if s < slot)]
+        used = sum(self._nbytes(c) for c in self._by_slot.values())
+        if used + self._nbytes(below) > self.max_bytes:
+            return below
+        self._by_slot[slot] = advance_feature_cache(below, self.backbone, slot)
+        return self._by_slot[slot]

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from autopmf.data.registry import load_dataset
 from autopmf.errors import AutopmfError
-from autopmf.features import FeatureCache, advance_feature_cache
+from autopmf.features import SlotCaches
 from autopmf.files import atomic_write_json, atomic_write_text
 from autopmf.memory import GIB, check_budget, estimate_bytes, load_profile
 from autopmf.report import pareto_front, read_search_log
@@ -69,26 +69,17 @@ class SearchLog:
 
 # ----- scoring ---------------------------------------------------------------------------
 class InheritedScorer:
-    """Scores subnets with the supernet's weights on the validation split, starting each one
-    from cached streams at its first fused slot (computed once per slot)."""
+    """Scores subnets with the supernet's weights on the validation split, each starting from
+    cached streams at its first fused slot."""
 
-    def __init__(self, supernet: Supernet, val: FeatureCache, cfg: SupernetConfig,
-                 metric: str):
-        self.supernet, self.cfg, self.metric = supernet, cfg, metric
-        self._at_slot = {val.slot: val}
-
-    def streams_at(self, slot: int) -> FeatureCache:
-        if slot not in self._at_slot:
-            below = max(s for s in self._at_slot if s < slot)
-            self._at_slot[slot] = advance_feature_cache(self._at_slot[below],
-                                                        self.supernet.backbone, slot)
-        return self._at_slot[slot]
+    def __init__(self, supernet: Supernet, val: SlotCaches, cfg: SupernetConfig, metric: str):
+        self.supernet, self.val, self.cfg, self.metric = supernet, val, cfg, metric
 
     def __call__(self, arch: Mapping[str, int]) -> float:
         fused = self.supernet.space.fused_slots(arch)
         start = min(fused, default=self.supernet.backbone.num_slots)
         self.supernet.eval()
-        return subnet_score(self.supernet, arch, self.streams_at(start), self.cfg, self.metric)
+        return subnet_score(self.supernet, arch, self.val.at(start), self.cfg, self.metric)
 
 
 # ----- NNI evaluator ---------------------------------------------------------------------
@@ -220,7 +211,8 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
          "versions": _versions()}, sort_keys=False))
     started = time.perf_counter()
     run = train_supernet(space, data_spec, out, cfg.supernet, resume=True)
-    scorer = InheritedScorer(run.supernet, run.caches["val"], cfg.supernet, run.metric)
+    scorer = InheritedScorer(run.supernet, SlotCaches(run.caches["val"], run.supernet.backbone),
+                             cfg.supernet, run.metric)
 
     replay = read_search_log(out / LOG) if resume and (out / LOG).exists() else []
     log = SearchLog(out / LOG, list(replay))

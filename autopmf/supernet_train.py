@@ -23,7 +23,7 @@ from autopmf.data.registry import load_dataset
 from autopmf.distributed import DistContext, init_distributed
 from autopmf.errors import AutopmfError
 from autopmf.feature_store import feature_caches
-from autopmf.features import FeatureCache
+from autopmf.features import FeatureCache, SlotCaches
 from autopmf.files import atomic_write_json, load_tensors, save_tensors
 from autopmf.metrics import loss_fn
 from autopmf.space import SearchSpace
@@ -41,6 +41,7 @@ class SupernetConfig(TrainConfig):
     epochs: int = 10
     sampling: str = "sandwich"
     use_disk_cache: bool = True
+    cache_max_bytes: int = 2 * 2**30  # streams kept per slot (RAM) to skip frozen slots
 
 
 @dataclass
@@ -69,12 +70,13 @@ def subnet_score(supernet: Supernet, arch, cache: FeatureCache, cfg: TrainConfig
     return evaluate(forward, cache, cfg, metric)
 
 
-def _train_epoch(model, supernet: Supernet, sampler: ArchSampler, train: FeatureCache,
+def _train_epoch(model, supernet: Supernet, sampler: ArchSampler, train: SlotCaches,
                  optimizer, schedule, cfg: SupernetConfig, metric: str, epoch: int,
                  dist: DistContext) -> float:
-    steps = len(train) // cfg.batch_size  # full global batches only: ranks stay in step
+    n = len(train.at(supernet.lowest_fusable_slot))
+    steps = n // cfg.batch_size  # full global batches only: ranks stay in step
     # The order depends only on (seed, epoch), so a resumed epoch sees the same batches.
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(
         cfg.seed * 100_003 + epoch))
     bar = tqdm(range(steps), desc=f"supernet {epoch + 1}/{cfg.epochs}", leave=False,
                disable=not (cfg.progress and dist.is_main and sys.stderr.isatty()),
@@ -84,9 +86,11 @@ def _train_epoch(model, supernet: Supernet, sampler: ArchSampler, train: Feature
         arch = sampler.sample(epoch * steps + step)
         batch_rows = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         rows = batch_rows[dist.rank::dist.world_size]  # this rank's shard of the batch
+        start = min(supernet.space.fused_slots(arch), default=supernet.backbone.num_slots)
+        cache = train.at(start)  # skip the frozen slots below this subnet's first fusion
         with autocast(cfg.precision, cfg.device):
-            logits = model(train.streams(rows, cfg.device), train.slot, arch)
-        loss = loss_fn(metric, logits, train.labels[rows].to(logits.device))
+            logits = model(cache.streams(rows, cfg.device), cache.slot, arch)
+        loss = loss_fn(metric, logits, cache.labels[rows].to(logits.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         step_used_only(optimizer, supernet, supernet.used_regions(arch))
@@ -136,6 +140,7 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
         load_supernet_weights(supernet, weights)
         start_epoch, history = state["epoch"], state["history"]
 
+    train_slots = SlotCaches(caches["train"], backbone, cfg.cache_max_bytes)
     model = supernet
     if dist.active:
         model = torch.nn.parallel.DistributedDataParallel(supernet, find_unused_parameters=True)
@@ -143,7 +148,7 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
     references = reference_subnets(space, cfg.seed)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        loss = _train_epoch(model, supernet, sampler, caches["train"], optimizer, schedule, cfg,
+        loss = _train_epoch(model, supernet, sampler, train_slots, optimizer, schedule, cfg,
                             dataset.metric, epoch, dist)
         record = {"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - t0}
         if dist.is_main:

@@ -2,6 +2,7 @@
 
     python bench/memory.py                      # (a) demo table, (b) throughput, (c) paper
     python bench/memory.py --measure-paper      # + a real CPU step of the paper's PMF design
+    python bench/memory.py --demo-precision bf16 --skip-paper   # (a) under bf16 autocast
 
 (a) `autopmf measure --space demo --samples 20 --json`: predicted vs measured peak of a real
     training step for 20 stratified random architectures of the demo space, on CPU.
@@ -29,7 +30,8 @@ from autopmf.build import build_backbone  # noqa: E402
 from autopmf.memory import (build_profile, estimate_bytes, max_memory_arch,  # noqa: E402
                             min_memory_arch)
 from autopmf.memory.cli import compare, describe, stratified_sample  # noqa: E402
-from autopmf.memory.measure import measure_peak_bytes  # noqa: E402
+from autopmf.memory.measure import (measure_full_finetune_bytes,  # noqa: E402
+                                    measure_peak_bytes)
 from autopmf.space import load_space  # noqa: E402
 
 MIB, GIB = 2**20, 2**30
@@ -39,12 +41,13 @@ PAPER_REFERENCE = (2, 4)
 PAPER_CLASSES = 101
 
 
-def demo_table(samples: int, seed: int) -> None:
-    space = load_space("demo")
+def demo_table(samples: int, seed: int, precision: str) -> None:
+    space = dataclasses.replace(load_space("demo"), precision=precision)
     report = compare(space, stratified_sample(space, samples, seed), "cpu")
-    print(f"### (a) Predicted vs measured, demo space on CPU\n\n"
+    flag = "" if precision == "fp32" else f" (demo.yaml with precision: {precision})"
+    print(f"### (a) Predicted vs measured, demo space on CPU, {precision}\n\n"
           f"`autopmf measure --space demo --samples {samples} --seed {seed} --json --device cpu"
-          f" --threads 1` (space: {space.text_encoder} + {space.image_encoder}, batch "
+          f" --threads 1`{flag} (space: {space.text_encoder} + {space.image_encoder}, batch "
           f"{space.batch_size}, text {space.max_text_len} tokens, {space.image_size} px, "
           f"{space.precision})\n")
     print("| # | fused slot:M | predicted MiB | measured MiB | error |")
@@ -55,6 +58,12 @@ def demo_table(samples: int, seed: int) -> None:
     s = report["summary"]
     print(f"\nn = {s['n']}, median |error| {s['median_rel_err']:.3%}, max |error| "
           f"{s['max_rel_err']:.3%} (target: median <= 3%, max <= 8%)\n")
+    backbone = build_backbone(space)
+    predicted = report["full_finetune_predicted_bytes"]
+    measured = measure_full_finetune_bytes(space, backbone)
+    print(f"Full fine-tuning of the same encoders (every weight trained): predicted "
+          f"{predicted / MIB:.2f} MiB, measured {measured / MIB:.2f} MiB "
+          f"({(predicted - measured) / measured:+.3%}).\n")
 
 
 def throughput(n: int = 20000) -> None:
@@ -127,6 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--demo-precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--skip-paper", action="store_true")
     parser.add_argument("--measure-paper", action="store_true",
@@ -134,7 +144,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not args.skip_demo:
-        demo_table(args.samples, args.seed)
+        demo_table(args.samples, args.seed, args.demo_precision)
         throughput()
     if not args.skip_paper:
         paper_setting(args.measure_paper)

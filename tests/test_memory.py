@@ -9,7 +9,7 @@ from autopmf.errors import AutopmfError
 from autopmf.memory import build_profile, check_budget, estimate_bytes, load_profile
 from autopmf.memory.estimator import format_bytes, min_memory_arch
 from autopmf.memory.cli import add_measure_parser, stratified_sample
-from autopmf.memory.measure import measure_peak_bytes
+from autopmf.memory.measure import measure_full_finetune_bytes, measure_peak_bytes
 from tests.conftest import tiny_space
 
 SPACE = tiny_space()
@@ -62,6 +62,12 @@ def test_estimate_matches_a_measured_step(backbone, profile, fused):
     arch = arch_with(fused)
     measured = measure_peak_bytes(SPACE, arch, backbone)
     assert abs(estimate_bytes(SPACE, arch, profile) - measured) <= 0.03 * measured
+
+
+def test_full_finetune_estimate_matches_a_measured_step(backbone, profile):
+    measured = measure_full_finetune_bytes(SPACE, backbone)
+    assert abs(profile.full_finetune - measured) <= 0.03 * measured
+    assert not any(p.requires_grad for p in backbone.parameters())  # frozen again
 
 
 def test_measurement_is_real(backbone):

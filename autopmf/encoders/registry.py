@@ -25,6 +25,15 @@ RANDOM_IMAGE = {"random:vit-base-patch16-224": dict(depth=12, hidden=768, heads=
                                                     mlp_ratio=4)}
 
 
+def _quiet_transformers() -> None:
+    """Loading a BERT checkpoint without its pooler prints a load report and progress bars:
+    expected here (PMF reads [CLS] directly), so not worth a user's attention."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def _options(spec: str) -> tuple[str, dict[str, int]]:
     name, _, rest = spec.partition(":")
     opts = {}
@@ -62,6 +71,7 @@ def build_text_encoder(spec: str) -> TextEncoder:
     else:
         path, hint = spec, " (a BERT-family model directory, or a name in the local HF cache)"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _quiet_transformers()
     from transformers import AutoTokenizer, BertModel
 
     try:
@@ -86,6 +96,7 @@ def build_image_encoder(spec: str, image_size: int) -> ImageEncoder:
         return _named(vision.tiny_timm_vit(image_size=image_size, **RANDOM_IMAGE[spec]), spec)
     if spec.startswith("timm:"):
         return _timm(spec, image_size)
+    _quiet_transformers()
     if spec == "dinov2-small":
         from autopmf.encoders.packaged import dinov2_small_dir
         return vision.load_hf_vision(dinov2_small_dir(), spec)

@@ -92,6 +92,10 @@ def compare(space: SearchSpace, archs: list[Architecture], device: str | None = 
     from autopmf.memory.profile import load_profile
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        from autopmf.errors import AutopmfError
+        raise AutopmfError(f"--device {device}: no CUDA device is available here; measure with "
+                           "--device cpu")
     backbone = build_backbone(space).to(device)
     batch, num_classes = _data_batch(space, backbone, data, device) if data else (None, 2)
     started = time.perf_counter()
