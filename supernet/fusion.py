@@ -32,17 +32,25 @@ class Streams:
 
 
 class SlicedMLP(nn.Module):
-    """Linear-ReLU-Linear whose hidden width can be narrowed to the first `hidden` units."""
+    """Linear-ReLU-Linear (the paper's mapping) whose hidden width can be narrowed to the first
+    `hidden` units, followed by a LayerNorm.
+
+    Why the LayerNorm (not in the paper): a post-norm encoder such as BERT/MiniLM feeds
+    appended tokens to attention un-normalised, so freshly initialised mapping outputs (norm
+    ~0.1 against ~10 for real tokens) carry no signal and fusion into text barely starts.
+    Normalising puts them on the token scale; for pre-norm encoders (ViT, DINOv2) it changes
+    nothing, as they normalise every token before attention anyway."""
 
     def __init__(self, d_in: int, hidden: int, d_out: int):
         super().__init__()
         self.fc1 = nn.Linear(d_in, hidden)
         self.fc2 = nn.Linear(hidden, d_out)
+        self.norm = nn.LayerNorm(d_out)
 
     def forward(self, x: torch.Tensor, hidden: int | None = None) -> torch.Tensor:
         h = self.fc1.out_features if hidden is None else hidden
         x = F.relu(F.linear(x, self.fc1.weight[:h], self.fc1.bias[:h]))
-        return F.linear(x, self.fc2.weight[:, :h], self.fc2.bias)
+        return self.norm(F.linear(x, self.fc2.weight[:, :h], self.fc2.bias))
 
 
 def _prompt(rows: int, dim: int) -> nn.Parameter:
@@ -114,6 +122,8 @@ class FusionSlot(nn.Module):
             used[f"{mlp}.fc1.bias"] = (slice(0, h),)
             used[f"{mlp}.fc2.weight"] = (slice(None), slice(0, h))
             used[f"{mlp}.fc2.bias"] = (slice(None),)
+            used[f"{mlp}.norm.weight"] = (slice(None),)
+            used[f"{mlp}.norm.bias"] = (slice(None),)
         return used
 
     def sliced_state(self, active: SlotConfig) -> dict[str, torch.Tensor]:

@@ -64,7 +64,7 @@ def plain_pmf_forward(model, batch, n_fused, prompt_len):
         return out[0] if isinstance(out, tuple) else out
 
     def mlp(m, x):
-        return m.fc2(torch.relu(m.fc1(x)))
+        return m.norm(m.fc2(torch.relu(m.fc1(x))))
 
     for i in range(n_v - n_slots):
         v = dino_layer(i, v)

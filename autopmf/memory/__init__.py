@@ -2,7 +2,7 @@
 training step of any PMF architecture (DESIGN.md section 4).
 
     profile = load_profile(space, device="cpu")          # once per setting; cached as JSON
-    estimate_bytes(space, arch, profile)                 # ~10 µs per architecture
+    estimate_bytes(space, arch, profile)                 # ~20 µs per architecture
     check_budget(space, budget_bytes, profile)           # AutopmfError when nothing fits
     profile.full_finetune                                # every weight trained, for reference
 
@@ -11,7 +11,8 @@ training step of any PMF architecture (DESIGN.md section 4).
 
 from autopmf.memory.estimator import (GIB, check_budget, estimate_bytes, max_memory_arch,
                                       min_memory_arch)
-from autopmf.memory.profile import MemoryProfile, build_profile, load_profile
+from autopmf.memory.profile import MemoryProfile
+from autopmf.memory.profiling import build_profile, load_profile
 
 __all__ = ["GIB", "MemoryProfile", "build_profile", "check_budget", "estimate_bytes",
            "load_profile", "max_memory_arch", "min_memory_arch"]

@@ -89,7 +89,7 @@ def compare(space: SearchSpace, archs: list[Architecture], device: str | None = 
     from autopmf.build import build_backbone
     from autopmf.memory.estimator import estimate_bytes
     from autopmf.memory.measure import measure_peak_bytes
-    from autopmf.memory.profile import load_profile
+    from autopmf.memory.profiling import load_profile
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
