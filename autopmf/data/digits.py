@@ -27,7 +27,12 @@ DEFAULT_FAMILY_WEIGHTS = {family: 1.0 for family in FAMILIES}
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 LABEL_NAMES = ["false", "true"]
 # Options a spec may set, e.g. "digits:examples_per_image=8,identity=1" (see `load`).
-OPTIONS = ("examples_per_image", "val_fraction", "test_fraction", *FAMILIES)
+OPTIONS = ("examples_per_image", "val_fraction", "test_fraction", "negation", *FAMILIES)
+# Families whose positive statements alone already leave every digit at P(true) = 0.5 (a
+# uniformly drawn k, or pair, covers each digit equally in the true and the false case), so
+# their negated forms ("not a 7", "neither ... nor") are optional. Negation words make the
+# truth a three-way interaction (word, number, digit): much harder for shallow fusion.
+NEGATION_OPTIONAL = ("identity", "membership")
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,7 @@ class DigitsTask:
 def build(
     seed: int = 0,
     examples_per_image: int = 4,
+    negation: float = 0.5,
     family_weights: dict[str, float] | None = None,
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
@@ -169,6 +175,8 @@ def build(
             f"digits: val_fraction={val_fraction} and test_fraction={test_fraction} must be > 0 "
             "and sum to < 1"
         )
+    if not 0 <= negation <= 1:
+        raise AutopmfError(f"digits: negation must be a probability in [0, 1], got {negation}")
     rng = np.random.default_rng(seed)
     images, digits = digit_images()
 
@@ -200,7 +208,7 @@ def build(
         eligible: dict[tuple[Predicate, bool], np.ndarray] = {}
         for i in range(n):
             pool = pools[families[family_ids[i]]]
-            predicate = pool[rng.integers(len(pool))]
+            predicate = _draw_predicate(rng, pool, negation)
             templates = TEMPLATES[predicate.family, predicate.negated]
             texts.append(render(predicate, int(rng.integers(len(templates)))))
             split_predicates.append(predicate)
@@ -229,6 +237,16 @@ def load(seed: int = 0, **options) -> Dataset:
     weight per family by name (e.g. identity=1, parity=0); naming any family zeroes the rest."""
     named = {family: float(options.pop(family)) for family in FAMILIES if family in options}
     return build(seed=seed, family_weights=named or None, **options).dataset
+
+
+def _draw_predicate(rng: np.random.Generator, pool: list[Predicate], negation: float
+                    ) -> Predicate:
+    """A positive predicate uniformly, then its negation with probability 1/2 — or with
+    probability `negation` in the families where negation is optional."""
+    positives = [p for p in pool if not p.negated]
+    base = positives[rng.integers(len(positives))]
+    p_negated = negation if base.family in NEGATION_OPTIONAL else 0.5
+    return Predicate(base.family, base.args, bool(rng.random() < p_negated))
 
 
 def _family_weights(family_weights: dict[str, float] | None) -> dict[str, float]:

@@ -112,7 +112,7 @@ def _cpu_peak_above_start(step) -> int:
         step()
         with record_function(MEASURED_STEP):
             step()
-    events = list(prof.profiler.kineto_results.events())
+    events = list(prof.profiler.kineto_results.events())  # raw events, in recorded order
     window = next(e for e in events if e.name() == MEASURED_STEP)
     allocations = sorted(((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"),
                          key=lambda event: event[0])

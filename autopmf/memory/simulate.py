@@ -4,13 +4,14 @@ Under `FakeTensorMode` every op runs its shape/dtype logic only, so a layer cost
 no memory and sees no weight values. `LiveBytes` watches every op's outputs and, through a weak
 reference on each new storage, every release: it keeps the running total of live storage bytes
 and its peak, which is what an allocator's "allocated bytes" counter reports. The profile that
-the estimator composes is built from such runs of single slots (profile.py). Kernel-internal
-scratch buffers that never surface as op outputs are not seen; on CPU this reproduces the
-torch profiler's allocation record of a whole training step to within a few hundred bytes.
+the estimator composes is built from such runs of single slots (profiling.py). Scratch that a
+kernel allocates and frees inside itself is not seen: in fp32 on CPU the simulation reproduces
+the torch profiler's allocation record of a training step byte for byte, under bf16 autocast
+oneDNN's packed weight copies are missing.
 
 CUDA is emulated on CPU fake tensors (the autograd engine cannot run CUDA fake tensors without a
-GPU): same ops and saved tensors, CUDA's 512-byte allocation granule. See profile.py for the
-CUDA-only terms (cuBLAS workspaces, foreach AdamW).
+GPU): same ops and saved tensors, CUDA's 512-byte allocation granule. See profiling.py and
+profile.py for the CUDA-only terms (cuBLAS workspaces, foreach AdamW).
 """
 
 from __future__ import annotations
