@@ -199,6 +199,14 @@ def _add_train_options(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_run_inputs(p: argparse.ArgumentParser, space_required: bool = True) -> None:
+    """--space, --data and --out, shared by the commands that train something."""
+    p.add_argument("--space", required=space_required, default=None,
+                   help="search space YAML or built-in name")
+    p.add_argument("--data", default=DEMO_DATA, help="dataset spec, e.g. digits or easyvqa")
+    p.add_argument("--out", required=True, help="run directory to write")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autopmf", description="Neural architecture search for prompt-based multimodal "
@@ -206,22 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one fixed architecture standalone")
-    p.add_argument("--space", default=None, help="search space YAML or built-in name")
+    _add_run_inputs(p, space_required=False)
     p.add_argument("--arch", required=True,
                    help="architecture YAML, or reference:N:M (top N slots fused, length M)")
-    p.add_argument("--data", default=DEMO_DATA, help="dataset spec, e.g. digits or easyvqa")
-    p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the image-only and text-only baselines")
     _add_train_options(p, epochs=8)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("search", help="find the best architecture within a memory budget")
-    p.add_argument("--space", required=True, help="search space YAML or built-in name")
-    p.add_argument("--data", default=DEMO_DATA, help="dataset spec, e.g. digits or easyvqa")
+    _add_run_inputs(p)
     p.add_argument("--budget-gb", type=float, required=True,
                    help="peak training memory allowed (GiB) at the space's batch size")
-    p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--trials", type=int, default=60, help="candidates to score")
     p.add_argument("--population", type=int, default=16, help="evolution population size")
     p.add_argument("--sampling", choices=("uniform", "sandwich"), default="sandwich",
@@ -242,9 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("supernet", help="train the weight-sharing supernet of a space")
-    p.add_argument("--space", required=True, help="search space YAML or built-in name")
-    p.add_argument("--data", default=DEMO_DATA, help="dataset spec, e.g. digits or easyvqa")
-    p.add_argument("--out", required=True, help="run directory to write")
+    _add_run_inputs(p)
     p.add_argument("--sampling", choices=("uniform", "sandwich"), default="sandwich",
                    help="which subnet trains at each step")
     p.add_argument("--resume", action="store_true",
