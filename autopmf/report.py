@@ -177,7 +177,7 @@ def summarize(run: str | Path, top_k: int = 5) -> dict:
 
 # ----- text ----------------------------------------------------------------------------------
 def _table(rows: list[dict], slots, metric: str, rank: bool, budget: float) -> list[str]:
-    head = (f"{'rank':>4} " if rank else "") + f"{'trial':>5} {metric:>10} {'mem GB':>7}  arch"
+    head = (f"{'rank':>4} " if rank else "") + f"{'trial':>5} {metric:>10} {'mem GiB':>7}  arch"
     out = [head]
     for i, e in enumerate(rows, 1):
         out.append((f"{i:>4} " if rank else "") + f"{e['trial']:>5} {e['score']:>10.4f} "
@@ -192,9 +192,9 @@ def print_summary(summary: Mapping, space_slots: Iterable[int] | None = None,
     file = file or sys.stdout
     s, metric = summary, summary["metric"]
     slots = list(space_slots) if space_slots is not None else s.get("fusable_slots")
-    lines = [f"budget {s['budget_gb']:.2f} GB | {s['trials']} trials ({s['scored']} scored, "
+    lines = [f"budget {s['budget_gb']:.2f} GiB | {s['trials']} trials ({s['scored']} scored, "
              f"{s['duplicates']} duplicate, {s['failed']} failed) | {s['feasible']} feasible | "
-             + (f"best {metric} {s['best']['score']:.4f} at {s['best']['mem_gb']:.3f} GB "
+             + (f"best {metric} {s['best']['score']:.4f} at {s['best']['mem_gb']:.3f} GiB "
                 f"(trial {s['best']['trial']})" if s["best"] else "no feasible candidate yet")
              + f" | {s['seconds']:.0f} s"]
     if s["over_budget"]:
@@ -254,12 +254,12 @@ def write_plots(run: str | Path, summary: Mapping) -> list[Path]:
         front = summary["pareto"]
         ax.step([p["mem_gb"] for p in front], [p["score"] for p in front], where="post",
                 color="tab:orange", marker="o", ms=4, label="Pareto front")
-    ax.axvline(budget, color="tab:red", ls="--", label=f"budget {budget:g} GB")
+    ax.axvline(budget, color="tab:red", ls="--", label=f"budget {budget:g} GiB")
     if summary["best"]:
         b = summary["best"]
         ax.scatter([b["mem_gb"]], [b["score"]], s=160, marker="*", color="gold",
                    edgecolors="black", zorder=5, label=f"best (trial {b['trial']})")
-    ax.set(xlabel="predicted peak training memory (GB)", ylabel=f"validation {metric}",
+    ax.set(xlabel="predicted peak training memory (GiB)", ylabel=f"validation {metric}",
            title=f"{metric} vs memory")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")

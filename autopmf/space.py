@@ -255,3 +255,16 @@ def load_arch(path: str | Path, space: SearchSpace | None = None
             raise AutopmfError(f"{path}: a bare architecture needs --space")
         arch = doc
     return space, space.validate(arch)
+
+
+def parse_arch_option(text: str, space_name: str | None) -> tuple[SearchSpace, Architecture]:
+    """An --arch value: an architecture YAML file, or `reference:N:M` (the top N fusable slots
+    fused, prompt length M; needs a space)."""
+    space = load_space(space_name) if space_name else None
+    if text.startswith("reference:"):
+        parts = text.split(":")
+        if space is None or len(parts) != 3 or not all(p.isdigit() for p in parts[1:]):
+            raise AutopmfError("--arch reference:N:M needs --space and two integers, e.g. "
+                               "--space demo --arch reference:2:4")
+        return space, space.reference_arch(int(parts[1]), int(parts[2]))
+    return load_arch(text, space)

@@ -35,12 +35,12 @@ def add_measure_parser(subparsers) -> None:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from autopmf.cli import _parse_arch
+    from autopmf.space import parse_arch_option
     from autopmf.errors import AutopmfError
     from autopmf.space import load_space
 
     if args.arch:
-        space, arch = _parse_arch(args.arch, args.space)
+        space, arch = parse_arch_option(args.arch, args.space)
         archs = [arch]
     else:
         if not args.space:
