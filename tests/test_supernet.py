@@ -192,3 +192,17 @@ def test_two_gloo_processes_match_one_process(tmp_path, cache_dir):
     b = load_tensors(tmp_path / "two" / "supernet.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_streams_advanced_slot_by_slot_equal_streams_built_at_that_slot(setup, images):
+    from autopmf.features import SlotCaches, advance_feature_cache
+
+    space, backbone, _ = setup
+    encoded = encode_split_from_batch(make_batch(backbone, space, images))
+    low = build_feature_cache(encoded, backbone, 0)
+    direct = build_feature_cache(encoded, backbone, 2)
+    advanced = advance_feature_cache(low, backbone, 2)
+    torch.testing.assert_close(advanced.text, direct.text, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(advanced.image, direct.image, atol=1e-5, rtol=1e-5)
+    slots = SlotCaches(low, backbone, max_bytes=0)  # no room: falls back to the lowest slot
+    assert slots.at(2).slot == 0
