@@ -118,7 +118,7 @@ def test_log_json_is_one_object(run, capsys):
 
 def test_log_text_and_plots(run, capsys):
     out = _log([str(run), "--plot"], capsys).out
-    assert "budget 2.00 GB" in out and "Pareto front" in out and "WARNING: 1 scored" in out
+    assert "budget 2.00 GiB" in out and "Pareto front" in out and "WARNING: 1 scored" in out
     pngs = sorted((run / "plots").glob("*.png"))
     assert [p.name for p in pngs] == ["best_so_far.png", "score_vs_memory.png",
                                       "slot_fusion_frequency.png"]
