@@ -79,6 +79,17 @@ def _inherited_weights(run: Path, space, arch, data: str, args):
     return supernet.extract(arch).trainable_state_dict()
 
 
+def cmd_predict(args) -> int:
+    import json
+
+    from autopmf.predict import load_image, predict
+
+    results = predict(Path(args.run), [load_image(p) for p in args.image], args.text)
+    for r in results:
+        print(json.dumps(r) if args.json else f"{r['label']:>10}  {r['text']}")
+    return 0
+
+
 def cmd_supernet(args) -> int:
     from autopmf.space import load_space
     from autopmf.supernet_train import train_supernet
@@ -235,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the image-only and text-only baselines")
     _add_train_options(p, epochs=8)
     p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("predict", help="classify image/text pairs with a trained run")
+    p.add_argument("--run", required=True, help="an `autopmf train` or `retrain` directory")
+    p.add_argument("--image", action="append", required=True, help="image file (repeat)")
+    p.add_argument("--text", action="append", required=True, help="text (one per --image)")
+    p.add_argument("--json", action="store_true", help="one JSON object per pair")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("supernet", help="train the weight-sharing supernet of a space")
     _add_run_inputs(p)

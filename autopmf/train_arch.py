@@ -65,7 +65,8 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
     scores = {name: evaluate(forward, caches[name], cfg, dataset.metric) for name in ("val", "test")}
 
     metrics = {
-        "data": data_spec, "metric": dataset.metric, "arch": arch,
+        "data": data_spec, "metric": dataset.metric, "label_names": dataset.label_names,
+        "arch": arch,
         "fused_slots": space.fused_slots(arch),
         "val_score": scores["val"], "test_score": scores["test"],
         "best_epoch": result.best_epoch, "history": result.history,

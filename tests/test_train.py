@@ -81,3 +81,23 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
                  str(tmp_path / "o")])
     assert code == 2 and "prompt_2=3 is not one of" in capsys.readouterr().err
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_predict_classifies_pairs_like_the_trained_model(trained, tmp_path, capsys):
+    from PIL import Image
+
+    from autopmf.data.registry import load_dataset
+    from autopmf.predict import predict
+
+    _, out, _ = trained
+    test = load_dataset(DATA, seed=0).test
+    images = [test.images[test.image_index[i]] for i in range(3)]
+    results = predict(out, images, test.texts[:3])
+    assert [set(r["probabilities"]) for r in results] == [{"false", "true"}] * 3
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-3 for r in results)
+    Image.fromarray(images[0]).save(tmp_path / "a.png")
+    assert main(["predict", "--run", str(out), "--image", str(tmp_path / "a.png"),
+                 "--text", test.texts[0], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["label"] == results[0]["label"]
+    assert main(["predict", "--run", str(out), "--image", str(tmp_path / "nope.png"),
+                 "--text", "x"]) == 2

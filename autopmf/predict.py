@@ -1,0 +1,52 @@
+"""`autopmf predict`: classify image/text pairs with a trained (or retrained) run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autopmf.build import build_backbone, build_pmf
+from autopmf.errors import AutopmfError
+from autopmf.files import load_tensors
+from autopmf.space import load_arch
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+        raise AutopmfError(f"cannot read image {path}: {exc.__class__.__name__}; give a PNG "
+                           "or JPEG file") from None
+
+
+def predict(run: Path, images: list[np.ndarray], texts: list[str]) -> list[dict]:
+    """Class probabilities for each (image, text) pair, from `run`'s arch and weights."""
+    run = Path(run)
+    needed = [run / n for n in ("arch.yaml", "weights.safetensors", "metrics.json")]
+    missing = [p for p in needed if not p.exists()]
+    if missing:
+        raise AutopmfError(f"{missing[0]} is missing: point --run at a finished `autopmf train` "
+                           "or `autopmf retrain` directory")
+    if len(images) != len(texts):
+        raise AutopmfError(f"got {len(images)} images and {len(texts)} texts; give one --text "
+                           "per --image")
+    space, arch = load_arch(run / "arch.yaml")
+    label_names = json.loads((run / "metrics.json").read_text())["label_names"]
+    backbone = build_backbone(space)
+    model = build_pmf(space, arch, backbone, len(label_names))
+    model.load_trainable_state_dict(load_tensors(run / "weights.safetensors"))
+    model.eval()
+    batch = dict(backbone.text.tokenize(texts, space.max_text_len),
+                 pixels=torch.cat([backbone.image.preprocess(img[None], space.image_size)
+                                   for img in images]))
+    with torch.no_grad():
+        probs = model(batch).softmax(dim=-1)
+    return [{"text": text, "label": label_names[int(p.argmax())],
+             "probabilities": {name: round(float(v), 4) for name, v in zip(label_names, p)}}
+            for text, p in zip(texts, probs)]
