@@ -78,7 +78,8 @@ def repair(space: SearchSpace, arch: Mapping[str, int], estimate: Estimate,
         moves = []
         for key, values in choices.items():
             i = values.index(arch[key])
-            if i == 0 or (not key.startswith("fusion_") and not arch[f"fusion_{key.rsplit('_', 1)[1]}"]):
+            slot_fuses = arch[f"fusion_{key.rsplit('_', 1)[1]}"]
+            if i == 0 or not slot_fuses:
                 continue  # already lowest, or a choice of a slot that does not fuse
             moved = space.canonical({**arch, key: values[i - 1]})
             moves.append((estimate(moved), key, moved))
