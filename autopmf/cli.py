@@ -121,7 +121,8 @@ def cmd_search(args) -> int:
 
     space = load_space(args.space)
     cfg = SearchConfig(budget_gb=args.budget_gb, trials=args.trials,
-                       population=args.population, seed=args.seed, progress=not args.quiet,
+                       population=args.population, strategy=args.strategy, seed=args.seed,
+                       progress=not args.quiet,
                        supernet=_supernet_config(args, space))
     result = run_search(space, args.data, Path(args.out), cfg, resume=args.resume,
                         force=args.force)
@@ -230,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="peak training memory allowed (GiB) at the space's batch size")
     p.add_argument("--trials", type=int, default=60, help="candidates to score")
     p.add_argument("--population", type=int, default=16, help="evolution population size")
+    p.add_argument("--strategy", choices=("evolution", "random"), default="evolution",
+                   help="random: the baseline, same budget repair, no mutation")
     p.add_argument("--sampling", choices=("uniform", "sandwich"), default="sandwich",
                    help="supernet training: which subnet trains at each step")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search")

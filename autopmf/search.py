@@ -47,6 +47,7 @@ class SearchConfig:
     population: int = 16
     tournament: int = 4
     mutation_prob: float = 0.15
+    strategy: str = "evolution"  # "random": the same repaired sampling, never mutated
     seed: int = 0
     progress: bool = True
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
@@ -161,7 +162,7 @@ def _run_identity(space: SearchSpace, data_spec: str, cfg: SearchConfig) -> dict
     """What makes two searches the same search (resume must match it)."""
     return {"space": space.to_dict(), "data": data_spec, "budget_gb": cfg.budget_gb,
             "trials": cfg.trials, "population": cfg.population, "tournament": cfg.tournament,
-            "mutation_prob": cfg.mutation_prob, "seed": cfg.seed,
+            "mutation_prob": cfg.mutation_prob, "strategy": cfg.strategy, "seed": cfg.seed,
             "supernet": {k: v for k, v in asdict(cfg.supernet).items()
                          if k not in ("progress", "device", "use_disk_cache")}}
 
@@ -192,6 +193,8 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
         raise AutopmfError(f"--budget-gb must be a positive number of GiB, got {cfg.budget_gb}")
     if cfg.trials < 1 or cfg.population < 1:
         raise AutopmfError("--trials and --population must be at least 1")
+    if cfg.strategy not in ("evolution", "random"):
+        raise AutopmfError(f"--strategy {cfg.strategy!r}: use evolution or random")
     out = Path(out)
     identity = _run_identity(space, data_spec, cfg)
     _prepare_out(out, identity, resume, force)
@@ -221,10 +224,12 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     from nni.nas.space import RawFormatModelSpace
 
     nni_space, choices = build_nni_space(space, estimate, budget_bytes)
+    # Random search is evolution whose initial (random, repaired) population is every trial.
+    population = cfg.trials if cfg.strategy == "random" else min(cfg.population, cfg.trials)
     strategy = BudgetedEvolution(
         choices, lambda sample: repair(space, sample, estimate, budget_bytes),
-        population_size=min(cfg.population, cfg.trials),
-        sample_size=min(cfg.tournament, cfg.population, cfg.trials),
+        population_size=population,
+        sample_size=min(cfg.tournament, population),
         mutation_prob=cfg.mutation_prob, seed=cfg.seed)
     bar = tqdm(total=cfg.trials, desc="search", dynamic_ncols=True, mininterval=0.5,
                disable=not (cfg.progress and sys.stderr.isatty()))

@@ -132,3 +132,12 @@ def test_a_different_search_in_the_same_directory_is_refused(finished, space, bu
     out, _ = finished
     with pytest.raises(AutopmfError, match="different search"):
         run_search(space, DATA, out, config(budget_gb * 0.9), resume=True)
+
+
+def test_random_search_baseline_respects_the_budget_too(space, budget_gb, tmp_path):
+    cfg = config(budget_gb, trials=8)
+    cfg.strategy = "random"
+    run_search(space, DATA, tmp_path, cfg)
+    log = log_of(tmp_path)
+    assert len(log) == 8 and all(e["mem_gb"] <= budget_gb for e in log)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["strategy"] == "random"
