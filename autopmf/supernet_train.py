@@ -29,6 +29,7 @@ from autopmf.metrics import loss_fn
 from autopmf.space import SearchSpace
 from autopmf.train import TrainConfig, autocast, evaluate, param_groups, warmup_cosine
 from supernet.optim import step_used_only
+from supernet.weights import load_trainable_state
 from supernet.sampling import ArchSampler, reference_subnets
 from supernet.supernet import Supernet
 
@@ -53,13 +54,11 @@ class SupernetRun:
 
 
 def load_supernet_weights(supernet: Supernet, tensors: dict[str, torch.Tensor]) -> None:
-    own = dict(supernet.named_parameters())
-    if set(tensors) != {n for n, p in own.items() if p.requires_grad}:
-        raise AutopmfError("supernet weights do not match this space and encoder pair; "
-                           "use the space the run was made with, or a new --out")
-    with torch.no_grad():
-        for name, value in tensors.items():
-            own[name].copy_(value)
+    try:
+        load_trainable_state(supernet, tensors)
+    except ValueError as exc:
+        raise AutopmfError(f"supernet weights do not match this space and encoder pair ({exc}); "
+                           "use the space the run was made with, or a new --out") from None
 
 
 def subnet_score(supernet: Supernet, arch, cache: FeatureCache, cfg: TrainConfig,

@@ -15,6 +15,7 @@ from torch import nn
 from autopmf.space import SlotConfig
 from supernet.backbone import FrozenBackbone, TwoHeads
 from supernet.fusion import FusionSlot, Streams
+from supernet.weights import load_trainable_state, trainable_state
 
 
 def run_slots(backbone: FrozenBackbone, heads: TwoHeads, streams: Streams, start_slot: int,
@@ -71,19 +72,7 @@ class PMFModel(nn.Module):
         return run_slots(self.backbone, self.heads, streams, start_slot, fused)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+        return trainable_state(self)
 
     def load_trainable_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        own = dict(self.named_parameters())
-        expected = {n for n, p in own.items() if p.requires_grad}
-        if set(tensors) != expected:
-            missing = sorted(expected - set(tensors))
-            extra = sorted(set(tensors) - expected)
-            raise ValueError(f"weights do not match this architecture (missing {missing[:3]}, "
-                             f"unexpected {extra[:3]})")
-        with torch.no_grad():
-            for name, value in tensors.items():
-                if own[name].shape != value.shape:
-                    raise ValueError(f"weights for {name} have shape {tuple(value.shape)}, "
-                                     f"this architecture needs {tuple(own[name].shape)}")
-                own[name].copy_(value)
+        load_trainable_state(self, tensors)

@@ -17,6 +17,7 @@ from autopmf.space import SearchSpace, SlotConfig
 from supernet.backbone import FrozenBackbone, TwoHeads
 from supernet.fusion import FusionSlot, Streams
 from supernet.pmf import PMFModel, run_slots
+from supernet.weights import trainable_state
 
 
 def largest_slot(space: SearchSpace, default_mapping_hidden: int) -> SlotConfig:
@@ -84,4 +85,4 @@ class Supernet(nn.Module):
         return regions
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+        return trainable_state(self)
