@@ -17,7 +17,7 @@ from autopmf.baselines import unimodal_baselines
 from autopmf.build import build_backbone, build_pmf
 from autopmf.data.registry import load_dataset
 from autopmf.errors import AutopmfError
-from autopmf.features import build_feature_cache, encode_split
+from autopmf.features import advance_feature_cache, build_feature_cache, encode_split
 from autopmf.files import atomic_write_json, save_tensors
 from autopmf.space import SearchSpace, save_arch
 from autopmf.train import TrainConfig, evaluate, fit
@@ -62,7 +62,8 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
 
     result = fit(model, forward, caches["train"], caches["val"], cfg, dataset.metric)
     model.eval()
-    scores = {name: evaluate(forward, caches[name], cfg, dataset.metric) for name in ("val", "test")}
+    scores = {name: evaluate(forward, caches[name], cfg, dataset.metric)
+              for name in ("val", "test")}
 
     metrics = {
         "data": data_spec, "metric": dataset.metric, "label_names": dataset.label_names,
@@ -77,12 +78,9 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
         "train_config": vars(cfg),
     }
     if baselines:
-        if model.first_fused_slot == backbone.num_slots:
-            top = caches
-        else:
-            top = {name: build_feature_cache(enc, backbone, backbone.num_slots,
-                                             device=cfg.device)
-                   for name, enc in encoded.items()}
+        # The encoders' final streams: continue the cached ones instead of encoding again.
+        top = {name: advance_feature_cache(cache, backbone, backbone.num_slots)
+               for name, cache in caches.items()}
         metrics["baselines"] = unimodal_baselines(backbone, top, len(dataset.label_names),
                                                   dataset.metric, cfg)
     if measure_memory:
