@@ -210,6 +210,14 @@ def _add_run_inputs(p: argparse.ArgumentParser, space_required: bool = True) -> 
     p.add_argument("--out", required=True, help="run directory to write")
 
 
+def _add_supernet_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sampling", choices=("uniform", "sandwich"), default="sandwich",
+                   help="supernet training: which subnet trains at each step")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run (supernet checkpoint, search log)")
+    _add_train_options(p, epochs=10)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autopmf", description="Neural architecture search for prompt-based multimodal "
@@ -233,10 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--population", type=int, default=16, help="evolution population size")
     p.add_argument("--strategy", choices=("evolution", "random"), default="evolution",
                    help="random: the baseline, same budget repair, no mutation")
-    p.add_argument("--sampling", choices=("uniform", "sandwich"), default="sandwich",
-                   help="supernet training: which subnet trains at each step")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted search")
-    _add_train_options(p, epochs=10)
+    _add_supernet_options(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("retrain", help="retrain a searched architecture standalone")
@@ -261,11 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("supernet", help="train the weight-sharing supernet of a space")
     _add_run_inputs(p)
-    p.add_argument("--sampling", choices=("uniform", "sandwich"), default="sandwich",
-                   help="which subnet trains at each step")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the run's newest checkpoint")
-    _add_train_options(p, epochs=10)
+    _add_supernet_options(p)
     p.set_defaults(func=cmd_supernet)
 
     from autopmf.memory.cli import add_measure_parser
