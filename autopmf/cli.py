@@ -33,7 +33,7 @@ def cmd_train(args) -> int:
     from autopmf.space import parse_arch_option
 
     space, arch = parse_arch_option(args.arch, args.space)
-    metrics = train_architecture(space, arch, args.data, Path(args.out),
+    metrics = train_architecture(space, arch, _data_spec(args, args.data), Path(args.out),
                                  _train_config(args, space), baselines=not args.no_baselines,
                                  force=args.force)
     _print_train_summary(metrics, Path(args.out))
@@ -48,7 +48,7 @@ def cmd_retrain(args) -> int:
 
     space, arch = load_arch(args.arch)
     doc = yaml.safe_load(Path(args.arch).read_text(encoding="utf-8"))
-    data = args.data or doc.get("data") or DEMO_DATA
+    data = _data_spec(args, args.data or doc.get("data") or DEMO_DATA)
     init = None
     if args.init == "supernet":
         init = _inherited_weights(Path(args.arch).parent, space, arch, data, args)
@@ -86,7 +86,8 @@ def cmd_predict(args) -> int:
 
     results = predict(Path(args.run), [load_image(p) for p in args.image], args.text)
     for r in results:
-        print(json.dumps(r) if args.json else f"{r['label']:>10}  {r['text']}")
+        label = r["label"] if isinstance(r["label"], str) else ",".join(r["label"]) or "-"
+        print(json.dumps(r) if args.json else f"{label:>10}  {r['text']}")
     return 0
 
 
@@ -96,8 +97,8 @@ def cmd_supernet(args) -> int:
 
     space = load_space(args.space)
     cfg = _supernet_config(args, space)
-    run = train_supernet(space, args.data, Path(args.out), cfg, resume=args.resume,
-                         force=args.force)
+    run = train_supernet(space, _data_spec(args, args.data), Path(args.out), cfg,
+                         resume=args.resume, force=args.force)
     if run.metrics["history"]:
         last = run.metrics["history"][-1]["val"]
         print("reference subnets, val " + run.metric + ": "
@@ -124,8 +125,8 @@ def cmd_search(args) -> int:
                        population=args.population, strategy=args.strategy, seed=args.seed,
                        progress=not args.quiet,
                        supernet=_supernet_config(args, space))
-    result = run_search(space, args.data, Path(args.out), cfg, resume=args.resume,
-                        force=args.force)
+    result = run_search(space, _data_spec(args, args.data), Path(args.out), cfg,
+                        resume=args.resume, force=args.force)
     best = result["best"]
     print(f"best of {result['trials']} candidates: {result['metric']} {best['score']:.4f} at "
           f"{best['mem_gb']:.3f} GiB (budget {args.budget_gb} GiB), fused slots "
@@ -175,11 +176,22 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _data_spec(args, spec: str) -> str:
+    """The dataset spec with --metric and --strict folded in, so that the run records them."""
+    from autopmf.data.registry import with_options
+
+    return with_options(spec, metric=args.metric, strict=1 if args.strict else None)
+
+
 def _print_train_summary(metrics: dict, out: Path) -> None:
     m = metrics["metric"]
     print(f"\n{m}: val {metrics['val_score']:.4f}  test {metrics['test_score']:.4f}  "
           f"(fused slots {metrics['fused_slots']}, {metrics['trainable_params']:,} trainable of "
           f"{metrics['total_params']:,} params, {metrics['seconds']['total']:.0f} s)")
+    for other in metrics.get("scores", {}).get("test", {}):
+        if other != m:
+            print(f"{other}: val {metrics['scores']['val'][other]:.4f}  test "
+                  f"{metrics['scores']['test'][other]:.4f}")
     for name, scores in metrics.get("baselines", {}).items():
         print(f"{name:>10} baseline: val {scores['val']:.4f}  test {scores['test']:.4f}")
     print(f"wrote {out}/metrics.json, {out}/weights.safetensors, {out}/arch.yaml")
@@ -208,6 +220,15 @@ def _add_run_inputs(p: argparse.ArgumentParser, space_required: bool = True) -> 
                    help="search space YAML or built-in name")
     p.add_argument("--data", default=DEMO_DATA, help="dataset spec, e.g. digits or easyvqa")
     p.add_argument("--out", required=True, help="run directory to write")
+    _add_data_options(p)
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metric", default=None,
+                   help="the score to maximise: accuracy (single-label), f1_macro or f1_micro "
+                   "(multi-label); default: the dataset's (f1_macro for multi-label)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail on an unreadable image or a missing text instead of skipping it")
 
 
 def _add_supernet_options(p: argparse.ArgumentParser) -> None:
@@ -248,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True, help="RUN/best_arch.yaml (or any arch file)")
     p.add_argument("--out", default=None, help="default: retrain/ beside the arch file")
     p.add_argument("--data", default=None, help="default: the data the search used")
+    _add_data_options(p)
     p.add_argument("--init", choices=("scratch", "supernet"), default="scratch",
                    help="start from fresh weights or from the supernet's")
     p.add_argument("--no-baselines", action="store_true",

@@ -11,6 +11,7 @@ import torch
 from autopmf.build import build_backbone, build_pmf
 from autopmf.errors import AutopmfError
 from autopmf.files import load_tensors
+from autopmf.metrics import MULTILABEL_METRICS
 from autopmf.space import load_arch
 
 
@@ -37,7 +38,9 @@ def predict(run: Path, images: list[np.ndarray], texts: list[str]) -> list[dict]
         raise AutopmfError(f"got {len(images)} images and {len(texts)} texts; give one --text "
                            "per --image")
     space, arch = load_arch(run / "arch.yaml")
-    label_names = json.loads((run / "metrics.json").read_text())["label_names"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    label_names = metrics["label_names"]
+    multilabel = metrics["metric"] in MULTILABEL_METRICS  # a set of labels per pair, not one
     backbone = build_backbone(space)
     model = build_pmf(space, arch, backbone, len(label_names))
     model.load_trainable_state_dict(load_tensors(run / "weights.safetensors"))
@@ -46,7 +49,10 @@ def predict(run: Path, images: list[np.ndarray], texts: list[str]) -> list[dict]
                  pixels=torch.cat([backbone.image.preprocess(img[None], space.image_size)
                                    for img in images]))
     with torch.no_grad():
-        probs = model(batch).softmax(dim=-1)
-    return [{"text": text, "label": label_names[int(p.argmax())],
+        logits = model(batch)
+    probs = logits.sigmoid() if multilabel else logits.softmax(dim=-1)
+    return [{"text": text,
+             "label": ([n for n, v in zip(label_names, p) if v > 0.5] if multilabel
+                       else label_names[int(p.argmax())]),
              "probabilities": {name: round(float(v), 4) for name, v in zip(label_names, p)}}
             for text, p in zip(texts, probs)]

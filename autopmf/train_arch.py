@@ -19,8 +19,9 @@ from autopmf.data.registry import load_dataset
 from autopmf.errors import AutopmfError
 from autopmf.features import advance_feature_cache, build_feature_cache, encode_split
 from autopmf.files import atomic_write_json, save_tensors
+from autopmf.metrics import metrics_for, score
 from autopmf.space import SearchSpace, save_arch
-from autopmf.train import TrainConfig, evaluate, fit
+from autopmf.train import TrainConfig, fit, predict
 
 SPLITS = ("train", "val", "test")
 
@@ -62,14 +63,20 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
 
     result = fit(model, forward, caches["train"], caches["val"], cfg, dataset.metric)
     model.eval()
-    scores = {name: evaluate(forward, caches[name], cfg, dataset.metric)
-              for name in ("val", "test")}
+    # Every metric reported for this kind of labels (F1-macro and F1-micro for multi-label),
+    # from one prediction per split; the dataset's metric is the headline score.
+    scores = {}
+    for name in ("val", "test"):
+        logits = predict(forward, caches[name], cfg)
+        scores[name] = {m: score(m, logits, caches[name].labels)
+                        for m in metrics_for(dataset.multilabel)}
 
     metrics = {
         "data": data_spec, "metric": dataset.metric, "label_names": dataset.label_names,
         "arch": arch,
         "fused_slots": space.fused_slots(arch),
-        "val_score": scores["val"], "test_score": scores["test"],
+        "val_score": scores["val"][dataset.metric],
+        "test_score": scores["test"][dataset.metric], "scores": scores,
         "best_epoch": result.best_epoch, "history": result.history,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_params": sum(p.numel() for p in model.parameters()),

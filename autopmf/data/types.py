@@ -18,12 +18,15 @@ class Split:
     images: np.ndarray  # uint8 [n_images, H, W, 3] RGB, the distinct images of this split
     image_index: np.ndarray  # int64 [n_examples], row of `images` for each example
     texts: list[str]  # n_examples
-    labels: np.ndarray  # int64 [n_examples] class ids
+    # int64 [n_examples] class ids, or float32 [n_examples, n_classes] multi-hot (multi-label)
+    labels: np.ndarray
 
     def __post_init__(self) -> None:
         # Catch construction bugs early; these are programming errors, not user errors.
         assert self.images.dtype == np.uint8 and self.images.ndim == 4 and self.images.shape[3] == 3
-        assert self.image_index.dtype == np.int64 and self.labels.dtype == np.int64
+        assert self.image_index.dtype == np.int64
+        assert (self.labels.dtype == np.int64 and self.labels.ndim == 1) or (
+            self.labels.dtype == np.float32 and self.labels.ndim == 2)
         assert len(self.image_index) == len(self.texts) == len(self.labels)
         assert len(self.image_index) == 0 or (
             0 <= self.image_index.min() and self.image_index.max() < len(self.images)
@@ -41,6 +44,11 @@ class Dataset:
     test: Split
     label_names: list[str]
     metric: str = "accuracy"
+
+    @property
+    def multilabel(self) -> bool:
+        """Each example has a set of labels (multi-hot), scored with sigmoid/BCE and F1."""
+        return self.train.labels.ndim == 2
 
     def splits(self) -> dict[str, Split]:
         return {"train": self.train, "val": self.val, "test": self.test}

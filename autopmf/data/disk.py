@@ -1,0 +1,193 @@
+"""What every on-disk dataset loader shares: checked paths, label lists, bad-example handling,
+image decoding, splitting and subsampling.
+
+A loader parses its published layout into `Example`s (image path, text, label ids, and where
+it came from) and hands them to `build_dataset`. Images are decoded once each, resized so
+their shorter side is `image_size` and centre-cropped to a square (what ViT-style encoders
+eat), and kept as uint8: 224 px costs 150 KB an image, so bounding memory is a matter of
+`image_size` and `image_fraction`, never of the original file sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from autopmf.data.types import Dataset, Split
+from autopmf.errors import AutopmfError
+
+# Options every on-disk loader accepts (beyond its root; those without a published val split
+# add val_fraction).
+COMMON_OPTIONS = ("image_size", "image_fraction", "strict")
+DEFAULT_IMAGE_SIZE = 224  # ViT-B/16's input; smaller spaces may load smaller to save memory
+
+
+@dataclass(frozen=True)
+class Example:
+    image: Path
+    text: str
+    labels: tuple[int, ...]  # one class id, or any number of them (multi-label)
+    where: str  # "file:line", for messages
+
+
+def require(path: Path, what: str, dataset: str, layout: str) -> Path:
+    """`path` if it exists, else an error naming the expected path and layout."""
+    if not path.exists():
+        raise AutopmfError(f"{dataset}: {what} {path} not found; expected {layout} "
+                           f"(see README, Datasets)")
+    return path
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; a bad line is an error naming it."""
+    with open(path, encoding="utf-8") as file:
+        for lineno, line in enumerate(file, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise AutopmfError(f"{path}:{lineno}: not valid JSON ({exc.msg}); fix or "
+                                   "remove that line") from None
+            if not isinstance(record, dict):
+                raise AutopmfError(f"{path}:{lineno}: expected a JSON object per line")
+            yield lineno, record
+
+
+class LabelList:
+    """Label names -> class ids; an unknown name is an error naming where it was read."""
+
+    def __init__(self, names: Sequence[str], source: str):
+        self.names = list(names)
+        self.source = source
+        self._id = {name: i for i, name in enumerate(self.names)}
+
+    def id(self, name: str, where: str) -> int:
+        if name not in self._id:
+            shown = ", ".join(self.names[:8]) + (", ..." if len(self.names) > 8 else "")
+            raise AutopmfError(f"{where}: label {name!r} is not in the label list ({self.source}: "
+                               f"{shown}); fix the label or add it to the list")
+        return self._id[name]
+
+
+class BadExamples:
+    """Examples of one split that cannot be used (unreadable image, missing text): counted and
+    reported in one warning, or the first one is an error under `strict`."""
+
+    def __init__(self, dataset: str, split: str, strict: bool):
+        self.dataset, self.split, self.strict = dataset, split, strict
+        self.counts: Counter[str] = Counter()
+        self.first = ""
+
+    def skip(self, where: str, problem: str) -> None:
+        if self.strict:
+            raise AutopmfError(f"{where}: {problem}; fix or remove it, or load without strict "
+                               "to skip such examples with a warning")
+        self.counts[problem.split(" (")[0]] += 1
+        self.first = self.first or f"{where}: {problem}"
+
+    def warn(self, kept: int) -> None:
+        if not self.counts:
+            return
+        skipped = sum(self.counts.values())
+        kinds = ", ".join(f"{n} {kind}" for kind, n in self.counts.most_common())
+        print(f"autopmf: warning: {self.dataset} {self.split}: skipped {skipped} of "
+              f"{skipped + kept} examples ({kinds}); first: {self.first}", file=sys.stderr)
+
+
+def load_image(path: Path, size: int) -> np.ndarray:
+    """uint8 [size, size, 3]: shorter side resized to `size`, centre-cropped. Raises OSError
+    (or ValueError) for a missing, truncated or undecodable file."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
+        fitted = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
+        return np.asarray(fitted, dtype=np.uint8)
+
+
+def _build_split(examples: list[Example], num_classes: int, multilabel: bool,
+                 image_size: int, bad: BadExamples) -> Split:
+    """Decode each distinct image once; drop the examples whose image cannot be read."""
+    from PIL import Image
+
+    row_of: dict[Path, int | None] = {}
+    images = []
+    for ex in examples:
+        if ex.image in row_of:
+            continue
+        try:
+            images.append(load_image(ex.image, image_size))
+            row_of[ex.image] = len(images) - 1
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            row_of[ex.image] = None
+            reason = "missing image" if not ex.image.exists() else "unreadable image"
+            bad.skip(ex.where, f"{reason} ({ex.image}: {exc.__class__.__name__})")
+    kept = [ex for ex in examples if row_of[ex.image] is not None]
+    if multilabel:
+        labels = np.zeros((len(kept), num_classes), dtype=np.float32)
+        for row, ex in enumerate(kept):
+            labels[row, list(ex.labels)] = 1.0
+    else:
+        labels = np.array([ex.labels[0] for ex in kept], dtype=np.int64)
+    stacked = (np.stack(images) if images
+               else np.zeros((0, image_size, image_size, 3), dtype=np.uint8))
+    return Split(images=stacked,
+                 image_index=np.array([row_of[ex.image] for ex in kept], dtype=np.int64),
+                 texts=[ex.text for ex in kept], labels=labels)
+
+
+def _by_image(examples: list[Example]) -> dict[Path, list[Example]]:
+    groups: dict[Path, list[Example]] = {}
+    for ex in examples:
+        groups.setdefault(ex.image, []).append(ex)
+    return groups
+
+
+def split_by_image(examples: list[Example], fraction: float, rng: np.random.Generator
+                   ) -> tuple[list[Example], list[Example]]:
+    """(the examples of a random `fraction` of the images, the rest), file order kept: examples
+    sharing an image never end up on both sides."""
+    groups = _by_image(examples)
+    chosen = set(rng.permutation(len(groups))[:round(fraction * len(groups))].tolist())
+    picked = {image for i, image in enumerate(groups) if i in chosen}
+    return ([ex for ex in examples if ex.image in picked],
+            [ex for ex in examples if ex.image not in picked])
+
+
+def build_dataset(name: str, examples: dict[str, list[Example]], labels: LabelList,
+                  bad: dict[str, BadExamples], *, multilabel: bool, metric: str, seed: int,
+                  image_size: int, image_fraction: float, val_fraction: float = 0.1
+                  ) -> Dataset:
+    """The Dataset of parsed examples. Without a "val" entry, val is `val_fraction` of the
+    train images (by seed); `image_fraction` < 1 keeps that share of every split's images."""
+    if not 0 < val_fraction < 1:
+        raise AutopmfError(f"{name}: val_fraction must be in (0, 1), got {val_fraction}")
+    if not 0 < image_fraction <= 1:
+        raise AutopmfError(f"{name}: image_fraction must be in (0, 1], got {image_fraction}")
+    if not isinstance(image_size, int) or image_size < 8:
+        raise AutopmfError(f"{name}: image_size must be an integer >= 8, got {image_size}")
+    rng = np.random.default_rng(seed)
+    examples = dict(examples)
+    if "val" not in examples:
+        examples["val"], examples["train"] = split_by_image(examples["train"], val_fraction, rng)
+        bad = dict(bad, val=bad["train"])
+    splits = {}
+    for split in ("train", "val", "test"):
+        chosen = examples[split]
+        if image_fraction < 1:
+            chosen = split_by_image(chosen, image_fraction, rng)[0]
+        splits[split] = _build_split(chosen, len(labels.names), multilabel, image_size,
+                                     bad[split])
+        if len(splits[split]) == 0:
+            raise AutopmfError(f"{name}: the {split} split has no usable example; check the "
+                               "data (and image_fraction)")
+    for report in {id(b): b for b in bad.values()}.values():
+        report.warn(sum(len(s) for k, s in splits.items() if bad[k] is report))
+    return Dataset(name=name, label_names=labels.names, metric=metric, **splits)
