@@ -323,3 +323,36 @@ def test_metric_flag_reaches_the_search_and_the_retrain(tmp_path, capsys):
     assert main(["search", "--space", "tiny", "--data", f"mmimdb:{root}", "--out",
                  str(tmp_path / "bad"), "--budget-gb", "1", "--metric", "accuracy"]) == 2
     assert "does not fit mmimdb's multi-label labels" in capsys.readouterr().err
+
+
+# ----- preprocessing from the encoders' own configuration ----------------------------------
+def test_image_preprocessing_follows_the_encoders_processor_config(tmp_path):
+    from transformers import ViTConfig, ViTModel
+
+    from autopmf.encoders.vision import load_hf_vision, tiny_timm_vit
+
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64, image_size=28, patch_size=7)).save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2}))  # as ViT-B/16 in21k
+    encoder = load_hf_vision(tmp_path, "vit")
+    assert encoder.mean == (0.5,) * 3 and encoder.interpolation == "bilinear"
+    pixels = encoder.preprocess(np.full((1, 8, 8, 3), 255, np.uint8), 28)
+    assert pixels.shape == (1, 3, 28, 28) and torch.allclose(pixels, torch.ones_like(pixels))
+    timm_vit = tiny_timm_vit()  # timm's data config: ImageNet statistics, bicubic
+    assert timm_vit.interpolation == "bicubic" and timm_vit.mean == (0.485, 0.456, 0.406)
+
+
+def test_texts_are_truncated_to_max_text_len_and_the_tokenizers_limit(tmp_path):
+    from transformers import BertTokenizer
+
+    from autopmf.encoders.text import BertTextEncoder, tiny_bert
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "long", "plot"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    tokenizer = BertTokenizer(str(tmp_path / "vocab.txt"), model_max_length=10)
+    encoder = BertTextEncoder(tiny_bert().model, tokenizer, "bert")
+    text = "a long long long long long long long long long long long plot"
+    assert encoder.tokenize([text], 6)["input_ids"].shape == (1, 6)  # the space's max_text_len
+    ids = encoder.tokenize([text], 64)["input_ids"]
+    assert ids.shape == (1, 10) and ids[0, -1] == words.index("[SEP]")  # the tokenizer's limit

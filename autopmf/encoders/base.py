@@ -55,6 +55,7 @@ class ImageEncoder(FrozenEncoder):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     patch_size: int
+    interpolation: str = "bicubic"  # as the encoder's own image processor / timm data config
 
     def preprocess(self, images: np.ndarray, image_size: int) -> torch.Tensor:
         """uint8 [N, H, W, 3] -> float [N, 3, S, S], resized and normalised as the encoder
@@ -62,8 +63,9 @@ class ImageEncoder(FrozenEncoder):
         pixels = torch.as_tensor(np.array(images, dtype=np.uint8))  # a copy: inputs may be read-only
         x = pixels.permute(0, 3, 1, 2).float() / 255.0
         if x.shape[-1] != image_size or x.shape[-2] != image_size:
-            x = nn.functional.interpolate(x, size=(image_size, image_size), mode="bicubic",
-                                          align_corners=False, antialias=True).clamp_(0, 1)
+            x = nn.functional.interpolate(x, size=(image_size, image_size),
+                                          mode=self.interpolation, align_corners=False,
+                                          antialias=True).clamp_(0, 1)
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         return (x - mean) / std

@@ -22,7 +22,10 @@ class BertTextEncoder(TextEncoder):
         self.hidden_size = cfg.hidden_size
         self.depth = cfg.num_hidden_layers
         self.num_heads = cfg.num_attention_heads
-        self.max_positions = cfg.max_position_embeddings
+        # Texts are truncated to the space's max_text_len, and never beyond what the model or
+        # its tokenizer supports (transformers sets model_max_length huge when unknown).
+        limit = getattr(tokenizer, "model_max_length", None) or cfg.max_position_embeddings
+        self.max_positions = min(cfg.max_position_embeddings, limit)
         self.freeze()
 
     def tokenize(self, texts: list[str], max_len: int) -> dict[str, torch.Tensor]:

@@ -13,12 +13,15 @@ from autopmf.encoders.base import ImageEncoder, first_tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# PIL resampling codes in Hugging Face preprocessor configs -> torch interpolate modes.
+PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
 
 
 class HFVisionEncoder(ImageEncoder):
     """A frozen `transformers` ViTModel or Dinov2Model (embeddings / encoder.layer / layernorm)."""
 
-    def __init__(self, model, name: str, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(self, model, name: str, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 interpolation: str = "bicubic"):
         super().__init__()
         self.model = model
         self.name = name
@@ -28,6 +31,7 @@ class HFVisionEncoder(ImageEncoder):
         self.num_heads = cfg.num_attention_heads
         self.patch_size = cfg.patch_size
         self.mean, self.std = tuple(mean), tuple(std)
+        self.interpolation = interpolation
         self.freeze()
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -57,9 +61,12 @@ class TimmVisionEncoder(ImageEncoder):
         self.depth = len(model.blocks)
         self.num_heads = model.blocks[0].attn.num_heads
         self.patch_size = model.patch_embed.patch_size[0]
-        cfg = getattr(model, "pretrained_cfg", {}) or {}
-        self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
-        self.std = tuple(cfg.get("std", IMAGENET_STD))
+        from timm.data import resolve_data_config
+
+        cfg = resolve_data_config(model=model)  # the weights' own normalisation and resampling
+        self.mean, self.std = tuple(cfg["mean"]), tuple(cfg["std"])
+        if cfg.get("interpolation") in ("bilinear", "bicubic"):
+            self.interpolation = cfg["interpolation"]
         self.freeze()
 
     def embed(self, pixels):
@@ -76,18 +83,30 @@ class TimmVisionEncoder(ImageEncoder):
         return (image_size // self.patch_size) ** 2 + self.model.num_prefix_tokens
 
 
+def image_processor_config(path: str | Path) -> dict:
+    """The model's preprocessor_config.json, from its directory or the local Hugging Face
+    cache (e.g. google/vit-base-patch16-224-in21k normalises with mean = std = 0.5, not
+    ImageNet's); {} when it has none."""
+    from transformers.utils import cached_file
+
+    try:
+        found = cached_file(str(path), "preprocessor_config.json", local_files_only=True,
+                            _raise_exceptions_for_missing_entries=False)
+    except OSError:
+        return {}
+    return json.loads(Path(found).read_text()) if found else {}
+
+
 def load_hf_vision(path: str | Path, name: str) -> HFVisionEncoder:
-    """A ViT or DINOv2 directory (config.json + weights); mean/std from its image processor
-    config when it has one."""
+    """A ViT or DINOv2 directory (config.json + weights), or a model in the local HF cache;
+    mean, std and resampling from its image processor config when it has one."""
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(str(path), local_files_only=True)
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    processor = Path(path) / "preprocessor_config.json"
-    if processor.exists():
-        cfg = json.loads(processor.read_text())
-        mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
-    return HFVisionEncoder(model, name, mean, std)
+    cfg = image_processor_config(path)
+    return HFVisionEncoder(model, name, cfg.get("image_mean", IMAGENET_MEAN),
+                           cfg.get("image_std", IMAGENET_STD),
+                           PIL_RESAMPLE.get(cfg.get("resample"), "bicubic"))
 
 
 def tiny_dinov2(depth: int = 4, hidden: int = 32, heads: int = 2, seed: int = 1,
