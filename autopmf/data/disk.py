@@ -44,6 +44,14 @@ def require(path: Path, what: str, dataset: str, layout: str) -> Path:
     return path
 
 
+def data_folder(root: str | None, dataset: str, layout: str) -> Path:
+    """The ROOT of a `dataset:ROOT` spec, checked to exist."""
+    if root is None:
+        raise AutopmfError(f"{dataset}: give the data folder, e.g. --data "
+                           f"{dataset}:/datasets/{dataset}")
+    return require(Path(root), "data folder", dataset, layout)
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line; a bad line is an error naming it."""
     with open(path, encoding="utf-8") as file:
@@ -96,7 +104,7 @@ class BadExamples:
         if not self.counts:
             return
         skipped = sum(self.counts.values())
-        kinds = ", ".join(f"{n} {kind}" for kind, n in self.counts.most_common())
+        kinds = ", ".join(f"{kind}: {n}" for kind, n in self.counts.most_common())
         print(f"autopmf: warning: {self.dataset} {self.split}: skipped {skipped} of "
               f"{skipped + kept} examples ({kinds}); first: {self.first}", file=sys.stderr)
 

@@ -15,7 +15,7 @@ import csv
 from pathlib import Path
 
 from autopmf.data.disk import (COMMON_OPTIONS, DEFAULT_IMAGE_SIZE, BadExamples, Example,
-                               LabelList, build_dataset, require)
+                               LabelList, build_dataset, data_folder, require)
 from autopmf.data.types import Dataset
 from autopmf.errors import AutopmfError
 
@@ -51,9 +51,7 @@ def _read_titles(csv_path: Path, image_dir: Path, labels: LabelList, bad: BadExa
 
 def load(seed: int = 0, root: str | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
          val_fraction: float = 0.1, image_fraction: float = 1.0, strict: int = 0) -> Dataset:
-    if root is None:
-        raise AutopmfError("food101: give the data folder, e.g. --data food101:/datasets/upmc")
-    base = require(Path(root), "data folder", "food101", LAYOUT)
+    base = data_folder(root, "food101", LAYOUT)
     train_images = require(base / "images" / "train", "image folder", "food101", LAYOUT)
     classes = sorted(p.name for p in train_images.iterdir() if p.is_dir())
     labels = LabelList(classes, f"the class folders of {train_images}")

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from autopmf.data.disk import (COMMON_OPTIONS, DEFAULT_IMAGE_SIZE, BadExamples, Example,
-                               LabelList, build_dataset, require)
+                               LabelList, build_dataset, data_folder, require)
 from autopmf.data.types import Dataset
 from autopmf.errors import AutopmfError
 
@@ -47,9 +47,7 @@ def _movie(record_path: Path, bad: BadExamples) -> Example | None:
 
 def load(seed: int = 0, root: str | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
          image_fraction: float = 1.0, strict: int = 0) -> Dataset:
-    if root is None:
-        raise AutopmfError("mmimdb: give the data folder, e.g. --data mmimdb:/datasets/mmimdb")
-    base = require(Path(root), "data folder", "mmimdb", LAYOUT)
+    base = data_folder(root, "mmimdb", LAYOUT)
     if not (base / "split.json").exists() and (base / "mmimdb" / "split.json").exists():
         base = base / "mmimdb"  # the archive's parent folder was given
     split_file = require(base / "split.json", "split file", "mmimdb", LAYOUT)

@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from autopmf.data.disk import (COMMON_OPTIONS, DEFAULT_IMAGE_SIZE, BadExamples, Example,
-                               LabelList, build_dataset, read_jsonl, require)
+                               LabelList, build_dataset, data_folder, read_jsonl,
+                               require)
 from autopmf.data.types import Dataset
 from autopmf.errors import AutopmfError
 
@@ -53,9 +54,7 @@ def _read(path: Path, images: Path, labels: LabelList, bad: BadExamples) -> list
 def load(seed: int = 0, root: str | None = None, images: str | None = None,
          image_size: int = DEFAULT_IMAGE_SIZE, image_fraction: float = 1.0, strict: int = 0
          ) -> Dataset:
-    if root is None:
-        raise AutopmfError("snlive: give the data folder, e.g. --data snlive:/datasets/snli-ve")
-    base = require(Path(root), "data folder", "snlive", LAYOUT)
+    base = data_folder(root, "snlive", LAYOUT)
     image_dir = require(Path(images) if images else base / "flickr30k_images",
                         "Flickr30k image folder", "snlive", LAYOUT + " (or images=PATH)")
     labels = LabelList(LABELS, "SNLI-VE's 3 labels")

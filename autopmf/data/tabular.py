@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 from autopmf.data.disk import (COMMON_OPTIONS, DEFAULT_IMAGE_SIZE, BadExamples, Example,
-                               LabelList, build_dataset, read_jsonl, require)
+                               LabelList, build_dataset, data_folder, read_jsonl,
+                               require)
 from autopmf.data.types import Dataset
 from autopmf.errors import AutopmfError
 
@@ -85,9 +86,7 @@ class TableFormat:
         name = self.suffix
         layout = (f"{name}:ROOT with train.{name} and test.{name} (val.{name} optional) and "
                   "optionally labels.txt")
-        if root is None:
-            raise AutopmfError(f"{name}: give the data folder, e.g. --data {name}:/data/mine")
-        root_dir = require(Path(root), "data folder", name, layout)
+        root_dir = data_folder(root, name, layout)
         files = {"train": require(root_dir / f"train.{name}", "split file", name, layout),
                  "test": require(root_dir / f"test.{name}", "split file", name, layout)}
         for val_name in ("val", "dev"):
