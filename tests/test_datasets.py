@@ -281,13 +281,13 @@ def budget_for(space_name, num_classes):
     return (low + 0.75 * (high - low)) / GIB
 
 
-def search_and_retrain(data, out, num_classes, extra=()):
+def search_and_retrain(data, out, num_classes, extra=(), baselines=False):
     common = ["--epochs", "1", "--quiet", "--threads", "1", "--device", "cpu", *extra]
     assert main(["search", "--space", "tiny", "--data", data, "--out", str(out),
                  "--budget-gb", f"{budget_for('tiny', num_classes):.6f}", "--trials", "3",
                  "--population", "2", *common]) == 0
-    assert main(["retrain", "--arch", str(out / "best_arch.yaml"), "--no-baselines",
-                 *common]) == 0
+    assert main(["retrain", "--arch", str(out / "best_arch.yaml"), *common,
+                 *([] if baselines else ["--no-baselines"])]) == 0
     return json.loads((out / "retrain" / "metrics.json").read_text())
 
 
@@ -303,15 +303,23 @@ def test_search_and_retrain_on_jsonl(tmp_path, capsys):
 
 def test_multilabel_mmimdb_through_search_retrain_and_log(tmp_path, capsys):
     root = make_mmimdb(tmp_path / "mmimdb")
-    metrics = search_and_retrain(f"mmimdb:{root},image_size=28", tmp_path / "run", 23)
+    metrics = search_and_retrain(f"mmimdb:{root},image_size=28", tmp_path / "run", 23,
+                                 baselines=True)
     assert metrics["metric"] == "f1_macro"
     assert set(metrics["scores"]["test"]) == {"f1_macro", "f1_micro"}
     assert metrics["test_score"] == metrics["scores"]["test"]["f1_macro"]
     assert all(0 <= v <= 1 for split in metrics["scores"].values() for v in split.values())
+    assert set(metrics["baselines"]) == {"text_only", "image_only"}
     capsys.readouterr()
     assert main(["log", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "best f1_macro" in out and "f1_macro vs memory" in out
+
+    from autopmf.predict import predict  # a set of genres per pair, with a sigmoid each
+
+    result = predict(tmp_path / "run" / "retrain", [np.zeros((30, 20, 3), np.uint8)], ["A plot."])
+    assert isinstance(result[0]["label"], list) and len(result[0]["probabilities"]) == 23
+    assert all(result[0]["probabilities"][genre] >= 0.5 for genre in result[0]["label"])
 
 
 def test_metric_flag_reaches_the_search_and_the_retrain(tmp_path, capsys):

@@ -54,7 +54,7 @@ def data_folder(root: str | None, dataset: str, layout: str) -> Path:
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line; a bad line is an error naming it."""
-    with open(path, encoding="utf-8") as file:
+    with open(path, encoding="utf-8", errors="replace") as file:  # a stray byte: not fatal
         for lineno, line in enumerate(file, 1):
             if not line.strip():
                 continue

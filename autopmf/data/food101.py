@@ -28,7 +28,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 def _read_titles(csv_path: Path, image_dir: Path, labels: LabelList, bad: BadExamples
                  ) -> list[Example]:
     examples = []
-    with open(csv_path, encoding="utf-8", newline="") as file:
+    with open(csv_path, encoding="utf-8", errors="replace", newline="") as file:
         reader = csv.reader(file)
         for row in reader:
             where = f"{csv_path}:{reader.line_num}"

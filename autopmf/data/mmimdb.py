@@ -33,7 +33,7 @@ def _movie(record_path: Path, bad: BadExamples) -> Example | None:
     where = str(record_path)
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # missing, not JSON, not UTF-8
         bad.skip(where, f"missing text ({exc.__class__.__name__})")
         return None
     plots = [p for p in record.get("plot") or [] if isinstance(p, str) and p.strip()]
@@ -64,7 +64,8 @@ def load(seed: int = 0, root: str | None = None, image_size: int = DEFAULT_IMAGE
     examples, bad = {}, {}
     for split, published in SPLITS.items():
         bad[split] = BadExamples("mmimdb", split, bool(strict))
-        movies = (_movie(records / f"{movie_id}.json", bad[split]) for movie_id in ids[published])
+        names = (i if isinstance(i, str) else f"{i:07d}" for i in ids[published])  # 7-digit ids
+        movies = (_movie(records / f"{name}.json", bad[split]) for name in names)
         examples[split] = [movie for movie in movies if movie is not None]
     return build_dataset("mmimdb", examples, LabelList(GENRES, "the 23 MM-IMDB genres"), bad,
                          multilabel=True, metric="f1_macro", seed=seed, image_size=image_size,

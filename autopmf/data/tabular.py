@@ -31,7 +31,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8", newline="") as file:
+    with open(path, encoding="utf-8", errors="replace", newline="") as file:
         reader = csv.DictReader(file)
         missing = [f for f in FIELDS if f not in (reader.fieldnames or [])]
         if missing:

@@ -1,6 +1,7 @@
 """Raw multimodal classification data: images, texts and labels, split by image.
 
-Tokenisation and image resizing/normalisation belong to the encoders, not here.
+Tokenisation and image normalisation belong to the encoders, not here (on-disk loaders only
+shrink images to a common size at load, see disk.py).
 """
 
 from __future__ import annotations
