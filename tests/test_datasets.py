@@ -126,6 +126,11 @@ def test_food101_reads_the_published_layout(tmp_path):
         for text, label in zip(split.texts, split.labels):
             assert FOOD_CLASSES[label].replace("_", " ") in text
     assert sorted(data.test.labels.tolist()) == [0, 0, 1, 1, 2, 2]
+    spec = f"food101:{root},image_size={SIZE},val_fraction=0.25"
+    assert load_dataset(spec, seed=0).fingerprint() == data.fingerprint()  # val by seed
+    assert load_dataset(spec, seed=1).fingerprint() != data.fingerprint()
+    small = load_dataset(spec + ",image_fraction=0.5")  # half of every split's images
+    assert [len(s.images) for s in small.splits().values()] == [4, 2, 3]
 
 
 def test_mmimdb_reads_multi_hot_genres_and_the_published_split(tmp_path):

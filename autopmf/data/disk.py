@@ -93,11 +93,13 @@ class BadExamples:
         self.counts: Counter[str] = Counter()
         self.first = ""
 
-    def skip(self, where: str, problem: str) -> None:
+    def skip(self, where: str, kind: str, detail: str = "") -> None:
+        """One bad example: `kind` ("missing text", ...) is what the warning counts."""
+        problem = f"{kind} ({detail})" if detail else kind
         if self.strict:
             raise AutopmfError(f"{where}: {problem}; fix or remove it, or load without strict "
                                "to skip such examples with a warning")
-        self.counts[problem.split(" (")[0]] += 1
+        self.counts[kind] += 1
         self.first = self.first or f"{where}: {problem}"
 
     def warn(self, kept: int) -> None:
@@ -136,7 +138,7 @@ def _build_split(examples: list[Example], num_classes: int, multilabel: bool,
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             row_of[ex.image] = None
             reason = "missing image" if not ex.image.exists() else "unreadable image"
-            bad.skip(ex.where, f"{reason} ({ex.image}: {exc.__class__.__name__})")
+            bad.skip(ex.where, reason, f"{ex.image}: {exc.__class__.__name__}")
     kept = [ex for ex in examples if row_of[ex.image] is not None]
     if multilabel:
         labels = np.zeros((len(kept), num_classes), dtype=np.float32)
@@ -151,20 +153,12 @@ def _build_split(examples: list[Example], num_classes: int, multilabel: bool,
                  texts=[ex.text for ex in kept], labels=labels)
 
 
-def _by_image(examples: list[Example]) -> dict[Path, list[Example]]:
-    groups: dict[Path, list[Example]] = {}
-    for ex in examples:
-        groups.setdefault(ex.image, []).append(ex)
-    return groups
-
-
 def split_by_image(examples: list[Example], fraction: float, rng: np.random.Generator
                    ) -> tuple[list[Example], list[Example]]:
     """(the examples of a random `fraction` of the images, the rest), file order kept: examples
     sharing an image never end up on both sides."""
-    groups = _by_image(examples)
-    chosen = set(rng.permutation(len(groups))[:round(fraction * len(groups))].tolist())
-    picked = {image for i, image in enumerate(groups) if i in chosen}
+    images = list(dict.fromkeys(ex.image for ex in examples))  # distinct, in file order
+    picked = {images[i] for i in rng.permutation(len(images))[:round(fraction * len(images))]}
     return ([ex for ex in examples if ex.image in picked],
             [ex for ex in examples if ex.image not in picked])
 

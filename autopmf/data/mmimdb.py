@@ -34,7 +34,7 @@ def _movie(record_path: Path, bad: BadExamples) -> Example | None:
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # missing, not JSON, not UTF-8
-        bad.skip(where, f"missing text ({exc.__class__.__name__})")
+        bad.skip(where, "missing text", exc.__class__.__name__)
         return None
     plots = [p for p in record.get("plot") or [] if isinstance(p, str) and p.strip()]
     if not plots:
