@@ -1,7 +1,9 @@
 """Training checkpoints: weights, optimizer and schedule state, as safetensors + JSON.
 
 Each checkpoint is a directory written under a temporary name and renamed into place when
-complete, so the newest `epoch-NNNN` directory is always whole. Nothing is pickled.
+complete, so the newest `epoch-NNNN` directory is always whole. Nothing is pickled. Every
+checkpoint records the fingerprint of the run that wrote it (space, encoders, data, settings),
+and is resumed only into the same run.
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ import shutil
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from autopmf.errors import AutopmfError
 from autopmf.files import load_tensors, save_tensors
+from supernet.weights import load_trainable_state, trainable_state
 
 CHECKPOINTS = "checkpoints"
 
 
 def save_checkpoint(run: Path, epoch: int, weights: dict[str, torch.Tensor],
-                    optimizer: torch.optim.Optimizer, schedule, state: dict) -> Path:
+                    optimizer: torch.optim.Optimizer, schedule, state: dict, *,
+                    fingerprint: str) -> Path:
     root = run / CHECKPOINTS
     final = root / f"epoch-{epoch:04d}"
     tmp = root / f".epoch-{epoch:04d}.tmp"
@@ -30,7 +36,7 @@ def save_checkpoint(run: Path, epoch: int, weights: dict[str, torch.Tensor],
                  {f"{idx}.{key}": value for idx, st in opt["state"].items()
                   for key, value in st.items()})
     (tmp / "state.json").write_text(json.dumps({
-        "epoch": epoch, "param_groups": opt["param_groups"],
+        "epoch": epoch, "fingerprint": fingerprint, "param_groups": opt["param_groups"],
         "schedule": schedule.state_dict(), **state}))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -40,15 +46,25 @@ def save_checkpoint(run: Path, epoch: int, weights: dict[str, torch.Tensor],
     return final
 
 
+def check_fingerprint(path: Path, recorded: str | None, expected: str) -> None:
+    """Refuse to resume what another run wrote (a run from before fingerprints included)."""
+    if recorded != expected:
+        raise AutopmfError(f"{path} was written by a different run (another space, encoder "
+                           "pair, data or settings); resume with the options that run used, or "
+                           "choose another --out (or --force to start over)")
+
+
 def latest_checkpoint(run: Path) -> Path | None:
     done = sorted((run / CHECKPOINTS).glob("epoch-*"))
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer, schedule
-                    ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Restore optimizer and schedule in place; return (weights, state)."""
+def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer, schedule, *,
+                    fingerprint: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Restore optimizer and schedule in place; return (weights, state). A checkpoint of
+    another run is refused before anything is loaded."""
     state = json.loads((path / "state.json").read_text())
+    check_fingerprint(path, state.pop("fingerprint", None), fingerprint)
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in load_tensors(path / "optimizer.safetensors").items():
         idx, name = key.split(".", 1)
@@ -56,3 +72,34 @@ def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer, schedule
     optimizer.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
     schedule.load_state_dict(state.pop("schedule"))
     return load_tensors(path / "weights.safetensors"), state
+
+
+class EpochCheckpoints:
+    """Per-epoch checkpoints of one `train.fit` loop in `run/checkpoints`: everything the loop
+    carries from one epoch to the next (trainable weights, the best ones so far, optimizer,
+    schedule, the shuffling generator, history), so a resumed fit ends bit-identical."""
+
+    def __init__(self, run: Path, fingerprint: str, resume: bool):
+        self.run, self.fingerprint, self.resume = Path(run), fingerprint, resume
+
+    def save(self, epoch: int, model: nn.Module, optimizer, schedule,
+             generator: torch.Generator, best: list[torch.Tensor] | None, state: dict) -> None:
+        tensors = {f"model.{name}": t for name, t in trainable_state(model).items()}
+        tensors.update({f"best.{i}": t for i, t in enumerate(best or [])})
+        tensors["generator"] = generator.get_state()
+        save_checkpoint(self.run, epoch, tensors, optimizer, schedule, state,
+                        fingerprint=self.fingerprint)
+
+    def restore(self, model: nn.Module, optimizer, schedule, generator: torch.Generator
+                ) -> tuple[int, list[torch.Tensor] | None, dict] | None:
+        """(epochs done, best weights so far, saved state), or None to start from scratch."""
+        path = latest_checkpoint(self.run) if self.resume else None
+        if path is None:
+            return None
+        tensors, state = load_checkpoint(path, optimizer, schedule,
+                                         fingerprint=self.fingerprint)
+        load_trainable_state(model, {name[len("model."):]: t for name, t in tensors.items()
+                                     if name.startswith("model.")})
+        generator.set_state(tensors["generator"])
+        best = [tensors[f"best.{i}"] for i in range(sum(k.startswith("best.") for k in tensors))]
+        return state.pop("epoch"), best or None, state

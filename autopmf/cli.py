@@ -35,7 +35,7 @@ def cmd_train(args) -> int:
     space, arch = parse_arch_option(args.arch, args.space)
     metrics = train_architecture(space, arch, _data_spec(args, args.data), Path(args.out),
                                  _train_config(args, space), baselines=not args.no_baselines,
-                                 force=args.force)
+                                 force=args.force, resume=args.resume)
     _print_train_summary(metrics, Path(args.out))
     return 0
 
@@ -55,7 +55,7 @@ def cmd_retrain(args) -> int:
     out = Path(args.out) if args.out else Path(args.arch).parent / "retrain"
     metrics = train_architecture(space, arch, data, out, _train_config(args, space),
                                  baselines=not args.no_baselines, force=args.force,
-                                 init_weights=init, measure_memory=True)
+                                 init_weights=init, measure_memory=True, resume=args.resume)
     _print_train_summary(metrics, out)
     print(f"peak training memory: measured {metrics['mem_gb_measured']:.3f} GiB, predicted "
           f"{metrics['mem_gb_predicted']:.3f} GiB ({metrics['memory_device']})")
@@ -155,13 +155,9 @@ def cmd_demo(args) -> int:
     print(f"\nretraining the winner standalone ({args.retrain_epochs} epochs)", flush=True)
     train_cfg = _train_config(args, space)  # lr defaults as for `autopmf train`
     train_cfg.epochs = args.retrain_epochs
-    retrain_dir = out / "retrain"
-    if (retrain_dir / "metrics.json").exists() and not args.force:
-        import json
-        metrics = json.loads((retrain_dir / "metrics.json").read_text())
-    else:
-        metrics = train_architecture(space, arch, DEMO_SEARCH_DATA, retrain_dir, train_cfg,
-                                     force=True, measure_memory=True)
+    # Like the search: an interrupted (or finished) retrain continues unless --force.
+    metrics = train_architecture(space, arch, DEMO_SEARCH_DATA, out / "retrain", train_cfg,
+                                 force=args.force, resume=not args.force, measure_memory=True)
     summary = summarize(out)
     print()
     print_summary(summary, list(space.fusable_slots))
@@ -234,9 +230,14 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 def _add_supernet_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampling", choices=("uniform", "sandwich"), default="sandwich",
                    help="supernet training: which subnet trains at each step")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run (supernet checkpoint, search log)")
+    _add_resume_option(p)
     _add_train_options(p, epochs=10)
+
+
+def _add_resume_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its newest checkpoint (and, for a "
+                   "search, its log); ends as an uninterrupted run would")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="architecture YAML, or reference:N:M (top N slots fused, length M)")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the image-only and text-only baselines")
+    _add_resume_option(p)
     _add_train_options(p, epochs=8)
     p.set_defaults(func=cmd_train)
 
@@ -274,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from fresh weights or from the supernet's")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the image-only and text-only baselines")
+    _add_resume_option(p)
     _add_train_options(p, epochs=8)
     p.set_defaults(func=cmd_retrain)
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-import yaml
 from tqdm import tqdm
 
 from autopmf.data.registry import load_dataset
@@ -28,6 +27,7 @@ from autopmf.features import SlotCaches
 from autopmf.files import atomic_write_json, atomic_write_text
 from autopmf.memory import GIB, check_budget, estimate_bytes, load_profile
 from autopmf.report import pareto_front, read_search_log
+from autopmf.run_dir import claim_run_dir, run_settings, write_run_config
 from autopmf.nni_space import (BUDGET_LABEL, BudgetedEvolution, build_nni_space, quiet_nni,
                                repair, report)
 from autopmf.space import SearchSpace, save_arch
@@ -35,7 +35,6 @@ from autopmf.supernet_train import SupernetConfig, subnet_score, train_supernet
 from supernet.supernet import Supernet
 
 LOG = "search_log.jsonl"
-CONFIG = "config.yaml"
 BEST = "best_arch.yaml"
 PARETO = "pareto.json"
 
@@ -146,45 +145,12 @@ def best_entry(entries: list[dict], budget_gb: float | None = None) -> dict | No
 
 
 # ----- the run directory -----------------------------------------------------------------
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("autopmf", "torch", "transformers", "timm", "nni", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "absent"
-    return out
-
-
 def _run_identity(space: SearchSpace, data_spec: str, cfg: SearchConfig) -> dict:
     """What makes two searches the same search (resume must match it)."""
     return {"space": space.to_dict(), "data": data_spec, "budget_gb": cfg.budget_gb,
             "trials": cfg.trials, "population": cfg.population, "tournament": cfg.tournament,
             "mutation_prob": cfg.mutation_prob, "strategy": cfg.strategy, "seed": cfg.seed,
-            "supernet": {k: v for k, v in asdict(cfg.supernet).items()
-                         if k not in ("progress", "device", "use_disk_cache")}}
-
-
-def _prepare_out(out: Path, identity: dict, resume: bool, force: bool) -> None:
-    config = out / CONFIG
-    if not config.exists():
-        return
-    previous = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-    same = {k: previous.get(k) for k in identity} == identity
-    if force:
-        for name in (LOG, BEST, PARETO, CONFIG, "supernet_metrics.json"):
-            (out / name).unlink(missing_ok=True)
-        import shutil
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        return
-    if not same:
-        raise AutopmfError(f"{out} holds a different search (other space, data, budget, seed or "
-                           "settings); choose another --out, or --force to replace it")
-    if not resume:
-        raise AutopmfError(f"{out} already holds this search; pass --resume to continue it "
-                           "(or --force to start over)")
+            "supernet": run_settings(cfg.supernet)}
 
 
 def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
@@ -197,7 +163,8 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
         raise AutopmfError(f"--strategy {cfg.strategy!r}: use evolution or random")
     out = Path(out)
     identity = _run_identity(space, data_spec, cfg)
-    _prepare_out(out, identity, resume, force)
+    claim_run_dir(out, identity, resume=resume, force=force, what="search",
+                  outputs=(LOG, BEST, PARETO, "supernet_metrics.json"))
     budget_bytes = int(cfg.budget_gb * GIB)
     device_kind = "cuda" if cfg.supernet.device.startswith("cuda") else "cpu"
     dataset = load_dataset(data_spec, seed=cfg.supernet.seed)
@@ -209,9 +176,7 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
         return estimate_bytes(space, arch, profile)
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / CONFIG, yaml.safe_dump(
-        {**identity, "metric": dataset_metric, "memory_device": device_kind,
-         "versions": _versions()}, sort_keys=False))
+    write_run_config(out, identity, metric=dataset_metric, memory_device=device_kind)
     started = time.perf_counter()
     run = train_supernet(space, data_spec, out, cfg.supernet, resume=True)
     scorer = InheritedScorer(run.supernet, SlotCaches(run.caches["val"], run.supernet.backbone),

@@ -18,7 +18,8 @@ import torch
 from tqdm import tqdm
 
 from autopmf.build import build_backbone
-from autopmf.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from autopmf.checkpoint import (check_fingerprint, latest_checkpoint, load_checkpoint,
+                                save_checkpoint)
 from autopmf.data.registry import load_dataset
 from autopmf.distributed import DistContext, init_distributed
 from autopmf.errors import AutopmfError
@@ -26,6 +27,7 @@ from autopmf.feature_store import feature_caches
 from autopmf.features import FeatureCache, SlotCaches
 from autopmf.files import atomic_write_json, load_tensors, save_tensors
 from autopmf.metrics import loss_fn
+from autopmf.run_dir import fingerprint, package_versions, run_settings
 from autopmf.space import SearchSpace
 from autopmf.train import TrainConfig, autocast, evaluate, param_groups, warmup_cosine
 from supernet.optim import step_used_only
@@ -59,6 +61,13 @@ def load_supernet_weights(supernet: Supernet, tensors: dict[str, torch.Tensor]) 
     except ValueError as exc:
         raise AutopmfError(f"supernet weights do not match this space and encoder pair ({exc}); "
                            "use the space the run was made with, or a new --out") from None
+
+
+def supernet_fingerprint(space: SearchSpace, data_spec: str, cfg: SupernetConfig) -> str:
+    """What a supernet checkpoint may be resumed into: the same space (encoders included),
+    data and settings."""
+    return fingerprint({"space": space.to_dict(), "data": data_spec,
+                        "settings": run_settings(cfg)})
 
 
 def subnet_score(supernet: Supernet, arch, cache: FeatureCache, cfg: TrainConfig,
@@ -108,6 +117,14 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
     if (out / METRICS).exists() and not (resume or force):
         raise AutopmfError(f"{out} already holds a trained supernet; pass --resume to reuse "
                            "it, --force to train a new one, or choose another --out")
+    if latest_checkpoint(out) is not None and not (resume or force):
+        raise AutopmfError(f"{out} holds an interrupted supernet training; pass --resume to "
+                           "continue it, --force to start over, or choose another --out")
+    run_fingerprint = supernet_fingerprint(space, data_spec, cfg)
+    if resume and not force and (out / METRICS).exists():
+        check_fingerprint(out / METRICS,
+                          json.loads((out / METRICS).read_text()).get("fingerprint"),
+                          run_fingerprint)
     started = time.perf_counter()
     dataset = load_dataset(data_spec, seed=cfg.seed)
     backbone = build_backbone(space).to(cfg.device)
@@ -135,7 +152,8 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
     start_epoch = 0
     checkpoint = latest_checkpoint(out) if resume else None
     if checkpoint is not None:
-        weights, state = load_checkpoint(checkpoint, optimizer, schedule)
+        weights, state = load_checkpoint(checkpoint, optimizer, schedule,
+                                         fingerprint=run_fingerprint)
         load_supernet_weights(supernet, weights)
         start_epoch, history = state["epoch"], state["history"]
 
@@ -160,12 +178,13 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
                 tqdm.write(f"supernet epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f}  "
                            f"val {dataset.metric}: {scores}")
             save_checkpoint(out, epoch + 1, supernet.trainable_state_dict(), optimizer,
-                            schedule, {"history": history})
+                            schedule, {"history": history}, fingerprint=run_fingerprint)
         dist.barrier()
 
     metrics = {"data": data_spec, "metric": dataset.metric, "space": space.to_dict(),
                "config": asdict(cfg), "references": references, "history": history,
                "steps_per_epoch": steps, "world_size": dist.world_size,
+               "fingerprint": run_fingerprint, "versions": package_versions(),
                "seconds": {"feature_cache": cache_seconds,
                            "total": time.perf_counter() - started}}
     if dist.is_main:

@@ -12,13 +12,16 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from autopmf.metrics import loss_fn, score
+
+if TYPE_CHECKING:
+    from autopmf.checkpoint import EpochCheckpoints
 
 
 class Examples(Protocol):
@@ -99,8 +102,11 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
 
 
 def fit(model: nn.Module, forward: Forward, train: Examples, val: Examples, cfg: TrainConfig,
-        metric: str, desc: str = "train") -> FitResult:
-    """Train `model`'s trainable parameters; on return it holds the best-validation weights."""
+        metric: str, desc: str = "train", checkpoints: EpochCheckpoints | None = None
+        ) -> FitResult:
+    """Train `model`'s trainable parameters; on return it holds the best-validation weights.
+    With `checkpoints`, each epoch ends with a checkpoint, and a resumed fit continues from
+    the newest one."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -110,7 +116,14 @@ def fit(model: nn.Module, forward: Forward, train: Examples, val: Examples, cfg:
     result = FitResult(best_val=-math.inf, best_epoch=-1)
     best_state = None
     started = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    start_epoch = 0
+    restored = (checkpoints.restore(model, optimizer, schedule, generator) if checkpoints
+                else None)
+    if restored:
+        start_epoch, best_state, saved = restored
+        result.history, result.best_val, result.best_epoch = (
+            saved["history"], saved["best_val"], saved["best_epoch"])
+    for epoch in range(start_epoch, cfg.epochs):
         model.train()
         order = torch.randperm(len(train), generator=generator)
         bar = tqdm(range(steps_per_epoch), desc=f"{desc} {epoch + 1}/{cfg.epochs}",
@@ -139,6 +152,10 @@ def fit(model: nn.Module, forward: Forward, train: Examples, val: Examples, cfg:
         if val_score > result.best_val:
             result.best_val, result.best_epoch = val_score, epoch + 1
             best_state = [p.detach().clone() for p in trainable]
+        if checkpoints:
+            checkpoints.save(epoch + 1, model, optimizer, schedule, generator, best_state,
+                             {"history": result.history, "best_val": result.best_val,
+                              "best_epoch": result.best_epoch})
     if best_state is not None:
         with torch.no_grad():
             for p, best in zip(trainable, best_state):

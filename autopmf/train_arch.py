@@ -7,6 +7,7 @@ val/test scores (+ unimodal baselines) -> metrics.json, weights.safetensors, arc
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Mapping
@@ -15,15 +16,19 @@ import torch
 
 from autopmf.baselines import unimodal_baselines
 from autopmf.build import build_backbone, build_pmf
+from autopmf.checkpoint import CHECKPOINTS, EpochCheckpoints
 from autopmf.data.registry import load_dataset
 from autopmf.errors import AutopmfError
 from autopmf.features import advance_feature_cache, build_feature_cache, encode_split
 from autopmf.files import atomic_write_json, save_tensors
 from autopmf.metrics import metrics_for, score
+from autopmf.run_dir import (CONFIG, claim_run_dir, fingerprint, run_settings, tensors_digest,
+                             write_run_config)
 from autopmf.space import SearchSpace, save_arch
 from autopmf.train import TrainConfig, fit, predict
 
 SPLITS = ("train", "val", "test")
+OUTPUTS = ("metrics.json", "weights.safetensors", "arch.yaml")
 
 
 def prepare_out_dir(out: Path, force: bool) -> None:
@@ -37,15 +42,22 @@ def prepare_out_dir(out: Path, force: bool) -> None:
 def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: str, out: Path,
                        cfg: TrainConfig, baselines: bool = True, force: bool = False,
                        init_weights: Mapping[str, torch.Tensor] | None = None,
-                       measure_memory: bool = False) -> dict:
+                       measure_memory: bool = False, resume: bool = False) -> dict:
     """Train `arch` standalone (from `init_weights`, e.g. inherited from a supernet, or from
     scratch) and write its run directory; `measure_memory` adds its measured and predicted
-    peak training memory."""
+    peak training memory. `resume` continues an interrupted run from its newest epoch
+    checkpoint (a finished one is returned as it is)."""
     arch = space.validate(arch)
+    identity = run_identity(space, arch, data_spec, cfg, init_weights, baselines)
+    claim_run_dir(out, identity, resume=resume, force=force, what="training run",
+                  outputs=OUTPUTS)
+    if resume and (out / CONFIG).exists() and (out / "metrics.json").exists():
+        return json.loads((out / "metrics.json").read_text())
     prepare_out_dir(out, force)
     started = time.perf_counter()
     dataset = load_dataset(data_spec, seed=cfg.seed)
     backbone = build_backbone(space).to(cfg.device)
+    write_run_config(out, identity)  # only once the inputs have loaded
     torch.manual_seed(cfg.seed)
     model = build_pmf(space, arch, backbone, len(dataset.label_names)).to(cfg.device)
     if init_weights is not None:
@@ -61,7 +73,8 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
     def forward(cache, rows):
         return model.forward_from(cache.streams(rows, cfg.device), cache.slot)
 
-    result = fit(model, forward, caches["train"], caches["val"], cfg, dataset.metric)
+    result = fit(model, forward, caches["train"], caches["val"], cfg, dataset.metric,
+                 checkpoints=EpochCheckpoints(out, fingerprint(identity), resume))
     model.eval()
     # Every metric reported for this kind of labels (F1-macro and F1-micro for multi-label),
     # from one prediction per split; the dataset's metric is the headline score.
@@ -99,7 +112,17 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
     save_tensors(out / "weights.safetensors", model.trainable_state_dict(),
                  metadata={"arch": json.dumps(arch), "space": space.name})
     atomic_write_json(out / "metrics.json", metrics)  # last: its presence marks the run done
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # finished: nothing left to resume
     return metrics
+
+
+def run_identity(space: SearchSpace, arch: Mapping[str, int], data_spec: str,
+                 cfg: TrainConfig, init_weights: Mapping[str, torch.Tensor] | None,
+                 baselines: bool) -> dict:
+    """What makes two trainings the same run (resume must match it)."""
+    return {"space": space.to_dict(), "arch": dict(arch), "data": data_spec,
+            "init": "scratch" if init_weights is None else tensors_digest(init_weights),
+            "baselines": baselines, "train": run_settings(cfg)}
 
 
 def memory_report(space: SearchSpace, arch: Mapping[str, int], backbone, device: str,

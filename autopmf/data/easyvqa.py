@@ -28,9 +28,19 @@ def package_data_root() -> Path:
 
 
 def _read_questions(split_dir: Path) -> list[tuple[str, str, int]]:
-    """[(question, answer, image id)] in file order."""
-    with open(split_dir / "questions.json") as file:
-        return [(text, answer, int(image_id)) for text, answer, image_id in json.load(file)]
+    """[(question, answer, image id)] in file order; text that is not UTF-8 or an empty
+    question is an error naming the file."""
+    path = split_dir / "questions.json"
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise AutopmfError(f"{path}: not UTF-8 text (bad byte at offset {exc.start}); re-save "
+                           "it as UTF-8") from None
+    questions = [(text, answer, int(image_id)) for text, answer, image_id in rows]
+    empty = next((i for i, (text, _, _) in enumerate(questions) if not text.strip()), None)
+    if empty is not None:
+        raise AutopmfError(f"{path}: question {empty} is empty; give it a text or remove it")
+    return questions
 
 
 def _read_images(split_dir: Path, image_ids: list[int]) -> np.ndarray:
@@ -40,8 +50,13 @@ def _read_images(split_dir: Path, image_ids: list[int]) -> np.ndarray:
         raise AutopmfError("easy-VQA images need Pillow: pip install pillow") from None
     images = np.empty((len(image_ids), 64, 64, 3), dtype=np.uint8)
     for row, image_id in enumerate(image_ids):
-        with Image.open(split_dir / "images" / f"{image_id}.png") as image:
-            images[row] = np.asarray(image.convert("RGB"))
+        path = split_dir / "images" / f"{image_id}.png"
+        try:
+            with Image.open(path) as image:
+                images[row] = np.asarray(image.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL's ways to fail on a bad file
+            raise AutopmfError(f"{path}: cannot read this image ({exc.__class__.__name__}); "
+                               "replace it with a 64x64 PNG") from None
     return images
 
 
