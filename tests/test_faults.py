@@ -33,9 +33,8 @@ BUDGET_GB = "0.0025"  # tiny space: the smallest architecture needs 0.0006 GiB, 
 SEARCH = ["search", "--space", "tiny", "--data", DATA, "--budget-gb", BUDGET_GB,
           "--trials", "10", "--population", "4", "--epochs", "2", "--batch-size", "16",
           "--lr", "0.05", "--head-lr-scale", "1", "--seed", "1", "--threads", "1", "--quiet"]
-TRAIN = ["train", "--space", "tiny", "--arch", "reference:2:2", "--data", DATA,
-         "--epochs", "3", "--batch-size", "16", "--lr", "0.05", "--seed", "1", "--threads",
-         "1", "--quiet"]
+RETRAIN = ["--epochs", "3", "--batch-size", "16", "--lr", "0.05", "--seed", "1", "--threads",
+           "1", "--quiet"]  # after: retrain --arch SEARCH_RUN/best_arch.yaml
 # What a finished run leaves behind; none of it may appear after a refused command.
 COMPLETE = ("config.yaml", "best_arch.yaml", "pareto.json", "search_log.jsonl",
             "supernet.safetensors", "supernet_metrics.json", "metrics.json",
@@ -119,15 +118,22 @@ def killed_search(tmp_path_factory, cache_dir, clean_search):
     outcomes = []
     for i, (where, ready, delay) in enumerate(points):
         argv = [*SEARCH, "--out", str(out)] + (["--resume"] if i else [])
-        outcomes.append((where, kill_when(start_child(argv, cache_dir), ready, delay)))
+        what = kill_when(start_child(argv, cache_dir), ready, delay)
+        outcomes.append((where, what, state_of(out)))
     assert main([*SEARCH, "--out", str(out), "--resume"]) == 0  # the last resume runs to the end
     return out, outcomes
+
+
+def state_of(out: Path) -> str:
+    supernet = "trained" if (out / "supernet_metrics.json").exists() else "in training"
+    return f"supernet {supernet}, {log_lines(out)} candidates logged"
 
 
 def test_search_killed_three_times_and_resumed_equals_a_clean_run(clean_search, killed_search):
     out, outcomes = killed_search
     print(outcomes)
-    assert sum(what == "killed" for _, what in outcomes) >= 2, outcomes
+    assert [what for _, what, _ in outcomes] == ["killed"] * 3, outcomes
+    assert outcomes[0][2] == "supernet in training, 0 candidates logged", outcomes
     read = lambda run: [without_seconds(json.loads(line))  # noqa: E731
                         for line in (run / "search_log.jsonl").read_text().splitlines()]
     clean_log = read(clean_search)
@@ -164,25 +170,30 @@ def test_a_half_written_log_line_is_dropped_on_resume(clean_search, tmp_path, ca
     assert (out / "best_arch.yaml").read_text() == (clean_search / "best_arch.yaml").read_text()
 
 
+def retrain_args(search_run: Path, out: Path) -> list[str]:
+    return ["retrain", "--arch", str(search_run / "best_arch.yaml"), "--out", str(out),
+            *RETRAIN]
+
+
 @pytest.fixture(scope="module")
-def clean_train(tmp_path_factory, cache_dir):
-    out = tmp_path_factory.mktemp("train") / "run"
-    assert main([*TRAIN, "--out", str(out)]) == 0
+def clean_retrain(tmp_path_factory, clean_search):
+    out = tmp_path_factory.mktemp("retrain") / "run"
+    assert main(retrain_args(clean_search, out)) == 0
     return out
 
 
-def test_train_killed_after_an_epoch_and_resumed_equals_a_clean_run(clean_train, tmp_path,
-                                                                      cache_dir):
+def test_retrain_killed_after_an_epoch_and_resumed_equals_a_clean_run(clean_search, clean_retrain,
+                                                                        tmp_path, cache_dir):
     out = tmp_path / "run"
     delay = random.Random(8).uniform(0, 0.2)
-    child = start_child([*TRAIN, "--out", str(out)], cache_dir)
+    child = start_child(retrain_args(clean_search, out), cache_dir)
     outcome = kill_when(child, lambda: (out / "checkpoints" / "epoch-0001").exists(), delay)
     assert outcome == "killed" and not (out / "metrics.json").exists()
-    assert main([*TRAIN, "--out", str(out), "--resume"]) == 0
-    assert_same_tensors(out / "weights.safetensors", clean_train / "weights.safetensors")
+    assert main([*retrain_args(clean_search, out), "--resume"]) == 0
+    assert_same_tensors(out / "weights.safetensors", clean_retrain / "weights.safetensors")
     metrics = [without_seconds(json.loads((run / "metrics.json").read_text()))
-               for run in (out, clean_train)]
-    assert metrics[0] == metrics[1]
+               for run in (out, clean_retrain)]
+    assert metrics[0] == metrics[1]  # scores, history, baselines, measured peak memory
     assert not (out / "checkpoints").exists()  # finished: metrics.json replaces them
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["train"]["seed"] == 1 and "torch" in config["versions"]
@@ -313,7 +324,7 @@ def test_supernet_checkpoint_of_another_space_is_refused(tmp_path, cache_dir, ca
     assert sorted(p.name for p in out.rglob("*")) == before
 
 
-def test_a_different_run_in_out_is_refused_unless_forced(clean_search, clean_train, capsys):
+def test_a_different_run_in_out_is_refused_and_left_untouched(clean_search, clean_retrain, capsys):
     before = {p: p.stat().st_mtime_ns for p in clean_search.rglob("*")}
     other_seed = [*SEARCH, "--out", str(clean_search), "--seed", "2"]
     for argv in (other_seed, [*other_seed, "--resume"]):
@@ -324,14 +335,14 @@ def test_a_different_run_in_out_is_refused_unless_forced(clean_search, clean_tra
                           capsys.readouterr().err, "pass --resume")
     assert {p: p.stat().st_mtime_ns for p in clean_search.rglob("*")} == before
     capsys.readouterr()
-    other_arch = [*TRAIN, "--out", str(clean_train), "--arch", "reference:1:1", "--resume"]
-    assert_one_line_error(main(other_arch), capsys.readouterr().err,
+    longer = [*retrain_args(clean_search, clean_retrain), "--epochs", "4", "--resume"]
+    assert_one_line_error(main(longer), capsys.readouterr().err,
                           "holds a different training run")
 
 
-def test_predict_with_a_corrupt_image_is_one_line(clean_train, tmp_path, capsys):
+def test_predict_with_a_corrupt_image_is_one_line(clean_retrain, tmp_path, capsys):
     bad = write(tmp_path / "digit.png", b"not an image at all")
-    code = main(["predict", "--run", str(clean_train), "--image", str(bad), "--text", "a 7"])
+    code = main(["predict", "--run", str(clean_retrain), "--image", str(bad), "--text", "a 7"])
     assert_one_line_error(code, capsys.readouterr().err, "cannot read image")
 
 
@@ -382,9 +393,9 @@ def test_no_code_path_unpickles_or_executes_what_it_reads():
     assert problems == []
 
 
-def test_run_directories_hold_only_safetensors_json_and_yaml(clean_search, clean_train):
+def test_run_directories_hold_only_safetensors_json_and_yaml(clean_search, clean_retrain):
     allowed = {".safetensors", ".json", ".jsonl", ".yaml"}
-    files = [p for run in (clean_search, clean_train) for p in run.rglob("*") if p.is_file()]
+    files = [p for run in (clean_search, clean_retrain) for p in run.rglob("*") if p.is_file()]
     assert {p.suffix for p in files} <= allowed, sorted(str(p) for p in files)
     for path in files:
         if path.suffix == ".safetensors":
