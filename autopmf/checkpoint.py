@@ -30,20 +30,30 @@ def save_checkpoint(run: Path, epoch: int, weights: dict[str, torch.Tensor],
     tmp = root / f".epoch-{epoch:04d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    opt = optimizer.state_dict()
-    save_tensors(tmp / "weights.safetensors", weights)
-    save_tensors(tmp / "optimizer.safetensors",
-                 {f"{idx}.{key}": value for idx, st in opt["state"].items()
-                  for key, value in st.items()})
-    (tmp / "state.json").write_text(json.dumps({
-        "epoch": epoch, "fingerprint": fingerprint, "param_groups": opt["param_groups"],
-        "schedule": schedule.state_dict(), **state}))
+    try:
+        _write_checkpoint(tmp, epoch, weights, optimizer, schedule, state, fingerprint)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # e.g. a full disk: leave no partial files
+        raise
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for older in root.glob("epoch-*"):  # keep only the newest whole checkpoint
         if older != final:
             shutil.rmtree(older, ignore_errors=True)
     return final
+
+
+def _write_checkpoint(folder: Path, epoch: int, weights: dict[str, torch.Tensor],
+                      optimizer: torch.optim.Optimizer, schedule, state: dict,
+                      fingerprint: str) -> None:
+    opt = optimizer.state_dict()
+    save_tensors(folder / "weights.safetensors", weights)
+    save_tensors(folder / "optimizer.safetensors",
+                 {f"{idx}.{key}": value for idx, st in opt["state"].items()
+                  for key, value in st.items()})
+    (folder / "state.json").write_text(json.dumps({
+        "epoch": epoch, "fingerprint": fingerprint, "param_groups": opt["param_groups"],
+        "schedule": schedule.state_dict(), **state}))
 
 
 def check_fingerprint(path: Path, recorded: str | None, expected: str) -> None:

@@ -330,6 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     except AutopmfError as exc:
         print(f"autopmf: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from autopmf.files import is_out_of_room
+
+        if not is_out_of_room(exc):
+            raise
+        print(f"autopmf: error: no room to write ({exc}); free disk space (or raise the quota "
+              "or file-size limit), then rerun the same command with --resume", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("autopmf: interrupted", file=sys.stderr)
         return 130

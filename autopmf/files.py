@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -14,6 +15,18 @@ from safetensors.torch import load_file, save_file
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: os has no getter
+
+
+# A write that failed for lack of room: disk full, quota, or a file-size limit.
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def is_out_of_room(exc: BaseException) -> bool:
+    """Python's OSError, or safetensors' error that wraps the same OS error in its text."""
+    if isinstance(exc, OSError):
+        return exc.errno in NO_ROOM
+    return (type(exc).__name__ == "SafetensorError"
+            and any(f"(os error {code})" in str(exc) for code in NO_ROOM))
 
 
 def _atomic_write(path: Path, write) -> None:

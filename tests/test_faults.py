@@ -12,6 +12,7 @@ import ast
 import json
 import os
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -38,7 +39,7 @@ RETRAIN = ["--epochs", "3", "--batch-size", "16", "--lr", "0.05", "--seed", "1",
 # What a finished run leaves behind; none of it may appear after a refused command.
 COMPLETE = ("config.yaml", "best_arch.yaml", "pareto.json", "search_log.jsonl",
             "supernet.safetensors", "supernet_metrics.json", "metrics.json",
-            "weights.safetensors", "arch.yaml", "checkpoints")
+            "weights.safetensors", "arch.yaml", "checkpoints/epoch-*")
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +52,20 @@ def cache_dir(tmp_path_factory):
 
 
 # ----- kill -9 and resume ----------------------------------------------------------------
-def start_child(argv: list[str], cache_dir: Path) -> subprocess.Popen:
+def start_child(argv: list[str], cache_dir: Path, max_file_bytes: int | None = None
+                ) -> subprocess.Popen:
+    """`python -m autopmf.cli ARGV`; `max_file_bytes` makes any larger write fail as a full
+    disk would (RLIMIT_FSIZE, with SIGXFSZ ignored so the write returns an error)."""
     env = {**os.environ, "AUTOPMF_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1"}
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
     return subprocess.Popen([sys.executable, "-m", "autopmf.cli", *argv], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=limit_file_size if max_file_bytes else None)
 
 
 def log_lines(out: Path) -> int:
@@ -145,6 +155,20 @@ def test_search_killed_three_times_and_resumed_equals_a_clean_run(clean_search, 
     supernet = [without_seconds(json.loads((run / "supernet_metrics.json").read_text()))
                 for run in (out, clean_search)]
     assert supernet[0]["history"] == supernet[1]["history"]
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes_to_the_clean_result(clean_search,
+                                                                         tmp_path, cache_dir):
+    out = tmp_path / "run"
+    child = start_child([*SEARCH, "--out", str(out)], cache_dir, max_file_bytes=16_000)
+    _, err = child.communicate(timeout=120)  # the first checkpoint (42 KB of weights) fails
+    assert_one_line_error(child.returncode, err.decode(), "rerun the same command with --resume")
+    assert complete_looking(out) == ["config.yaml"]
+    assert main([*SEARCH, "--out", str(out), "--resume"]) == 0
+    for name in ("search_log.jsonl", "best_arch.yaml"):
+        ours, clean = ((run / name).read_text().splitlines() for run in (out, clean_search))
+        assert [without_seconds(yaml.safe_load(line)) for line in ours] == [
+            without_seconds(yaml.safe_load(line)) for line in clean], name
 
 
 def test_run_directory_records_seed_and_versions(clean_search):
@@ -296,7 +320,7 @@ def assert_one_line_error(code: int, err: str, expected: str) -> None:
 
 
 def complete_looking(out: Path) -> list[str]:
-    return [name for name in COMPLETE if (out / name).exists()]
+    return [str(path.relative_to(out)) for pattern in COMPLETE for path in out.glob(pattern)]
 
 
 @pytest.mark.parametrize("case", BAD_INPUT)
