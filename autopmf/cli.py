@@ -113,7 +113,15 @@ def _supernet_config(args, space):
     return SupernetConfig(epochs=args.epochs, lr=args.lr, head_lr_scale=args.head_lr_scale,
                           seed=args.seed, batch_size=args.batch_size or space.batch_size,
                           precision=args.precision or space.precision, device=args.device,
-                          progress=not args.quiet, sampling=args.sampling)
+                          progress=not args.quiet, sampling=args.sampling,
+                          budget_gb=_supernet_budget(args))
+
+
+def _supernet_budget(args) -> float | None:
+    """The budget the supernet trains within: the search's unless --supernet-scope full."""
+    if getattr(args, "supernet_scope", "budget") == "full":
+        return None
+    return getattr(args, "budget_gb", None)
 
 
 def cmd_search(args) -> int:
@@ -148,6 +156,7 @@ def cmd_demo(args) -> int:
     print(f"autopmf demo: frozen {space.text_encoder} + {space.image_encoder} on "
           f"'{DEMO_SEARCH_DATA}', training-memory budget {DEMO_BUDGET_GB} GiB at batch size "
           f"{space.batch_size}", flush=True)
+    args.budget_gb = DEMO_BUDGET_GB
     cfg = SearchConfig(budget_gb=DEMO_BUDGET_GB, trials=args.trials, seed=args.seed,
                        progress=not args.quiet, supernet=_supernet_config(args, space))
     run_search(space, DEMO_SEARCH_DATA, out, cfg, resume=not args.force, force=args.force)
@@ -230,6 +239,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 def _add_supernet_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampling", choices=("uniform", "sandwich"), default="sandwich",
                    help="supernet training: which subnet trains at each step")
+    p.add_argument("--supernet-scope", choices=("budget", "full"), default="budget",
+                   help="supernet training: only subnets that fit --budget-gb (repaired into "
+                   "it like the search's candidates), or the whole space")
     _add_resume_option(p)
     _add_train_options(p, epochs=10)
 
@@ -291,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("supernet", help="train the weight-sharing supernet of a space")
     _add_run_inputs(p)
+    p.add_argument("--budget-gb", type=float, default=None,
+                   help="train only subnets that fit this training-memory budget (GiB)")
     _add_supernet_options(p)
     p.set_defaults(func=cmd_supernet)
 
@@ -305,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=30, help="candidates to score")
     p.add_argument("--retrain-epochs", type=int, default=6)
     p.add_argument("--sampling", choices=("uniform", "sandwich"), default="sandwich")
+    p.add_argument("--supernet-scope", choices=("budget", "full"), default="budget")
     _add_train_options(p, epochs=4)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -43,6 +43,9 @@ METRICS = "supernet_metrics.json"
 class SupernetConfig(TrainConfig):
     epochs: int = 10
     sampling: str = "sandwich"
+    # Train only subnets that fit this training-memory budget (GiB), repaired into it exactly
+    # as the search repairs its candidates; None trains the whole space.
+    budget_gb: float | None = None
     use_disk_cache: bool = True
     cache_max_bytes: int = 2 * 2**30  # streams kept per slot (RAM) to skip frozen slots
 
@@ -68,6 +71,20 @@ def supernet_fingerprint(space: SearchSpace, data_spec: str, cfg: SupernetConfig
     data and settings."""
     return fingerprint({"space": space.to_dict(), "data": data_spec,
                         "settings": run_settings(cfg)})
+
+
+def budget_fit(space: SearchSpace, budget_gb: float | None, num_classes: int, device: str):
+    """The search's repair into `budget_gb` as a sampler `fit` (None: no restriction)."""
+    if budget_gb is None:
+        return None
+    from autopmf.memory import GIB, estimate_bytes, load_profile
+    from autopmf.nni_space import repair
+
+    profile = load_profile(space, device="cuda" if device.startswith("cuda") else "cpu",
+                           num_classes=num_classes)
+    budget_bytes = int(budget_gb * GIB)
+    return lambda arch: repair(space, arch, lambda a: estimate_bytes(space, a, profile),
+                               budget_bytes)
 
 
 def subnet_score(supernet: Supernet, arch, cache: FeatureCache, cfg: TrainConfig,
@@ -161,8 +178,9 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
     model = supernet
     if dist.active:
         model = torch.nn.parallel.DistributedDataParallel(supernet, find_unused_parameters=True)
-    sampler = ArchSampler(space, cfg.sampling, cfg.seed)
-    references = reference_subnets(space, cfg.seed)
+    fit = budget_fit(space, cfg.budget_gb, len(dataset.label_names), cfg.device)
+    sampler = ArchSampler(space, cfg.sampling, cfg.seed, fit=fit)
+    references = reference_subnets(space, cfg.seed, fit=fit)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         loss = _train_epoch(model, supernet, sampler, train_slots, optimizer, schedule, cfg,

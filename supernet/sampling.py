@@ -12,7 +12,9 @@ from typing import Callable, Mapping
 from autopmf.space import Architecture, SearchSpace
 
 SAMPLING_RULES = ("uniform", "sandwich")
-Feasible = Callable[[Mapping[str, int]], bool]
+# Moves an architecture into the allowed set (e.g. the search's repair into a memory budget);
+# None when nothing near it is allowed.
+Fit = Callable[[Mapping[str, int]], "Architecture | None"]
 
 
 def largest_arch(space: SearchSpace) -> Architecture:
@@ -28,19 +30,27 @@ def smallest_arch(space: SearchSpace) -> Architecture:
     return arch
 
 
+def _fitted(space: SearchSpace, arch: Mapping[str, int], fit: Fit | None) -> Architecture:
+    fitted = arch if fit is None else fit(arch)
+    if fitted is None:  # nothing near it fits: nothing fused, the cheapest subnet there is
+        fitted = {key: min(values) for key, values in space.choices().items()}
+    return space.canonical(fitted)
+
+
 class ArchSampler:
     """uniform: every choice uniformly at random. sandwich: the largest, the smallest and a
     uniform subnet in turn (AutoFormer's sandwich rule, one subnet per step).
-    `feasible` (e.g. "within the memory budget") restricts the draws; a bounded number of
-    redraws, then the smallest subnet."""
 
-    MAX_REDRAWS = 100
+    `fit` restricts training to the subnets a search will visit: with the search's repair
+    into the memory budget, every draw (largest and smallest included) is stepped down until
+    it fits, exactly as the search's candidates are — so the supernet spends its steps on the
+    architectures that can win, not on ones the budget rules out."""
 
     def __init__(self, space: SearchSpace, rule: str = "uniform", seed: int = 0,
-                 feasible: Feasible | None = None):
+                 fit: Fit | None = None):
         if rule not in SAMPLING_RULES:
             raise ValueError(f"sampling rule {rule!r} is not one of {SAMPLING_RULES}")
-        self.space, self.rule, self.seed, self.feasible = space, rule, seed, feasible
+        self.space, self.rule, self.seed, self.fit = space, rule, seed, fit
 
     def sample(self, step: int) -> Architecture:
         rng = random.Random(f"autopmf-sampler:{self.seed}:{step}")
@@ -50,18 +60,15 @@ class ArchSampler:
             arch = smallest_arch(self.space)
         else:
             arch = self.space.random_arch(rng)
-        for _ in range(self.MAX_REDRAWS):
-            if self.feasible is None or self.feasible(arch):
-                return self.space.canonical(arch)
-            arch = self.space.random_arch(rng)
-        return self.space.canonical(smallest_arch(self.space))
+        return _fitted(self.space, arch, self.fit)
 
 
-def reference_subnets(space: SearchSpace, seed: int = 0, n_random: int = 3
-                      ) -> dict[str, Architecture]:
-    """The fixed subnets validated after every supernet epoch: comparable across epochs."""
+def reference_subnets(space: SearchSpace, seed: int = 0, n_random: int = 3,
+                      fit: Fit | None = None) -> dict[str, Architecture]:
+    """The fixed subnets validated after every supernet epoch: comparable across epochs
+    (fitted like the training draws when training is restricted)."""
     rng = random.Random(f"autopmf-reference:{seed}")
     subnets = {"largest": largest_arch(space), "smallest": smallest_arch(space)}
     for i in range(n_random):
-        subnets[f"random_{i}"] = space.canonical(space.random_arch(rng))
-    return subnets
+        subnets[f"random_{i}"] = space.random_arch(rng)
+    return {name: _fitted(space, arch, fit) for name, arch in subnets.items()}

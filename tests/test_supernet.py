@@ -14,7 +14,7 @@ from autopmf.features import build_feature_cache
 from autopmf.files import load_tensors
 from autopmf.supernet_train import SupernetConfig, train_supernet
 from supernet.optim import step_used_only
-from supernet.sampling import ArchSampler, largest_arch, smallest_arch
+from supernet.sampling import ArchSampler, largest_arch, reference_subnets, smallest_arch
 from supernet.supernet import Supernet
 from tests.conftest import make_batch, tiny_space
 
@@ -123,8 +123,31 @@ def test_sampler_is_a_function_of_seed_and_step():
     assert a.sample(1) == space.canonical(smallest_arch(space))
     uniform = ArchSampler(space, "uniform", seed=0)
     assert len({tuple(uniform.sample(s).values()) for s in range(30)}) > 5
-    fits = ArchSampler(space, "uniform", seed=0, feasible=lambda arch: not arch["fusion_0"])
-    assert all(fits.sample(s)["fusion_0"] == 0 for s in range(20))
+    off_0 = ArchSampler(space, "uniform", seed=0, fit=lambda arch: {**arch, "fusion_0": 0})
+    assert all(off_0.sample(s)["fusion_0"] == 0 for s in range(20))
+
+
+def test_budget_restricted_sampling_trains_only_what_the_search_can_pick():
+    from autopmf.memory import estimate_bytes, load_profile
+    from autopmf.nni_space import repair
+
+    space = tiny_space()
+    profile = load_profile(space, device="cpu", num_classes=2)
+    def estimate(arch):
+        return estimate_bytes(space, arch, profile)
+    largest, smallest = estimate(largest_arch(space)), estimate(smallest_arch(space))
+    budget = (largest + smallest) // 2
+    def fit(arch):
+        return repair(space, arch, estimate, budget)
+    sampler = ArchSampler(space, "sandwich", seed=0, fit=fit)
+    draws = [sampler.sample(s) for s in range(30)]
+    assert all(estimate(arch) <= budget for arch in draws)
+    # The sandwich's top is the largest subnet the budget allows, not a random feasible one.
+    assert draws[0] == fit(largest_arch(space)) and estimate(draws[0]) > smallest
+    assert draws[1] == space.canonical(smallest_arch(space))
+    assert len({tuple(a.values()) for a in draws}) > 5
+    refs = reference_subnets(space, seed=0, fit=fit)
+    assert all(estimate(arch) <= budget for arch in refs.values())
 
 
 def small_config(**kw):
