@@ -310,9 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from autopmf.memory.cli import add_measure_parser
     from autopmf.report_cli import add_log_parser
+    from autopmf.validate import add_validate_parser
 
     add_log_parser(sub)
     add_measure_parser(sub)
+    add_validate_parser(sub)
 
     p = sub.add_parser("demo", help="the embedded default, end to end")
     p.add_argument("--out", default="runs/demo")

@@ -1,0 +1,203 @@
+"""`autopmf validate`: rank correlations, the spread of the chosen architectures, errors, and a
+tiny search validated end to end (finished retrains reused, an unfinished one rerun)."""
+
+import importlib.util
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from autopmf import train_arch
+from autopmf.cli import main
+from autopmf.errors import AutopmfError
+from autopmf.memory import GIB, load_profile, max_memory_arch, min_memory_arch
+from autopmf.search import SearchConfig, run_search
+from autopmf.supernet_train import SupernetConfig
+from autopmf.validate import (average_ranks, candidates, kendall_tau_b, select_spread,
+                              spearman_rho, validate_run)
+from tests.conftest import tiny_space
+
+DATA = "digits:examples_per_image=1"
+# End to end: 13 answers, some learnable from the question alone, so that tiny random encoders
+# trained briefly score differently (on binary digits they all sit at 0.50).
+VQA = "easyvqa:image_fraction=0.1,max_questions_per_image=4"
+needs_easyvqa = pytest.mark.skipif(importlib.util.find_spec("easy_vqa") is None,
+                                   reason="easy-vqa not installed (scripts/install.sh)")
+
+
+# ----- rank correlation ------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(20))
+def test_tau_b_and_rho_match_scipy_on_data_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 40))
+    x = rng.integers(0, 6, n).astype(float)  # few distinct values: many ties
+    y = np.round(x * rng.uniform(-1, 1) + rng.normal(0, 2, n))
+    if len(set(x)) == 1 or len(set(y)) == 1:
+        pytest.skip("constant side: covered by its own test")
+    assert kendall_tau_b(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
+    assert spearman_rho(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+
+
+def test_hand_computed_cases():
+    # (1,2,3) vs (1,3,2): 2 concordant pairs, 1 discordant; rank differences 0,1,1.
+    assert kendall_tau_b([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+    assert spearman_rho([1, 2, 3], [1, 3, 2]) == pytest.approx(1 - 6 * 2 / (3 * 8))
+    assert list(average_ranks([5, 1, 5, 3])) == [3.5, 1.0, 3.5, 2.0]
+    # One tie in x: tau-b = (C - D) / sqrt(untied x pairs * untied y pairs) = 2 / sqrt(2 * 3).
+    assert kendall_tau_b([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / math.sqrt(6))
+
+
+def test_a_constant_side_has_no_correlation():
+    assert math.isnan(kendall_tau_b([1, 2, 3], [4, 4, 4]))
+    assert math.isnan(spearman_rho([2, 2, 2], [1, 2, 3]))
+
+
+# ----- choosing the architectures --------------------------------------------------------
+def synthetic_entries(n, seed, correlation=0.0):
+    rng = np.random.default_rng(seed)
+    mem = rng.uniform(0.1, 1.0, n)
+    score = correlation * mem + (1 - abs(correlation)) * rng.uniform(0, 1, n)
+    return [{"trial": t + 1, "arch": {"fusion_0": t}, "mem_gb": float(m), "score": float(s),
+             "status": "scored"} for t, (m, s) in enumerate(zip(mem, score))]
+
+
+def rank_bins(values, chosen, k):
+    """Which of k equal rank bins of `values` each chosen value falls into."""
+    ranks = {v: r for r, v in enumerate(sorted(values))}
+    return sorted(ranks[v] * k // len(values) for v in chosen)
+
+
+@pytest.mark.parametrize("correlation", [0.0, 0.7, -0.7])
+def test_selection_spreads_over_memory_and_score(correlation):
+    entries, k = synthetic_entries(60, seed=1, correlation=correlation), 6
+    picked = select_spread(entries, k)
+    assert len({e["trial"] for e in picked}) == k
+    # One pick in each sixth of the memory ranks ...
+    assert rank_bins([e["mem_gb"] for e in entries], [e["mem_gb"] for e in picked], k) == \
+        list(range(k))
+    # ... and the scores reach both ends of the score range with no wide gap between them.
+    bins = rank_bins([e["score"] for e in entries], [e["score"] for e in picked], k)
+    assert bins[0] == 0 and bins[-1] == k - 1
+    assert max(b - a for a, b in zip(bins, bins[1:])) <= 2
+
+
+def test_selection_is_deterministic_and_ignores_log_order():
+    entries = synthetic_entries(40, seed=2, correlation=0.5)
+    shuffled = entries[:]
+    random.Random(0).shuffle(shuffled)
+    assert [e["trial"] for e in select_spread(entries, 5)] == \
+        [e["trial"] for e in select_spread(shuffled, 5)]
+
+
+def test_candidates_are_distinct_and_within_budget():
+    entries = [{"trial": 1, "arch": {"a": 1}, "mem_gb": 0.2, "score": 0.5},
+               {"trial": 2, "arch": {"a": 2}, "mem_gb": 0.9, "score": 0.9},  # over budget
+               {"trial": 3, "arch": {"a": 1}, "mem_gb": 0.2, "score": 0.6},  # same arch again
+               {"trial": 4, "arch": {"a": 3}, "mem_gb": 0.3, "score": 0.7}]
+    assert [e["trial"] for e in candidates(entries, budget_gb=0.5)] == [1, 4]
+
+
+# ----- bad input -------------------------------------------------------------------------
+def fake_run(tmp_path, entries, budget_gb=1.0):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(
+        {"budget_gb": budget_gb, "data": DATA, "space": tiny_space().to_dict(), "seed": 0}))
+    (tmp_path / "search_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    return tmp_path
+
+
+def test_too_many_archs_names_how_many_there_are(tmp_path):
+    entries = synthetic_entries(6, seed=0)
+    entries[0]["status"] = "failed"
+    entries[1]["mem_gb"] = 2.0  # over the budget
+    entries[2]["status"] = "duplicate"
+    entries[3]["arch"] = entries[4]["arch"]  # the same architecture logged twice
+    run = fake_run(tmp_path, entries)
+    with pytest.raises(AutopmfError, match="only 2 distinct scored candidates"):
+        validate_run(run, archs=3)
+
+
+@pytest.mark.parametrize("make_run, argv, message", [
+    (lambda p: p, ["--archs", "3"], "not a search run"),  # no log
+    (lambda p: fake_run(p, synthetic_entries(5, 0)), ["--archs", "1"], "at least 2"),
+    (lambda p: fake_run(p, synthetic_entries(5, 0)), ["--archs", "9"], "only 5 distinct"),
+])
+def test_bad_input_is_one_line_error_exit_2(tmp_path, capsys, make_run, argv, message):
+    run = make_run(tmp_path)
+    assert main(["validate", str(run), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("autopmf: error: ") and message in err and err.count("\n") == 1
+    assert not (run / "validate").exists()
+
+
+# ----- end to end ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    space = tiny_space(batch_size=16)
+    profile = load_profile(space)
+    low, high = min_memory_arch(space, profile)[1], max_memory_arch(space, profile)[1]
+    out = tmp_path_factory.mktemp("search")
+    cfg = SearchConfig(budget_gb=(low + 0.75 * (high - low)) / GIB, trials=6, population=4,
+                       tournament=2, seed=1, progress=False,
+                       supernet=SupernetConfig(epochs=3, batch_size=16, lr=3e-2,
+                                               head_lr_scale=1.0, progress=False))
+    run_search(space, VQA, out, cfg)
+    return out
+
+
+@pytest.fixture(scope="module")
+def validated(searched):
+    return validate_run(searched, archs=3, epochs=1, progress=False)
+
+
+@needs_easyvqa
+def test_validate_writes_coefficients_rows_and_plot(searched, validated):
+    doc = json.loads((searched / "validate" / "validate.json").read_text())
+    assert doc == json.loads(json.dumps(validated))
+    assert doc["n"] == 3 and len(doc["archs"]) == 3
+    assert math.isfinite(doc["kendall_tau"]) and math.isfinite(doc["spearman_rho"])
+    log = {e["trial"]: e for e in map(json.loads,
+                                      (searched / "search_log.jsonl").read_text().splitlines())}
+    for row in doc["archs"]:
+        metrics = json.loads((searched / "validate" / row["name"] / "metrics.json").read_text())
+        assert row["inherited_score"] == log[row["trial"]]["score"]
+        assert row["arch"] == log[row["trial"]]["arch"] == metrics["arch"]
+        assert (row["val_score"], row["test_score"]) == (metrics["val_score"],
+                                                         metrics["test_score"])
+        assert metrics["train_config"]["epochs"] == 1
+    assert (searched / "validate" / "validate.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@needs_easyvqa
+def test_rerun_reuses_finished_retrains(searched, validated, monkeypatch, capsys):
+    folder = searched / "validate"
+    mtimes = {p: p.stat().st_mtime_ns for p in folder.glob("arch-*/metrics.json")}
+    assert len(mtimes) == 3
+    fits = []
+    real_fit = train_arch.fit
+
+    def counting_fit(*args, **kwargs):
+        fits.append(1)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train_arch, "fit", counting_fit)
+    assert main(["validate", str(searched), "--archs", "3", "--epochs", "1", "--json",
+                 "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["kendall_tau"] == validated["kendall_tau"]
+    assert fits == [] and {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+    # A retrain without metrics.json (interrupted) is the only one trained again.
+    unfinished = folder / validated["archs"][0]["name"] / "metrics.json"
+    unfinished.unlink()
+    again = validate_run(searched, archs=3, epochs=1, progress=False)
+    assert fits == [1] and unfinished.exists() and again["n"] == 3
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items() if p != unfinished)
+
+
+@needs_easyvqa
+def test_other_epochs_than_the_finished_retrains_is_an_error(searched, validated):
+    with pytest.raises(AutopmfError, match="other settings"):
+        validate_run(searched, archs=3, epochs=2, progress=False)
