@@ -30,11 +30,11 @@ class FrozenBackbone(nn.Module):
 
     def text_layer_fn(self, slot: int):
         index = self.text_layer_index(slot)
-        return lambda tokens, mask: self.text.run_layer(index, tokens, mask)
+        return lambda tokens, mask, rows=None: self.text.run_layer(index, tokens, mask, rows)
 
     def image_layer_fn(self, slot: int):
         index = self.image_layer_index(slot)
-        return lambda tokens, mask: self.image.run_layer(index, tokens, mask)
+        return lambda tokens, mask, rows=None: self.image.run_layer(index, tokens, mask, rows)
 
     def run_plain_slot(self, slot: int, streams: Streams) -> Streams:
         return Streams(

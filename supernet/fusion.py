@@ -19,7 +19,8 @@ from autopmf.space import SlotConfig
 
 PROMPT_INIT_STD = 0.02  # the paper's N(0, 0.02)
 
-LayerFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+# (tokens, key_mask, rows) -> the layer's outputs at `rows` (all rows when None).
+LayerFn = Callable[[torch.Tensor, torch.Tensor | None, slice | None], torch.Tensor]
 
 
 @dataclass
@@ -86,14 +87,15 @@ class FusionSlot(nn.Module):
         def with_prompts(mask_extra: int) -> torch.Tensor:
             return torch.cat([mask, mask.new_ones(batch, mask_extra)], dim=1)
 
-        # Query stage: each encoder reads its own tokens into its query prompts.
+        # Query stage: each encoder reads its own tokens into its query prompts. Only the
+        # prompts' outputs are used, so only they are computed (exact, and much cheaper).
         text_q = text_layer(
             torch.cat([text, rows(self.text_query_context, cfg.query_context_len),
                        rows(self.text_query, q)], dim=1),
-            with_prompts(cfg.query_context_len + q))[:, -q:]
+            with_prompts(cfg.query_context_len + q), slice(-q, None))
         image_q = image_layer(
             torch.cat([image, rows(self.image_query_context, cfg.query_context_len),
-                       rows(self.image_query, q)], dim=1), None)[:, -q:]
+                       rows(self.image_query, q)], dim=1), None, slice(-q, None))
         to_image = self.text_to_image(text_q, cfg.mapping_hidden)
         to_text = self.image_to_text(image_q, cfg.mapping_hidden)
 
@@ -101,11 +103,11 @@ class FusionSlot(nn.Module):
         # positions are dropped so each residual stream keeps its length.
         image_out = image_layer(
             torch.cat([image, rows(self.image_fusion_context, cfg.fusion_context_len),
-                       to_image], dim=1), None)[:, :n_image]
+                       to_image], dim=1), None, slice(0, n_image))
         text_out = text_layer(
             torch.cat([text, rows(self.text_fusion_context, cfg.fusion_context_len),
                        to_text], dim=1),
-            with_prompts(cfg.fusion_context_len + q))[:, :n_text]
+            with_prompts(cfg.fusion_context_len + q), slice(0, n_text))
         return Streams(text_out, mask, image_out)
 
     def used_regions(self, active: SlotConfig) -> dict[str, tuple[slice, ...]]:

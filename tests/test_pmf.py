@@ -113,8 +113,11 @@ def test_layers_below_first_fused_slot_save_nothing_for_backward(space, backbone
     for enc, layers in (("text", backbone.text.model.encoder.layer),
                         ("image", backbone.image.model.encoder.layer)):
         for i, layer in enumerate(layers):
-            hooks.append(layer.register_forward_pre_hook(
-                lambda m, a, key=(enc, i): current.update(layer=key)))
+            # Every submodule marks its layer: a fused slot's query stage calls the layer's
+            # parts directly (only the prompt rows' outputs), not the layer's forward.
+            for part in layer.modules():
+                hooks.append(part.register_forward_pre_hook(
+                    lambda m, a, key=(enc, i): current.update(layer=key)))
             hooks.append(layer.register_forward_hook(
                 lambda m, a, o: current.update(layer=None)))
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class FrozenEncoder(nn.Module):
@@ -34,10 +35,13 @@ class FrozenEncoder(nn.Module):
     def embed(self, inputs: Any) -> torch.Tensor:
         raise NotImplementedError
 
-    def run_layer(self, index: int, tokens: torch.Tensor,
-                  key_mask: torch.Tensor | None) -> torch.Tensor:
+    def run_layer(self, index: int, tokens: torch.Tensor, key_mask: torch.Tensor | None,
+                  rows: slice | None = None) -> torch.Tensor:
         """Run layer `index` on tokens [B, N, D]; key_mask [B, N] bool (True = real token)
-        or None when every token is real."""
+        or None when every token is real. `rows`: return only these positions' outputs;
+        every token still serves as a key and value, so the result equals the full layer's
+        output sliced — but costs far less when few rows are kept (PMF's query stage keeps
+        only its M query prompts)."""
         raise NotImplementedError
 
     def cls_feature(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -77,3 +81,19 @@ class ImageEncoder(FrozenEncoder):
 def first_tensor(output: Any) -> torch.Tensor:
     """Hugging Face layers return a tensor or a tuple (hidden_states, ...) by version."""
     return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
+           additive_mask: torch.Tensor | None = None, q_norm=None, k_norm=None
+           ) -> torch.Tensor:
+    """Multi-head scaled dot-product attention of projected queries q [B, n, D] over keys and
+    values [B, N, D] (softmax scale 1/sqrt(head dim), as BERT, ViT, DINOv2 and timm use);
+    q_norm/k_norm act per head (timm's qk-norm). -> [B, n, D] before the output projection."""
+    def heads(x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)
+
+    qh, kh = heads(q), heads(k)
+    if q_norm is not None:
+        qh, kh = q_norm(qh), k_norm(kh)
+    out = F.scaled_dot_product_attention(qh, kh, heads(v), attn_mask=additive_mask)
+    return out.transpose(1, 2).flatten(2)

@@ -7,7 +7,7 @@ import hashlib
 import torch
 from transformers import BertConfig, BertModel
 
-from autopmf.encoders.base import TextEncoder, first_tensor
+from autopmf.encoders.base import TextEncoder, attend, first_tensor
 
 
 class BertTextEncoder(TextEncoder):
@@ -40,14 +40,22 @@ class BertTextEncoder(TextEncoder):
         return self.model.embeddings(input_ids=inputs["input_ids"],
                                      token_type_ids=torch.zeros_like(inputs["input_ids"]))
 
-    def run_layer(self, index, tokens, key_mask):
+    def run_layer(self, index, tokens, key_mask, rows=None):
         additive = None
         if key_mask is not None:
             # BERT's attention adds the mask to the scores (eager) or passes it to SDPA;
             # an additive [B, 1, 1, N] float mask works for both.
             additive = (~key_mask)[:, None, None, :].to(tokens.dtype)
             additive = additive * torch.finfo(tokens.dtype).min
-        return first_tensor(self.model.encoder.layer[index](tokens, attention_mask=additive))
+        layer = self.model.encoder.layer[index]
+        if rows is None:
+            return first_tensor(layer(tokens, attention_mask=additive))
+        # BertLayer on the kept rows only (post-norm): LN(x + attn), then LN(a + FFN(a)).
+        kept, heads = tokens[:, rows], layer.attention.self
+        mixed = attend(heads.query(kept), heads.key(tokens), heads.value(tokens),
+                       self.num_heads, additive)
+        attended = layer.attention.output(mixed, kept)
+        return layer.output(layer.intermediate(attended), attended)
 
     def cls_feature(self, tokens):
         return tokens[:, 0]  # BERT is post-norm: the last layer's output is already normed

@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 from transformers import Dinov2Config, Dinov2Model
 
-from autopmf.encoders.base import ImageEncoder, first_tensor
+from autopmf.encoders.base import ImageEncoder, attend, first_tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,8 +42,26 @@ class HFVisionEncoder(ImageEncoder):
             return emb(pixels)  # DINOv2 always interpolates its position grid
         return emb(pixels, interpolate_pos_encoding=True)
 
-    def run_layer(self, index, tokens, key_mask):
-        return first_tensor(self.model.encoder.layer[index](tokens))
+    def _layers(self) -> nn.ModuleList:
+        # transformers 5 keeps ViT's blocks in `model.layers`, DINOv2's in `encoder.layer`.
+        layers = getattr(self.model, "layers", None)
+        return layers if layers is not None else self.model.encoder.layer
+
+    def run_layer(self, index, tokens, key_mask, rows=None):
+        layer = self._layers()[index]
+        if rows is None:
+            return first_tensor(layer(tokens))
+        # ViTLayer / Dinov2Layer on the kept rows only (pre-norm; DINOv2 adds layer scale).
+        is_dinov2 = isinstance(self.model, Dinov2Model)
+        norm_before = layer.norm1 if is_dinov2 else layer.layernorm_before
+        norm_after = layer.norm2 if is_dinov2 else layer.layernorm_after
+        scale1 = layer.layer_scale1 if is_dinov2 else nn.Identity()
+        scale2 = layer.layer_scale2 if is_dinov2 else nn.Identity()
+        normed, att = norm_before(tokens), layer.attention
+        mixed = attend(att.q_proj(normed[:, rows]), att.k_proj(normed), att.v_proj(normed),
+                       self.num_heads)
+        x = tokens[:, rows] + scale1(att.o_proj(mixed))
+        return x + scale2(layer.mlp(norm_after(x)))
 
     def cls_feature(self, tokens):
         return self.model.layernorm(tokens[:, 0])  # LayerNorm is per token: norm [CLS] only
@@ -73,14 +93,33 @@ class TimmVisionEncoder(ImageEncoder):
         m = self.model
         return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(pixels))))
 
-    def run_layer(self, index, tokens, key_mask):
-        return self.model.blocks[index](tokens)
+    def run_layer(self, index, tokens, key_mask, rows=None):
+        block = self.model.blocks[index]
+        if rows is None or not _is_plain_block(block):
+            out = block(tokens)
+            return out if rows is None else out[:, rows]
+        # timm's Block on the kept rows only; qkv is one fused projection, sliced here.
+        att, normed = block.attn, block.norm1(tokens)
+        q_w, k_w, v_w = att.qkv.weight.chunk(3)
+        q_b, k_b, v_b = att.qkv.bias.chunk(3) if att.qkv.bias is not None else (None,) * 3
+        mixed = attend(F.linear(normed[:, rows], q_w, q_b), F.linear(normed, k_w, k_b),
+                       F.linear(normed, v_w, v_b), att.num_heads,
+                       q_norm=att.q_norm, k_norm=att.k_norm)
+        x = tokens[:, rows] + block.ls1(att.proj(att.norm(mixed)))
+        return x + block.ls2(block.mlp(block.norm2(x)))
 
     def cls_feature(self, tokens):
         return self.model.norm(tokens[:, 0])
 
     def num_tokens(self, image_size: int) -> int:
         return (image_size // self.patch_size) ** 2 + self.model.num_prefix_tokens
+
+
+def _is_plain_block(block) -> bool:
+    """timm's standard pre-norm Block without attention gating (what the row path mirrors)."""
+    from timm.models.vision_transformer import Block
+
+    return type(block) is Block and getattr(block.attn, "gate", None) is None
 
 
 def image_processor_config(path: str | Path) -> dict:
