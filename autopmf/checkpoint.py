@@ -58,6 +58,10 @@ def _write_checkpoint(folder: Path, epoch: int, weights: dict[str, torch.Tensor]
 
 def check_fingerprint(path: Path, recorded: str | None, expected: str) -> None:
     """Refuse to resume what another run wrote (a run from before fingerprints included)."""
+    if recorded is None:
+        raise AutopmfError(f"{path} records no run fingerprint (an older autopmf wrote it), so "
+                           "it cannot be resumed safely; --force to start over, or choose "
+                           "another --out")
     if recorded != expected:
         raise AutopmfError(f"{path} was written by a different run (another space, encoder "
                            "pair, data or settings); resume with the options that run used, or "
