@@ -142,7 +142,7 @@ def searched(tmp_path_factory):
     out = tmp_path_factory.mktemp("search")
     cfg = SearchConfig(budget_gb=(low + 0.75 * (high - low)) / GIB, trials=6, population=4,
                        tournament=2, seed=1, progress=False,
-                       supernet=SupernetConfig(epochs=3, batch_size=16, lr=3e-2,
+                       supernet=SupernetConfig(epochs=3, batch_size=16, lr=3e-2, seed=2,
                                                head_lr_scale=1.0, progress=False))
     run_search(space, VQA, out, cfg)
     return out
@@ -167,6 +167,8 @@ def test_validate_writes_coefficients_rows_and_plot(searched, validated):
         assert row["arch"] == log[row["trial"]]["arch"] == metrics["arch"]
         assert (row["val_score"], row["test_score"]) == (metrics["val_score"],
                                                          metrics["test_score"])
+        # The search's data, and the seed its supernet loaded the data (and val split) with.
+        assert (metrics["data"], metrics["train_config"]["seed"]) == (VQA, 2)
         assert metrics["train_config"]["epochs"] == 1
     assert (searched / "validate" / "validate.png").read_bytes()[:4] == b"\x89PNG"
 
