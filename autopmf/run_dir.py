@@ -80,8 +80,8 @@ def claim_run_dir(out: Path, identity: dict, *, resume: bool, force: bool, what:
     except (yaml.YAMLError, UnicodeDecodeError):
         previous = {}
     if not isinstance(previous, dict) or {k: previous.get(k) for k in identity} != identity:
-        raise AutopmfError(f"{out} holds a different {what} (other space, data, architecture, "
-                           "seed or settings); choose another --out, or --force to replace it")
+        raise AutopmfError(f"{out} holds a different {what} (other space, data, seed or "
+                           "settings); choose another --out, or --force to replace it")
     if not resume:
         raise AutopmfError(f"{out} already holds this {what}; pass --resume to continue it "
                            "(or --force to start over)")

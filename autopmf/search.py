@@ -164,10 +164,10 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     out = Path(out)
     identity = _run_identity(space, data_spec, cfg)
     claim_run_dir(out, identity, resume=resume, force=force, what="search",
-                  outputs=(LOG, BEST, PARETO, "supernet_metrics.json"))
+                  outputs=(LOG, BEST, PARETO, "supernet_metrics.json", "supernet.safetensors"))
     budget_bytes = int(cfg.budget_gb * GIB)
     device_kind = "cuda" if cfg.supernet.device.startswith("cuda") else "cpu"
-    dataset = load_dataset(data_spec, seed=cfg.supernet.seed)
+    dataset = load_dataset(data_spec, seed=cfg.supernet.seed, image_size=space.image_size)
     num_classes, dataset_metric = len(dataset.label_names), dataset.metric
     profile = load_profile(space, device=device_kind, num_classes=num_classes)
     check_budget(space, budget_bytes, profile)  # nothing fits: clear error, nothing written
