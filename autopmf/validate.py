@@ -134,19 +134,21 @@ def _search_setting(run: Path) -> dict:
 
 
 def _check_same_settings(out: Path, identity: dict) -> None:
-    """A retrain left by a validate with other settings (e.g. --epochs) is not resumed."""
+    """A retrain left by a validate with other settings (e.g. --epochs) is not resumed:
+    train_architecture would refuse it too, but in words about --out, which validate has not."""
     from autopmf.run_dir import CONFIG
 
     if not (out / CONFIG).exists():
         return
     previous = yaml.safe_load((out / CONFIG).read_text(encoding="utf-8")) or {}
     if {key: previous.get(key) for key in identity} != identity:
-        raise AutopmfError(f"{out} was retrained with other settings (--epochs?); rerun with "
-                           "those, or pass --force to retrain every architecture")
+        raise AutopmfError(f"{out} holds a retrain with other settings (another --epochs, or "
+                           "a search redone since); rerun with those, or pass --force to "
+                           "retrain every architecture")
 
 
 def retrain_standalone(setting: dict, entry: Mapping, out: Path, epochs: int, device: str,
-            progress: bool, force: bool) -> dict:
+                       progress: bool, force: bool) -> dict:
     """Standalone training from scratch, as `autopmf retrain` does; a finished retrain in
     `out` is returned as it is, an interrupted one resumes."""
     from autopmf.train import TrainConfig
