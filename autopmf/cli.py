@@ -70,7 +70,8 @@ def _inherited_weights(run: Path, space, arch, data: str, args):
     if not (run / WEIGHTS).exists():
         raise AutopmfError(f"--init supernet needs {run / WEIGHTS} (the search run's "
                            "supernet); use --init scratch or point --arch into a search run")
-    num_classes = len(load_dataset(data, seed=args.seed).label_names)
+    num_classes = len(load_dataset(data, seed=args.seed,
+                                   image_size=space.image_size).label_names)
     supernet = Supernet(space, build_backbone(space), num_classes)
     load_supernet_weights(supernet, load_tensors(run / WEIGHTS))
     return supernet.extract(arch).trainable_state_dict()

@@ -143,7 +143,7 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
                           json.loads((out / METRICS).read_text()).get("fingerprint"),
                           run_fingerprint)
     started = time.perf_counter()
-    dataset = load_dataset(data_spec, seed=cfg.seed)
+    dataset = load_dataset(data_spec, seed=cfg.seed, image_size=space.image_size)
     backbone = build_backbone(space).to(cfg.device)
     torch.manual_seed(cfg.seed)
     supernet = Supernet(space, backbone, len(dataset.label_names)).to(cfg.device)

@@ -370,3 +370,10 @@ def test_texts_are_truncated_to_max_text_len_and_the_tokenizers_limit(tmp_path):
     assert encoder.tokenize([text], 6)["input_ids"].shape == (1, 6)  # the space's max_text_len
     ids = encoder.tokenize([text], 64)["input_ids"]
     assert ids.shape == (1, 10) and ids[0, -1] == words.index("[SEP]")  # the tokenizer's limit
+
+
+def test_disk_datasets_load_at_the_space_image_size_unless_the_spec_says(tmp_path):
+    root = make_jsonl(tmp_path / "j")
+    assert load_dataset(f"jsonl:{root}", image_size=20).train.images.shape[1:3] == (20, 20)
+    spec = f"jsonl:{root},image_size={SIZE}"
+    assert load_dataset(spec, image_size=20).train.images.shape[1:3] == (SIZE, SIZE)

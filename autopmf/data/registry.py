@@ -82,9 +82,14 @@ def with_options(spec: str, **options: object) -> str:
     return spec + separator + ",".join(extra)
 
 
-def load_dataset(spec: str = "digits", seed: int = 0) -> Dataset:
-    """Load a dataset by spec; the same spec and seed always give the same Dataset."""
+def load_dataset(spec: str = "digits", seed: int = 0, image_size: int | None = None
+                 ) -> Dataset:
+    """Load a dataset by spec; the same spec and seed always give the same Dataset.
+    `image_size` (the space's) is where datasets that resize at load do so, unless the spec
+    sets its own."""
     name, options = parse_spec(spec)
+    if image_size is not None and "image_size" in DATASETS[name].OPTIONS:
+        options.setdefault("image_size", image_size)
     metric = options.pop("metric", None)
     if "strict" not in DATASETS[name].OPTIONS:
         options.pop("strict", None)

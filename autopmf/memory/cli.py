@@ -135,7 +135,7 @@ def _data_batch(space: SearchSpace, backbone, spec: str, device: str):
     from autopmf.errors import AutopmfError
     from autopmf.features import encode_split
 
-    dataset = load_dataset(spec)
+    dataset = load_dataset(spec, image_size=space.image_size)
     if len(dataset.train) < space.batch_size:
         raise AutopmfError(f"dataset {spec!r} has {len(dataset.train)} training examples, "
                            f"fewer than the space's batch size {space.batch_size}")
