@@ -122,3 +122,21 @@ def test_measure_command_prints_one_json_object(tmp_path, monkeypatch, capsys):
     summary = report["summary"]
     assert summary["n"] == 3 and summary["max_rel_err"] <= 0.03
     assert 0 <= summary["median_rel_err"] <= summary["max_rel_err"]
+
+
+def test_reference_within_budget_is_the_most_top_slots_then_the_longest_prompts(profile):
+    from autopmf.memory import reference_within_budget
+
+    space = tiny_space()
+    lengths = sorted(space.prompt_lengths)
+    n_slots = len(space.fusable_slots)
+    two_short = estimate_bytes(space, space.reference_arch(2, lengths[0]), profile)
+    arch, nbytes = reference_within_budget(space, two_short, profile)
+    assert arch == space.reference_arch(2, lengths[0]) and nbytes == two_short
+    if n_slots > 2:  # the next more-fused design must not have fit
+        assert estimate_bytes(space, space.reference_arch(3, lengths[0]), profile) > two_short
+    roomy = estimate_bytes(space, space.reference_arch(n_slots, lengths[-1]), profile)
+    assert reference_within_budget(space, roomy, profile)[0] == space.reference_arch(
+        n_slots, lengths[-1])
+    top_only = estimate_bytes(space, space.reference_arch(1, lengths[0]), profile)
+    assert reference_within_budget(space, top_only - 1, profile) is None

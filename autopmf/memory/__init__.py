@@ -10,9 +10,9 @@ training step of any PMF architecture (DESIGN.md section 4).
 """
 
 from autopmf.memory.estimator import (GIB, check_budget, estimate_bytes, max_memory_arch,
-                                      min_memory_arch)
+                                      min_memory_arch, reference_within_budget)
 from autopmf.memory.profile import MemoryProfile
 from autopmf.memory.profiling import build_profile, load_profile
 
 __all__ = ["GIB", "MemoryProfile", "build_profile", "check_budget", "estimate_bytes",
-           "load_profile", "max_memory_arch", "min_memory_arch"]
+           "load_profile", "max_memory_arch", "min_memory_arch", "reference_within_budget"]

@@ -108,6 +108,20 @@ def max_memory_arch(space: SearchSpace, profile: MemoryProfile) -> tuple[Archite
     return arch, estimate_bytes(space, arch, profile)
 
 
+def reference_within_budget(space: SearchSpace, budget_bytes: int, profile: MemoryProfile
+                            ) -> tuple[Architecture, int] | None:
+    """The PMF paper's kind of design that fits: the most top-contiguous fused slots, then
+    the largest single prompt length M that fits with them (None if not even the top slot
+    with the shortest M fits). The baseline a search must beat."""
+    for n_fused in range(len(space.fusable_slots), 0, -1):
+        for m in sorted(space.prompt_lengths, reverse=True):
+            arch = space.reference_arch(n_fused, m)
+            nbytes = estimate_bytes(space, arch, profile)
+            if nbytes <= budget_bytes:
+                return arch, nbytes
+    return None
+
+
 def check_budget(space: SearchSpace, budget_bytes: int, profile: MemoryProfile
                  ) -> tuple[Architecture, int]:
     """Raise AutopmfError unless some architecture fits `budget_bytes`; return the smallest
