@@ -31,10 +31,9 @@ from autopmf.files import load_tensors
 REPO = Path(__file__).resolve().parent.parent
 # A small slice of the digits task: a supernet epoch takes about a second, a candidate 50 ms.
 DATA = "digits:examples_per_image=1,val_fraction=0.15,test_fraction=0.6"
-BUDGET_GB = "0.0025"  # tiny space: the smallest architecture needs 0.0006 GiB, the largest 0.0032
-SEARCH = ["search", "--space", "tiny", "--data", DATA, "--budget-gb", BUDGET_GB,
-          "--trials", "10", "--population", "4", "--epochs", "2", "--batch-size", "16",
-          "--lr", "0.05", "--head-lr-scale", "1", "--seed", "1", "--threads", "1", "--quiet"]
+SEARCH = ["search", "--space", "tiny", "--data", DATA, "--trials", "10", "--population", "4",
+          "--epochs", "2", "--batch-size", "16", "--lr", "0.05", "--head-lr-scale", "1",
+          "--seed", "1", "--threads", "1", "--quiet"]  # and --budget-gb: see `search_cmd`
 RETRAIN = ["--epochs", "3", "--batch-size", "16", "--lr", "0.05", "--seed", "1", "--threads",
            "1", "--quiet"]  # after: retrain --arch SEARCH_RUN/best_arch.yaml
 # What a finished run leaves behind; none of it may appear after a refused command.
@@ -50,6 +49,18 @@ def cache_dir(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AUTOPMF_CACHE", str(path))
         yield path
+
+
+@pytest.fixture(scope="module")
+def search_cmd(cache_dir) -> list[str]:
+    """SEARCH with a budget that the largest architecture of the space does not fit."""
+    from autopmf.memory import GIB, load_profile, max_memory_arch, min_memory_arch
+    from autopmf.space import load_space
+
+    space = load_space("tiny")
+    profile = load_profile(space)
+    low, high = min_memory_arch(space, profile)[1], max_memory_arch(space, profile)[1]
+    return [*SEARCH, "--budget-gb", f"{(low + 0.75 * (high - low)) / GIB:.6f}"]
 
 
 # ----- kill -9 and resume ----------------------------------------------------------------
@@ -118,14 +129,14 @@ def assert_same_tensors(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def clean_search(tmp_path_factory, cache_dir):
+def clean_search(tmp_path_factory, search_cmd):
     out = tmp_path_factory.mktemp("clean") / "run"
-    assert main([*SEARCH, "--out", str(out)]) == 0
+    assert main([*search_cmd, "--out", str(out)]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
-def killed_search(tmp_path_factory, cache_dir, clean_search):
+def killed_search(tmp_path_factory, cache_dir, search_cmd, clean_search):
     """The same search killed with SIGKILL at two seeded random points (in supernet
     training, then while the resumed search scores candidates), each time resumed."""
     out = tmp_path_factory.mktemp("killed") / "run"
@@ -139,10 +150,10 @@ def killed_search(tmp_path_factory, cache_dir, clean_search):
     ]
     outcomes = []
     for i, (where, ready, delay) in enumerate(points):
-        argv = [*SEARCH, "--out", str(out)] + (["--resume"] if i else [])
+        argv = [*search_cmd, "--out", str(out)] + (["--resume"] if i else [])
         what = kill_when(start_child(argv, cache_dir), ready, delay)
         outcomes.append((where, what, state_of(out)))
-    assert main([*SEARCH, "--out", str(out), "--resume"]) == 0  # the last resume runs to the end
+    assert main([*search_cmd, "--out", str(out), "--resume"]) == 0  # runs to the end
     return out, outcomes
 
 
@@ -166,15 +177,16 @@ def test_search_killed_twice_and_resumed_equals_a_clean_run(clean_search, killed
     assert supernet[0]["history"] == supernet[1]["history"]
 
 
-def test_a_full_disk_is_one_line_and_the_run_resumes_to_the_clean_result(clean_search,
+def test_a_full_disk_is_one_line_and_the_run_resumes_to_the_clean_result(search_cmd,
+                                                                         clean_search,
                                                                          tmp_path, capsys):
     out = tmp_path / "run"
     capsys.readouterr()
     with disk_full_above(16_000):  # the first checkpoint (42 KB of weights) cannot be written
-        code = main([*SEARCH, "--out", str(out)])
+        code = main([*search_cmd, "--out", str(out)])
     assert_one_line_error(code, capsys.readouterr().err, "rerun the same command with --resume")
     assert complete_looking(out) == ["config.yaml"]
-    assert main([*SEARCH, "--out", str(out), "--resume"]) == 0
+    assert main([*search_cmd, "--out", str(out), "--resume"]) == 0
     assert logged(out) == logged(clean_search)
     assert (out / "best_arch.yaml").read_text() == (clean_search / "best_arch.yaml").read_text()
 
@@ -185,13 +197,14 @@ def test_run_directory_records_seed_and_versions(clean_search):
     assert {"torch", "nni", "numpy", "safetensors"} <= set(config["versions"])
 
 
-def test_a_half_written_log_line_is_dropped_on_resume(clean_search, tmp_path, capsys):
+def test_a_half_written_log_line_is_dropped_on_resume(search_cmd, clean_search, tmp_path,
+                                                      capsys):
     out = tmp_path / "run"
     shutil.copytree(clean_search, out)
     lines = (out / "search_log.jsonl").read_text().splitlines(keepends=True)
     (out / "best_arch.yaml").unlink()
     (out / "search_log.jsonl").write_text("".join(lines[:6]) + lines[6][:25])  # killed mid-line
-    assert main([*SEARCH, "--out", str(out), "--resume"]) == 0
+    assert main([*search_cmd, "--out", str(out), "--resume"]) == 0
     assert "half-written last line 7" in capsys.readouterr().err
     assert logged(out) == logged(clean_search)
     assert (out / "best_arch.yaml").read_text() == (clean_search / "best_arch.yaml").read_text()
@@ -262,7 +275,7 @@ def easyvqa_spec(tmp_path: Path, **fake) -> str:
     return f"easyvqa:{fake_easyvqa(tmp_path / 'vqa', **fake)}"
 
 
-def search_args(tmp_path: Path, *, space="tiny", data=DATA, budget=BUDGET_GB) -> list[str]:
+def search_args(tmp_path: Path, *, space="tiny", data=DATA, budget=1.0) -> list[str]:
     return ["search", "--space", str(space), "--data", data, "--budget-gb", str(budget),
             "--out", str(tmp_path / "out"), "--trials", "2", "--epochs", "1", "--quiet",
             "--threads", "1"]
@@ -355,14 +368,15 @@ def test_supernet_checkpoint_of_another_space_is_refused(tmp_path, cache_dir, ca
     assert sorted(p.name for p in out.rglob("*")) == before
 
 
-def test_a_different_run_in_out_is_refused_and_left_untouched(clean_search, clean_retrain, capsys):
+def test_a_different_run_in_out_is_refused_and_left_untouched(search_cmd, clean_search,
+                                                             clean_retrain, capsys):
     before = {p: p.stat().st_mtime_ns for p in clean_search.rglob("*")}
-    other_seed = [*SEARCH, "--out", str(clean_search), "--seed", "2"]
+    other_seed = [*search_cmd, "--out", str(clean_search), "--seed", "2"]
     for argv in (other_seed, [*other_seed, "--resume"]):
         capsys.readouterr()
         assert_one_line_error(main(argv), capsys.readouterr().err, "holds a different search")
     capsys.readouterr()
-    assert_one_line_error(main([*SEARCH, "--out", str(clean_search)]),
+    assert_one_line_error(main([*search_cmd, "--out", str(clean_search)]),
                           capsys.readouterr().err, "pass --resume")
     assert {p: p.stat().st_mtime_ns for p in clean_search.rglob("*")} == before
     capsys.readouterr()
