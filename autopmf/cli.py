@@ -129,7 +129,7 @@ def cmd_search(args) -> int:
     space = load_space(args.space)
     cfg = SearchConfig(budget_gb=args.budget_gb, trials=args.trials,
                        population=args.population, strategy=args.strategy, seed=args.seed,
-                       progress=not args.quiet,
+                       progress=not args.quiet, supernet_from=args.supernet_from,
                        supernet=_supernet_config(args, space))
     result = run_search(space, _data_spec(args, args.data), Path(args.out), cfg,
                         resume=args.resume, force=args.force)
@@ -274,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--population", type=int, default=16, help="evolution population size")
     p.add_argument("--strategy", choices=("evolution", "random"), default="evolution",
                    help="random: the baseline, same budget repair, no mutation")
+    p.add_argument("--supernet-from", default=None, metavar="RUN",
+                   help="reuse RUN's trained supernet (same space, data and supernet settings)")
     _add_supernet_options(p)
     p.set_defaults(func=cmd_search)
 

@@ -47,6 +47,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def atomic_copy(source: Path, path: Path) -> None:
+    import shutil
+
+    _atomic_write(path, lambda tmp: shutil.copyfile(source, tmp))
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 

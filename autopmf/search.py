@@ -24,13 +24,15 @@ from tqdm import tqdm
 from autopmf.data.registry import load_dataset
 from autopmf.errors import AutopmfError
 from autopmf.features import SlotCaches
-from autopmf.files import atomic_write_json, atomic_write_text
+from autopmf.files import atomic_copy, atomic_write_json, atomic_write_text
 from autopmf.memory import GIB, check_budget, estimate_bytes, load_profile
 from autopmf.report import pareto_front, read_search_log
 from autopmf.run_dir import claim_run_dir, run_settings, write_run_config
 from autopmf.nni_space import (BUDGET_LABEL, BudgetedEvolution, build_nni_space, quiet_nni,
                                repair, report)
 from autopmf.space import SearchSpace, save_arch
+from autopmf.supernet_train import METRICS as SUPERNET_METRICS
+from autopmf.supernet_train import WEIGHTS as SUPERNET_WEIGHTS
 from autopmf.supernet_train import SupernetConfig, subnet_score, train_supernet
 from supernet.supernet import Supernet
 
@@ -50,6 +52,9 @@ class SearchConfig:
     seed: int = 0
     progress: bool = True
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
+    # Another search run whose trained supernet to reuse (same space, data and supernet
+    # settings, checked by fingerprint): e.g. evolution vs random search on one supernet.
+    supernet_from: Path | None = None
 
 
 # ----- the log ---------------------------------------------------------------------------
@@ -145,6 +150,18 @@ def best_entry(entries: list[dict], budget_gb: float | None = None) -> dict | No
 
 
 # ----- the run directory -----------------------------------------------------------------
+def _copy_supernet(source: Path, out: Path) -> None:
+    """Reuse `source`'s finished supernet; train_supernet then checks it is this run's kind."""
+    if not (source / SUPERNET_METRICS).exists() or not (source / SUPERNET_WEIGHTS).exists():
+        raise AutopmfError(f"--supernet-from {source}: no finished supernet there (needs "
+                           f"{SUPERNET_WEIGHTS} and {SUPERNET_METRICS}); run a search or "
+                           "`autopmf supernet` into it first")
+    if source.resolve() == out.resolve():
+        return
+    for name in (SUPERNET_WEIGHTS, SUPERNET_METRICS):  # metrics last: it marks "finished"
+        atomic_copy(source / name, out / name)
+
+
 def _run_identity(space: SearchSpace, data_spec: str, cfg: SearchConfig) -> dict:
     """What makes two searches the same search (resume must match it)."""
     return {"space": space.to_dict(), "data": data_spec, "budget_gb": cfg.budget_gb,
@@ -164,7 +181,7 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     out = Path(out)
     identity = _run_identity(space, data_spec, cfg)
     claim_run_dir(out, identity, resume=resume, force=force, what="search",
-                  outputs=(LOG, BEST, PARETO, "supernet_metrics.json", "supernet.safetensors"))
+                  outputs=(LOG, BEST, PARETO, SUPERNET_METRICS, SUPERNET_WEIGHTS))
     budget_bytes = int(cfg.budget_gb * GIB)
     device_kind = "cuda" if cfg.supernet.device.startswith("cuda") else "cpu"
     dataset = load_dataset(data_spec, seed=cfg.supernet.seed, image_size=space.image_size)
@@ -178,6 +195,8 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     out.mkdir(parents=True, exist_ok=True)
     write_run_config(out, identity, metric=dataset_metric, memory_device=device_kind)
     started = time.perf_counter()
+    if cfg.supernet_from is not None:
+        _copy_supernet(Path(cfg.supernet_from), out)
     run = train_supernet(space, data_spec, out, cfg.supernet, resume=True)
     scorer = InheritedScorer(run.supernet, SlotCaches(run.caches["val"], run.supernet.backbone),
                              cfg.supernet, run.metric)

@@ -141,3 +141,32 @@ def test_random_search_baseline_respects_the_budget_too(space, budget_gb, tmp_pa
     log = log_of(tmp_path)
     assert len(log) == 8 and all(e["mem_gb"] <= budget_gb for e in log)
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["strategy"] == "random"
+
+
+def test_random_search_on_the_same_supernet_scores_as_evolution_did(finished, space,
+                                                                    budget_gb, tmp_path):
+    out, _ = finished
+    cfg = config(budget_gb, trials=8)
+    cfg.strategy, cfg.supernet_from = "random", out
+    run_search(space, DATA, tmp_path / "random", cfg)
+    same = (tmp_path / "random" / "supernet.safetensors").read_bytes()
+    assert same == (out / "supernet.safetensors").read_bytes()
+    evolution = {json.dumps(e["arch"], sort_keys=True): e["score"] for e in log_of(out)}
+    shared = [e for e in log_of(tmp_path / "random")
+              if json.dumps(e["arch"], sort_keys=True) in evolution]
+    assert shared, "no candidate in common: the comparison below would prove nothing"
+    for entry in shared:  # inherited weights are the same weights
+        assert entry["score"] == evolution[json.dumps(entry["arch"], sort_keys=True)]
+
+
+def test_supernet_from_a_run_of_other_settings_is_refused(finished, space, budget_gb,
+                                                          tmp_path):
+    out, _ = finished
+    cfg = config(budget_gb, trials=4)
+    cfg.supernet.lr *= 2
+    cfg.supernet_from = out
+    with pytest.raises(AutopmfError):
+        run_search(space, DATA, tmp_path, cfg)
+    with pytest.raises(AutopmfError, match="no finished supernet"):
+        run_search(space, DATA, tmp_path / "b", SearchConfig(
+            **{**config(budget_gb).__dict__, "supernet_from": tmp_path / "nothing"}))
