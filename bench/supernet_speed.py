@@ -6,6 +6,10 @@ cached streams at that slot. Both run the same subnets (sandwich rule, same seed
 batches, with the same optimizer step.
 
     python bench/supernet_speed.py --space demo --steps 30 --threads 2
+    python bench/supernet_speed.py --space demo --steps 30 --threads 2 --budget-gb 0.3
+
+`--budget-gb` samples as `autopmf search` trains its supernet by default: every subnet
+repaired into the budget (fewer, higher fused slots: more of each step is frozen prefix).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from autopmf.feature_store import feature_caches
 from autopmf.features import SlotCaches, encode_split
 from autopmf.metrics import loss_fn
 from autopmf.space import load_space
+from autopmf.supernet_train import budget_fit
 from supernet.optim import step_used_only
 from supernet.sampling import ArchSampler
 from supernet.supernet import Supernet
@@ -51,6 +56,8 @@ def main() -> None:
     parser.add_argument("--data", default="digits")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--budget-gb", type=float, default=None,
+                        help="sample only subnets repaired into this budget")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     space = load_space(args.space)
@@ -58,7 +65,8 @@ def main() -> None:
     backbone = build_backbone(space)
     torch.manual_seed(0)
     supernet = Supernet(space, backbone, len(dataset.label_names))
-    sampler = ArchSampler(space, "sandwich", seed=0)
+    fit = budget_fit(space, args.budget_gb, len(dataset.label_names), "cpu")
+    sampler = ArchSampler(space, "sandwich", seed=0, fit=fit)
     encoded = encode_split(dataset.train, backbone, space)
     t0 = time.perf_counter()
     lowest = feature_caches(space, dataset, backbone, supernet.lowest_fusable_slot,
@@ -82,6 +90,7 @@ def main() -> None:
     with_cache = time_steps(supernet, sampler, args.steps, space.batch_size, len(lowest),
                             cached)
     print(json.dumps({"space": args.space, "threads": args.threads, "steps": args.steps,
+                      "budget_gb": args.budget_gb,
                       "batch_size": space.batch_size,
                       "steps_per_s_without_cache": round(without, 3),
                       "steps_per_s_with_cache": round(with_cache, 3),
