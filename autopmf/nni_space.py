@@ -91,6 +91,33 @@ def repair(space: SearchSpace, arch: Mapping[str, int], estimate: Estimate,
     return arch
 
 
+def largest_within(space: SearchSpace, estimate: Estimate, budget_bytes: int
+                   ) -> Architecture | None:
+    """A largest architecture that fits — the most choices stepped up: from nothing fused,
+    repeatedly take the cheapest one-step-up change (fuse a slot at its shortest prompts, or
+    lengthen a fused slot's prompts) that still fits, until none fits. Cheapest first fuses
+    the top slots before the memory-hungry low ones and grows prompts last. (Repairing the
+    space's largest architecture instead drops whole slots, far below the budget.)"""
+    choices = space.choices()
+    arch = space.canonical({key: min(values) for key, values in choices.items()})
+    if estimate(arch) > budget_bytes:
+        return None
+    while True:
+        moves = []
+        for key, values in choices.items():
+            i = values.index(arch[key])
+            slot_fuses = arch[f"fusion_{key.rsplit('_', 1)[1]}"]
+            if i == len(values) - 1 or not (slot_fuses or key.startswith("fusion_")):
+                continue  # already largest, or a choice of a slot that does not fuse
+            moved = space.canonical({**arch, key: values[i + 1]})
+            need = estimate(moved)
+            if need <= budget_bytes:
+                moves.append((need, key, moved))
+        if not moves:
+            return arch
+        arch = min(moves, key=lambda m: m[0])[2]
+
+
 class BudgetedEvolution(RegularizedEvolution):
     """RegularizedEvolution whose new individuals (random or mutated) are repaired into the
     budget and deduplicated as canonical architectures."""

@@ -74,17 +74,21 @@ def supernet_fingerprint(space: SearchSpace, data_spec: str, cfg: SupernetConfig
 
 
 def budget_fit(space: SearchSpace, budget_gb: float | None, num_classes: int, device: str):
-    """The search's repair into `budget_gb` as a sampler `fit` (None: no restriction)."""
+    """(fit, largest) for a sampler restricted to `budget_gb`: the search's repair into the
+    budget, and the largest architecture within it; (None, None) without a budget."""
     if budget_gb is None:
-        return None
+        return None, None
     from autopmf.memory import GIB, estimate_bytes, load_profile
-    from autopmf.nni_space import repair
+    from autopmf.nni_space import largest_within, repair
 
     profile = load_profile(space, device="cuda" if device.startswith("cuda") else "cpu",
                            num_classes=num_classes)
     budget_bytes = int(budget_gb * GIB)
-    return lambda arch: repair(space, arch, lambda a: estimate_bytes(space, a, profile),
-                               budget_bytes)
+
+    def estimate(arch):
+        return estimate_bytes(space, arch, profile)
+    return (lambda arch: repair(space, arch, estimate, budget_bytes),
+            largest_within(space, estimate, budget_bytes))
 
 
 def subnet_score(supernet: Supernet, arch, cache: FeatureCache, cfg: TrainConfig,
@@ -178,9 +182,9 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
     model = supernet
     if dist.active:
         model = torch.nn.parallel.DistributedDataParallel(supernet, find_unused_parameters=True)
-    fit = budget_fit(space, cfg.budget_gb, len(dataset.label_names), cfg.device)
-    sampler = ArchSampler(space, cfg.sampling, cfg.seed, fit=fit)
-    references = reference_subnets(space, cfg.seed, fit=fit)
+    fit, largest = budget_fit(space, cfg.budget_gb, len(dataset.label_names), cfg.device)
+    sampler = ArchSampler(space, cfg.sampling, cfg.seed, fit=fit, largest=largest)
+    references = reference_subnets(space, cfg.seed, fit=fit, largest=largest)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         loss = _train_epoch(model, supernet, sampler, train_slots, optimizer, schedule, cfg,

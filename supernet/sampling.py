@@ -47,15 +47,17 @@ class ArchSampler:
     architectures that can win, not on ones the budget rules out."""
 
     def __init__(self, space: SearchSpace, rule: str = "uniform", seed: int = 0,
-                 fit: Fit | None = None):
+                 fit: Fit | None = None, largest: Architecture | None = None):
         if rule not in SAMPLING_RULES:
             raise ValueError(f"sampling rule {rule!r} is not one of {SAMPLING_RULES}")
         self.space, self.rule, self.seed, self.fit = space, rule, seed, fit
+        # The sandwich's top: the space's largest, or the largest allowed one when given.
+        self.largest = largest or largest_arch(space)
 
     def sample(self, step: int) -> Architecture:
         rng = random.Random(f"autopmf-sampler:{self.seed}:{step}")
         if self.rule == "sandwich" and step % 3 == 0:
-            arch = largest_arch(self.space)
+            arch = self.largest
         elif self.rule == "sandwich" and step % 3 == 1:
             arch = smallest_arch(self.space)
         else:
@@ -64,11 +66,12 @@ class ArchSampler:
 
 
 def reference_subnets(space: SearchSpace, seed: int = 0, n_random: int = 3,
-                      fit: Fit | None = None) -> dict[str, Architecture]:
+                      fit: Fit | None = None, largest: Architecture | None = None
+                      ) -> dict[str, Architecture]:
     """The fixed subnets validated after every supernet epoch: comparable across epochs
     (fitted like the training draws when training is restricted)."""
     rng = random.Random(f"autopmf-reference:{seed}")
-    subnets = {"largest": largest_arch(space), "smallest": smallest_arch(space)}
+    subnets = {"largest": largest or largest_arch(space), "smallest": smallest_arch(space)}
     for i in range(n_random):
         subnets[f"random_{i}"] = space.random_arch(rng)
     return {name: _fitted(space, arch, fit) for name, arch in subnets.items()}

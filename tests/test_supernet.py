@@ -129,7 +129,7 @@ def test_sampler_is_a_function_of_seed_and_step():
 
 def test_budget_restricted_sampling_trains_only_what_the_search_can_pick():
     from autopmf.memory import estimate_bytes, load_profile
-    from autopmf.nni_space import repair
+    from autopmf.nni_space import largest_within, repair
 
     space = tiny_space()
     profile = load_profile(space, device="cpu", num_classes=2)
@@ -139,15 +139,23 @@ def test_budget_restricted_sampling_trains_only_what_the_search_can_pick():
     budget = (largest + smallest) // 2
     def fit(arch):
         return repair(space, arch, estimate, budget)
-    sampler = ArchSampler(space, "sandwich", seed=0, fit=fit)
+    top = largest_within(space, estimate, budget)
+    sampler = ArchSampler(space, "sandwich", seed=0, fit=fit, largest=top)
     draws = [sampler.sample(s) for s in range(30)]
     assert all(estimate(arch) <= budget for arch in draws)
-    # The sandwich's top is the largest subnet the budget allows, not a random feasible one.
-    assert draws[0] == fit(largest_arch(space)) and estimate(draws[0]) > smallest
+    # The sandwich's top is the largest subnet the budget allows, not a random feasible one:
+    # no single step up from it fits, and nothing drawn needs more memory.
+    assert draws[0] == top and all(estimate(a) <= estimate(top) for a in draws)
+    assert estimate(top) >= estimate(fit(largest_arch(space)))
+    for key, values in space.choices().items():
+        i = values.index(top[key])
+        if i + 1 < len(values) and (top[f"fusion_{key.rsplit('_', 1)[1]}"]
+                                    or key.startswith("fusion_")):
+            assert estimate(space.canonical({**top, key: values[i + 1]})) > budget
     assert draws[1] == space.canonical(smallest_arch(space))
     assert len({tuple(a.values()) for a in draws}) > 5
-    refs = reference_subnets(space, seed=0, fit=fit)
-    assert all(estimate(arch) <= budget for arch in refs.values())
+    refs = reference_subnets(space, seed=0, fit=fit, largest=top)
+    assert refs["largest"] == top and all(estimate(a) <= budget for a in refs.values())
 
 
 def small_config(**kw):
