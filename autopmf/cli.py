@@ -112,7 +112,8 @@ def _supernet_config(args, space):
                           seed=args.seed, batch_size=args.batch_size or space.batch_size,
                           precision=args.precision or space.precision, device=args.device,
                           progress=not args.quiet, sampling=args.sampling,
-                          budget_gb=_supernet_budget(args))
+                          budget_gb=_supernet_budget(args),
+                          warmup_epochs=args.warmup_epochs)
 
 
 def _supernet_budget(args) -> float | None:
@@ -240,8 +241,15 @@ def _add_supernet_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--supernet-scope", choices=("budget", "full"), default="budget",
                    help="supernet training: only subnets that fit --budget-gb (repaired into "
                    "it like the search's candidates), or the whole space")
+    _add_warmup_option(p)
     _add_resume_option(p)
     _add_train_options(p, epochs=10)
+
+
+def _add_warmup_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--warmup-epochs", type=int, default=0,
+                   help="supernet training: epochs that train only the largest subnet (within "
+                   "the budget) before sampling starts")
 
 
 def _add_resume_option(p: argparse.ArgumentParser) -> None:
@@ -322,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain-epochs", type=int, default=6)
     p.add_argument("--sampling", choices=("uniform", "sandwich"), default="sandwich")
     p.add_argument("--supernet-scope", choices=("budget", "full"), default="budget")
+    _add_warmup_option(p)
     _add_train_options(p, epochs=4)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -46,6 +46,7 @@ class SupernetConfig(TrainConfig):
     # Train only subnets that fit this training-memory budget (GiB), repaired into it exactly
     # as the search repairs its candidates; None trains the whole space.
     budget_gb: float | None = None
+    warmup_epochs: int = 0  # epochs that train only the largest subnet before sampling
     use_disk_cache: bool = True
     cache_max_bytes: int = 2 * 2**30  # streams kept per slot (RAM) to skip frozen slots
 
@@ -183,7 +184,8 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
     if dist.active:
         model = torch.nn.parallel.DistributedDataParallel(supernet, find_unused_parameters=True)
     fit, largest = budget_fit(space, cfg.budget_gb, len(dataset.label_names), cfg.device)
-    sampler = ArchSampler(space, cfg.sampling, cfg.seed, fit=fit, largest=largest)
+    sampler = ArchSampler(space, cfg.sampling, cfg.seed, fit=fit, largest=largest,
+                          warmup_steps=cfg.warmup_epochs * steps)
     references = reference_subnets(space, cfg.seed, fit=fit, largest=largest)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()

@@ -47,16 +47,21 @@ class ArchSampler:
     architectures that can win, not on ones the budget rules out."""
 
     def __init__(self, space: SearchSpace, rule: str = "uniform", seed: int = 0,
-                 fit: Fit | None = None, largest: Architecture | None = None):
+                 fit: Fit | None = None, largest: Architecture | None = None,
+                 warmup_steps: int = 0):
         if rule not in SAMPLING_RULES:
             raise ValueError(f"sampling rule {rule!r} is not one of {SAMPLING_RULES}")
         self.space, self.rule, self.seed, self.fit = space, rule, seed, fit
         # The sandwich's top: the space's largest, or the largest allowed one when given.
         self.largest = largest or largest_arch(space)
+        # Steps that train only the largest subnet first (progressive shrinking's start): a
+        # PMF model sits at chance for hundreds of steps before fusion starts to work, and
+        # a subnet drawn anew each step leaves that plateau far later than one trained alone.
+        self.warmup_steps = warmup_steps
 
     def sample(self, step: int) -> Architecture:
         rng = random.Random(f"autopmf-sampler:{self.seed}:{step}")
-        if self.rule == "sandwich" and step % 3 == 0:
+        if step < self.warmup_steps or (self.rule == "sandwich" and step % 3 == 0):
             arch = self.largest
         elif self.rule == "sandwich" and step % 3 == 1:
             arch = smallest_arch(self.space)

@@ -237,3 +237,11 @@ def test_streams_advanced_slot_by_slot_equal_streams_built_at_that_slot(setup, i
     torch.testing.assert_close(advanced.image, direct.image, atol=1e-5, rtol=1e-5)
     slots = SlotCaches(low, backbone, max_bytes=0)  # no room: falls back to the lowest slot
     assert slots.at(2).slot == 0
+
+
+def test_warmup_trains_only_the_largest_subnet_first():
+    space = tiny_space()
+    sampler = ArchSampler(space, "uniform", seed=0, warmup_steps=5)
+    top = space.canonical(largest_arch(space))
+    assert all(sampler.sample(s) == top for s in range(5))
+    assert any(sampler.sample(s) != top for s in range(5, 15))
