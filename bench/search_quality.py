@@ -65,6 +65,10 @@ def main() -> None:
         run(["search", "--space", space_name, "--data", data, "--budget-gb", str(budget),
              "--trials", str(trials), "--strategy", "random", "--seed", str(config["seed"]),
              "--epochs", str(supernet["epochs"]), "--sampling", supernet["sampling"],
+             "--warmup-epochs", str(supernet.get("warmup_epochs", 0)),
+             "--lr", str(supernet["lr"]), "--head-lr-scale", str(supernet["head_lr_scale"]),
+             "--batch-size", str(supernet["batch_size"]),
+             "--precision", supernet["precision"],
              "--supernet-scope", "budget" if supernet.get("budget_gb") else "full",
              "--supernet-from", str(args.run), "--out", str(random_run), "--quiet",
              "--resume"])

@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 
 from autopmf import supernet_train
 from autopmf.build import build_backbone
+from autopmf.errors import AutopmfError
 from autopmf.features import build_feature_cache
 from autopmf.files import load_tensors
 from autopmf.supernet_train import SupernetConfig, train_supernet
@@ -245,3 +246,15 @@ def test_warmup_trains_only_the_largest_subnet_first():
     top = space.canonical(largest_arch(space))
     assert all(sampler.sample(s) == top for s in range(5))
     assert any(sampler.sample(s) != top for s in range(5, 15))
+
+
+def test_cli_warmup_defaults_to_three_epochs_but_at_most_half():
+    from autopmf.cli import _warmup_epochs, build_parser
+
+    def warmup(*extra):
+        args = build_parser().parse_args(["supernet", "--space", "tiny", "--out", "x", *extra])
+        return _warmup_epochs(args)
+    assert warmup("--epochs", "10") == 3 and warmup("--epochs", "4") == 2
+    assert warmup("--epochs", "10", "--warmup-epochs", "0") == 0
+    with pytest.raises(AutopmfError, match="--warmup-epochs"):
+        warmup("--warmup-epochs", "-1")
