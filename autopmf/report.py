@@ -201,7 +201,8 @@ def print_summary(summary: Mapping, space_slots: Iterable[int] | None = None,
         lines.append(f"WARNING: {s['over_budget']} scored candidate(s) exceed the budget; the "
                      "search should never score one: please report this")
     if s["best"]:
-        lines += ["", f"top {len(s['top'])} feasible:"] + _table(s["top"], slots, metric, True, s["budget_gb"])
+        lines += ["", f"top {len(s['top'])} feasible:"]
+        lines += _table(s["top"], slots, metric, True, s["budget_gb"])
         # Only the trials where the best improved: the full curve is in --plot / --json.
         steps, prev = [], None
         for trial, best in s["best_so_far"]:

@@ -41,8 +41,11 @@ def package_versions() -> dict[str, str]:
 def run_settings(cfg) -> dict:
     """The fields of a training config dataclass that change what a run computes (not where
     it runs, or how verbosely)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in ("progress", "device", "use_disk_cache")}
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items()
+                if k not in ("progress", "device", "use_disk_cache")}
+    if settings.get("data_seed", 0) is None:
+        del settings["data_seed"]  # the default: runs written before it existed stay the same
+    return settings
 
 
 def fingerprint(identity: dict) -> str:

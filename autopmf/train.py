@@ -45,6 +45,9 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int = 256
     seed: int = 0
+    # The seed the data (and so its splits) is loaded with; None: `seed`. Setting it lets
+    # another seed retrain on the very same split (`autopmf validate --seeds`).
+    data_seed: int | None = None
     precision: str = "fp32"
     device: str = "cpu"
     progress: bool = True

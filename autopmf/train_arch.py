@@ -55,7 +55,8 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
         return json.loads((out / "metrics.json").read_text())
     prepare_out_dir(out, force)
     started = time.perf_counter()
-    dataset = load_dataset(data_spec, seed=cfg.seed, image_size=space.image_size)
+    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    dataset = load_dataset(data_spec, seed=data_seed, image_size=space.image_size)
     backbone = build_backbone(space).to(cfg.device)
     write_run_config(out, identity)  # only once the inputs have loaded
     torch.manual_seed(cfg.seed)

