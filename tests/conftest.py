@@ -1,3 +1,7 @@
+# Imported before any test captures stderr: huggingface_hub adds a logging handler bound to
+# the sys.stderr of the moment it is imported; bound to one test's capsys (closed after that
+# test), a later offline-download warning prints "--- Logging error ---" into another test.
+import huggingface_hub.utils.logging  # noqa: F401
 import numpy as np
 import pytest
 import torch

@@ -209,6 +209,28 @@ def test_corrupt_images_and_missing_texts_are_counted_and_skipped(tmp_path, caps
         load_dataset(spec + ",strict=1")
 
 
+def test_text_that_is_not_utf8_is_counted_and_skipped_or_fails_under_strict(tmp_path, capsys):
+    root = make_jsonl(tmp_path / "j")
+    test_file = root / "test.jsonl"
+    lines = test_file.read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b"a photo of a", b"une photo d\xe9j\xe0")  # Latin-1 bytes
+    test_file.write_bytes(b"".join(lines))
+    spec = f"jsonl:{root},image_size={SIZE}"
+    data = load_dataset(spec)
+    assert len(data.test) == 5 and all("\ufffd" not in t and "une" not in t
+                                       for t in data.test.texts)
+    err = capsys.readouterr().err
+    assert "test: skipped 1 of 6 examples (text not UTF-8: 1); first: " in err
+    assert f"{test_file}:3: text not UTF-8" in err
+    with pytest.raises(AutopmfError, match=r"test.jsonl:3: text not UTF-8 \(re-save"):
+        load_dataset(spec + ",strict=1")
+    # A label list that is not UTF-8 cannot be skipped around: one line naming the file.
+    (root / "labels.txt").write_bytes(b"cat\ndog\nbird\xff\n")
+    with pytest.raises(AutopmfError, match=r"labels.txt: not UTF-8 text \(bad byte at offset "
+                                           r"12\); re-save it as UTF-8"):
+        load_dataset(spec)
+
+
 def test_corrupt_image_fails_under_strict_naming_the_file(tmp_path):
     root = make_mmimdb(tmp_path / "mmimdb")
     corrupt(root / "dataset" / "0000009.jpeg")

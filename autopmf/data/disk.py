@@ -11,6 +11,7 @@ eat), and kept as uint8: 224 px costs 150 KB an image, so bounding memory is a m
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -26,6 +27,13 @@ from autopmf.errors import AutopmfError
 # add val_fraction).
 COMMON_OPTIONS = ("image_size", "image_fraction", "strict")
 DEFAULT_IMAGE_SIZE = 224  # ViT-B/16's input; smaller spaces may load smaller to save memory
+
+# Text files are read with errors="surrogateescape": a byte that is not UTF-8 becomes a lone
+# surrogate U+DC80..U+DCFF, which decoded UTF-8 never holds. Its example is then skipped and
+# counted (one bad byte must not stop a large dataset) instead of being trained on as garbage.
+TEXT_ERRORS = "surrogateescape"
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+NOT_UTF8 = "text not UTF-8"
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,7 @@ def data_folder(root: str | None, dataset: str, layout: str) -> Path:
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line; a bad line is an error naming it."""
-    with open(path, encoding="utf-8", errors="replace") as file:  # a stray byte: not fatal
+    with open(path, encoding="utf-8", errors=TEXT_ERRORS) as file:
         for lineno, line in enumerate(file, 1):
             if not line.strip():
                 continue
@@ -109,6 +117,28 @@ class BadExamples:
         kinds = ", ".join(f"{kind}: {n}" for kind, n in self.counts.most_common())
         print(f"autopmf: warning: {self.dataset} {self.split}: skipped {skipped} of "
               f"{skipped + kept} examples ({kinds}); first: {self.first}", file=sys.stderr)
+
+
+def read_utf8(path: Path) -> str:
+    """A whole file that must be UTF-8 (a label list, a split file): anything else is an
+    error naming the file and the first bad byte."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise AutopmfError(f"{path}: not UTF-8 text (bad byte at offset {exc.start}); re-save "
+                           "it as UTF-8") from None
+
+
+def usable_text(text, where: str, bad: BadExamples) -> str | None:
+    """`text` stripped, or None (counted in `bad`) when it is missing, blank, or held bytes
+    that are not UTF-8."""
+    if not isinstance(text, str) or not text.strip():
+        bad.skip(where, "missing text")
+        return None
+    if _NOT_UTF8.search(text):
+        bad.skip(where, NOT_UTF8, "re-save the file as UTF-8")
+        return None
+    return text.strip()
 
 
 def load_image(path: Path, size: int) -> np.ndarray:

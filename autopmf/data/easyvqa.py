@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autopmf.data.disk import read_utf8
 from autopmf.data.types import Dataset, Split
 from autopmf.errors import AutopmfError
 
@@ -31,11 +32,7 @@ def _read_questions(split_dir: Path) -> list[tuple[str, str, int]]:
     """[(question, answer, image id)] in file order; text that is not UTF-8 or an empty
     question is an error naming the file."""
     path = split_dir / "questions.json"
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise AutopmfError(f"{path}: not UTF-8 text (bad byte at offset {exc.start}); re-save "
-                           "it as UTF-8") from None
+    rows = json.loads(read_utf8(path))
     questions = [(text, answer, int(image_id)) for text, answer, image_id in rows]
     empty = next((i for i, (text, _, _) in enumerate(questions) if not text.strip()), None)
     if empty is not None:

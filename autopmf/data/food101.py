@@ -14,8 +14,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from autopmf.data.disk import (COMMON_OPTIONS, DEFAULT_IMAGE_SIZE, BadExamples, Example,
-                               LabelList, build_dataset, data_folder, require)
+from autopmf.data.disk import (COMMON_OPTIONS, DEFAULT_IMAGE_SIZE, TEXT_ERRORS, BadExamples,
+                               Example, LabelList, build_dataset, data_folder, require,
+                               usable_text)
 from autopmf.data.types import Dataset
 from autopmf.errors import AutopmfError
 
@@ -28,7 +29,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 def _read_titles(csv_path: Path, image_dir: Path, labels: LabelList, bad: BadExamples
                  ) -> list[Example]:
     examples = []
-    with open(csv_path, encoding="utf-8", errors="replace", newline="") as file:
+    with open(csv_path, encoding="utf-8", errors=TEXT_ERRORS, newline="") as file:
         reader = csv.reader(file)
         for row in reader:
             where = f"{csv_path}:{reader.line_num}"
@@ -41,10 +42,10 @@ def _read_titles(csv_path: Path, image_dir: Path, labels: LabelList, bad: BadExa
                                    f"{len(row)}")
             file_name, text, class_name = row[0].strip(), row[1], row[-1].strip()
             label = labels.id(class_name, where)
-            if not text.strip():
-                bad.skip(where, "missing text")
+            text = usable_text(text, where, bad)
+            if text is None:
                 continue
-            examples.append(Example(image_dir / class_name / file_name, text.strip(), (label,),
+            examples.append(Example(image_dir / class_name / file_name, text, (label,),
                                     where))
     return examples
 

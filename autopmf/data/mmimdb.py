@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from autopmf.data.disk import (COMMON_OPTIONS, DEFAULT_IMAGE_SIZE, BadExamples, Example,
-                               LabelList, build_dataset, data_folder, require)
+from autopmf.data.disk import (COMMON_OPTIONS, DEFAULT_IMAGE_SIZE, TEXT_ERRORS, BadExamples,
+                               Example, LabelList, build_dataset, data_folder, read_utf8,
+                               require, usable_text)
 from autopmf.data.types import Dataset
 from autopmf.errors import AutopmfError
 
@@ -32,17 +33,16 @@ def _movie(record_path: Path, bad: BadExamples) -> Example | None:
     """One movie, or None (counted in `bad`) when its record or plot is missing."""
     where = str(record_path)
     try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # missing, not JSON, not UTF-8
+        record = json.loads(record_path.read_text(encoding="utf-8", errors=TEXT_ERRORS))
+    except (OSError, ValueError) as exc:  # missing, not JSON
         bad.skip(where, "missing text", exc.__class__.__name__)
         return None
     plots = [p for p in record.get("plot") or [] if isinstance(p, str) and p.strip()]
-    if not plots:
-        bad.skip(where, "missing text")
+    text = usable_text(max(plots, key=len) if plots else None, where, bad)
+    if text is None:
         return None
     genres = tuple(GENRES.index(g) for g in record.get("genres") or [] if g in GENRES)
-    return Example(record_path.with_suffix(".jpeg"), max(plots, key=len).strip(), genres,
-                   where)
+    return Example(record_path.with_suffix(".jpeg"), text, genres, where)
 
 
 def load(seed: int = 0, root: str | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
@@ -53,7 +53,7 @@ def load(seed: int = 0, root: str | None = None, image_size: int = DEFAULT_IMAGE
     split_file = require(base / "split.json", "split file", "mmimdb", LAYOUT)
     records = require(base / "dataset", "movie folder", "mmimdb", LAYOUT)
     try:
-        ids = json.loads(split_file.read_text(encoding="utf-8"))
+        ids = json.loads(read_utf8(split_file))
     except json.JSONDecodeError as exc:
         raise AutopmfError(f"{split_file}: not valid JSON ({exc.msg}); restore the published "
                            "file") from None

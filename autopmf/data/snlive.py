@@ -15,7 +15,7 @@ from pathlib import Path
 
 from autopmf.data.disk import (COMMON_OPTIONS, DEFAULT_IMAGE_SIZE, BadExamples, Example,
                                LabelList, build_dataset, data_folder, read_jsonl,
-                               require)
+                               require, usable_text)
 from autopmf.data.types import Dataset
 from autopmf.errors import AutopmfError
 
@@ -42,12 +42,11 @@ def _read(path: Path, images: Path, labels: LabelList, bad: BadExamples) -> list
         if image_id is None:
             raise AutopmfError(f"{where}: no Flickr30K_ID; is this an SNLI-VE file?")
         label = labels.id(str(record.get("gold_label")), where)
-        hypothesis = record.get("sentence2")
-        if not isinstance(hypothesis, str) or not hypothesis.strip():
-            bad.skip(where, "missing text")
+        hypothesis = usable_text(record.get("sentence2"), where, bad)
+        if hypothesis is None:
             continue
         file_name = image_id if image_id.endswith(".jpg") else f"{image_id}.jpg"
-        examples.append(Example(images / file_name, hypothesis.strip(), (label,), where))
+        examples.append(Example(images / file_name, hypothesis, (label,), where))
     return examples
 
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from autopmf.data.disk import (COMMON_OPTIONS, DEFAULT_IMAGE_SIZE, BadExamples, Example,
-                               LabelList, build_dataset, data_folder, read_jsonl,
-                               require)
+from autopmf.data.disk import (COMMON_OPTIONS, DEFAULT_IMAGE_SIZE, TEXT_ERRORS, BadExamples,
+                               Example, LabelList, build_dataset, data_folder, read_jsonl,
+                               read_utf8, require, usable_text)
 from autopmf.data.types import Dataset
 from autopmf.errors import AutopmfError
 
@@ -31,7 +31,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8", errors="replace", newline="") as file:
+    with open(path, encoding="utf-8", errors=TEXT_ERRORS, newline="") as file:
         reader = csv.DictReader(file)
         missing = [f for f in FIELDS if f not in (reader.fieldnames or [])]
         if missing:
@@ -63,12 +63,11 @@ def _parse(root: Path, rows: Iterator[tuple[str, dict]], multilabel: bool, bad: 
     for where, row in rows:
         if not row.get("image"):
             raise AutopmfError(f"{where}: no image path; every line needs image, text, label")
-        text = row.get("text")
-        if not isinstance(text, str) or not text.strip():
-            bad.skip(where, "missing text")
+        text = usable_text(row.get("text"), where, bad)
+        if text is None:
             continue
         image = Path(str(row["image"]))
-        parsed.append((Example(image if image.is_absolute() else root / image, text.strip(), (),
+        parsed.append((Example(image if image.is_absolute() else root / image, text, (),
                                where), _label_names(row.get("label"), multilabel, where)))
     return parsed
 
@@ -100,7 +99,7 @@ class TableFormat:
 
         label_file = root_dir / "labels.txt"
         if label_file.exists():
-            names = [line.strip() for line in label_file.read_text(encoding="utf-8").splitlines()
+            names = [line.strip() for line in read_utf8(label_file).splitlines()
                      if line.strip()]
             labels = LabelList(names, str(label_file))
         else:
