@@ -207,6 +207,18 @@ def space_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> SearchSp
     return space
 
 
+def anchor_relative_path(spec: Any, folder: Path) -> Any:
+    """An encoder spec with a relative path (`./bert`, `../vit`, `timm:NAME@./w.safetensors`)
+    made absolute against `folder`, the space file's own: the space is copied into every run
+    and architecture file, which must not depend on the directory a command ran from."""
+    if not isinstance(spec, str):
+        return spec
+    head, sep, path = spec.rpartition("@") if spec.startswith("timm:") else ("", "", spec)
+    if not path.startswith(("./", "../")):
+        return spec
+    return head + sep + str((folder / path).resolve())
+
+
 def load_space(name_or_path: str | Path) -> SearchSpace:
     path = resolve_space_path(name_or_path)
     try:
@@ -214,6 +226,10 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise AutopmfError(f"{path}: not valid YAML ({first}); fix the file") from None
+    if isinstance(data, dict):
+        for key in ("text_encoder", "image_encoder"):
+            if key in data:
+                data[key] = anchor_relative_path(data[key], path.parent)
     return space_from_dict(data, source=str(path))
 
 

@@ -101,3 +101,21 @@ def test_slot_beyond_the_encoders_is_rejected():
         build_backbone(space_from_dict(dict(
             name="x", text_encoder="tiny-bert:depth=3", image_encoder="tiny-dinov2:depth=4",
             fusable_slots=[0, 3], prompt_lengths=[1], image_size=28)))
+
+
+def test_relative_encoder_paths_are_relative_to_the_space_file(tmp_path, monkeypatch):
+    folder = tmp_path / "project" / "spaces"
+    folder.mkdir(parents=True)
+    spec = tiny_space().to_dict()
+    spec.update(text_encoder="../models/bert", image_encoder="timm:vit_tiny@./w.safetensors")
+    (folder / "mine.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.chdir(tmp_path)  # elsewhere: the paths must not follow the working directory
+    space = load_space(folder / "mine.yaml")
+    assert space.text_encoder == str(tmp_path / "project" / "models" / "bert")
+    assert space.image_encoder == f"timm:vit_tiny@{folder / 'w.safetensors'}"
+    # Names and absolute paths are left as they are, and the result survives a round trip.
+    spec.update(text_encoder="minilm", image_encoder="/abs/vit")
+    (folder / "named.yaml").write_text(yaml.safe_dump(spec))
+    named = load_space(folder / "named.yaml")
+    assert (named.text_encoder, named.image_encoder) == ("minilm", "/abs/vit")
+    assert space_from_dict(space.to_dict()) == space
