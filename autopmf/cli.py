@@ -116,7 +116,7 @@ def _supernet_config(args, space):
                           precision=args.precision or space.precision, device=args.device,
                           progress=not args.quiet, sampling=args.sampling,
                           budget_gb=_supernet_budget(args),
-                          warmup_epochs=_warmup_epochs(args))
+                          warmup_epochs=_warmup_epochs(args), warmup=args.warmup)
 
 
 def _warmup_epochs(args) -> int:
@@ -259,10 +259,16 @@ def _add_supernet_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_warmup_option(p: argparse.ArgumentParser) -> None:
+    from supernet.sampling import WARMUP_RULES
+
     p.add_argument("--warmup-epochs", type=int, default=None,
-                   help="supernet training: epochs that train only the largest subnet (within "
-                   f"the budget) before sampling starts (default {DEFAULT_WARMUP_EPOCHS}, at "
-                   "most half of --epochs)")
+                   help="supernet training: epochs that train only fixed subnets (within the "
+                   f"budget) before sampling starts (default {DEFAULT_WARMUP_EPOCHS}, at most "
+                   "half of --epochs)")
+    p.add_argument("--warmup", choices=WARMUP_RULES, default="largest",
+                   help="which subnets the warm-up trains: the largest within the budget, or "
+                   "a cover (subnets at the shortest prompts that between them fuse every slot, "
+                   "taken in turn)")
 
 
 def _add_resume_option(p: argparse.ArgumentParser) -> None:

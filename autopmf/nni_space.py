@@ -118,6 +118,31 @@ def largest_within(space: SearchSpace, estimate: Estimate, budget_bytes: int
         arch = min(moves, key=lambda m: m[0])[2]
 
 
+def covering_within(space: SearchSpace, estimate: Estimate, budget_bytes: int
+                    ) -> list[Architecture]:
+    """Subnets within the budget, at the shortest prompts, that between them fuse every
+    fusable slot that can fuse within it. Each takes the lowest slots not yet covered while
+    they fit (low slots are the memory-hungry ones), then any other slot that still fits,
+    top first. A warm-up that cycles through them trains every slot's prompt bank, where the
+    largest subnet within the budget trains only the few top slots it fuses."""
+    # Every choice at its smallest: nothing fused (fusion_j = 0), the shortest prompts.
+    nothing = space.canonical({key: min(values) for key, values in space.choices().items()})
+    uncovered = sorted(space.fusable_slots)
+    cover = []
+    while uncovered:
+        arch = dict(nothing)
+        for slot in uncovered + sorted(set(space.fusable_slots) - set(uncovered), reverse=True):
+            trial = space.canonical({**arch, f"fusion_{slot}": 1})
+            if estimate(trial) <= budget_bytes:
+                arch = trial
+        fused = set(space.fused_slots(arch))
+        if not fused & set(uncovered):
+            break  # the slots left cannot fuse within the budget at all
+        cover.append(arch)
+        uncovered = [slot for slot in uncovered if slot not in fused]
+    return cover
+
+
 class BudgetedEvolution(RegularizedEvolution):
     """RegularizedEvolution whose new individuals (random or mutated) are repaired into the
     budget and deduplicated as canonical architectures."""

@@ -32,7 +32,7 @@ from autopmf.space import SearchSpace
 from autopmf.train import TrainConfig, autocast, evaluate, param_groups, warmup_cosine
 from supernet.optim import step_used_only
 from supernet.weights import load_trainable_state
-from supernet.sampling import ArchSampler, reference_subnets
+from supernet.sampling import WARMUP_RULES, ArchSampler, reference_subnets
 from supernet.supernet import Supernet
 
 WEIGHTS = "supernet.safetensors"
@@ -46,7 +46,8 @@ class SupernetConfig(TrainConfig):
     # Train only subnets that fit this training-memory budget (GiB), repaired into it exactly
     # as the search repairs its candidates; None trains the whole space.
     budget_gb: float | None = None
-    warmup_epochs: int = 0  # epochs that train only the largest subnet before sampling
+    warmup_epochs: int = 0  # epochs that train only fixed subnets before sampling starts
+    warmup: str = "largest"  # which: the largest within the budget, or a "cover" of all slots
     use_disk_cache: bool = True
     cache_max_bytes: int = 2 * 2**30  # streams kept per slot (RAM) to skip frozen slots
 
@@ -74,13 +75,18 @@ def supernet_fingerprint(space: SearchSpace, data_spec: str, cfg: SupernetConfig
                         "settings": run_settings(cfg)})
 
 
-def budget_fit(space: SearchSpace, budget_gb: float | None, num_classes: int, device: str):
-    """(fit, largest) for a sampler restricted to `budget_gb`: the search's repair into the
-    budget, and the largest architecture within it; (None, None) without a budget."""
+def budget_fit(space: SearchSpace, budget_gb: float | None, num_classes: int, device: str,
+               warmup: str = "largest"):
+    """(fit, largest, warmup subnets) for a sampler restricted to `budget_gb`: the search's
+    repair into the budget, the largest architecture within it, and the subnets the warm-up
+    trains (that largest one, or a cover of every slot); (None, None, None) without a budget:
+    the space's largest then fuses every slot."""
+    if warmup not in WARMUP_RULES:
+        raise ValueError(f"warm-up rule {warmup!r} is not one of {WARMUP_RULES}")
     if budget_gb is None:
-        return None, None
+        return None, None, None
     from autopmf.memory import GIB, estimate_bytes, load_profile
-    from autopmf.nni_space import largest_within, repair
+    from autopmf.nni_space import covering_within, largest_within, repair
 
     profile = load_profile(space, device="cuda" if device.startswith("cuda") else "cpu",
                            num_classes=num_classes)
@@ -88,8 +94,10 @@ def budget_fit(space: SearchSpace, budget_gb: float | None, num_classes: int, de
 
     def estimate(arch):
         return estimate_bytes(space, arch, profile)
-    return (lambda arch: repair(space, arch, estimate, budget_bytes),
-            largest_within(space, estimate, budget_bytes))
+    largest = largest_within(space, estimate, budget_bytes)
+    warmup_archs = (covering_within(space, estimate, budget_bytes) if warmup == "cover"
+                    else [largest])
+    return lambda arch: repair(space, arch, estimate, budget_bytes), largest, warmup_archs
 
 
 def subnet_score(supernet: Supernet, arch, cache: FeatureCache, cfg: TrainConfig,
@@ -183,9 +191,10 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
     model = supernet
     if dist.active:
         model = torch.nn.parallel.DistributedDataParallel(supernet, find_unused_parameters=True)
-    fit, largest = budget_fit(space, cfg.budget_gb, len(dataset.label_names), cfg.device)
+    fit, largest, warmup_archs = budget_fit(space, cfg.budget_gb, len(dataset.label_names),
+                                            cfg.device, cfg.warmup)
     sampler = ArchSampler(space, cfg.sampling, cfg.seed, fit=fit, largest=largest,
-                          warmup_steps=cfg.warmup_epochs * steps)
+                          warmup_steps=cfg.warmup_epochs * steps, warmup_archs=warmup_archs)
     references = reference_subnets(space, cfg.seed, fit=fit, largest=largest)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()

@@ -66,6 +66,7 @@ def main() -> None:
              "--trials", str(trials), "--strategy", "random", "--seed", str(config["seed"]),
              "--epochs", str(supernet["epochs"]), "--sampling", supernet["sampling"],
              "--warmup-epochs", str(supernet.get("warmup_epochs", 0)),
+             "--warmup", supernet.get("warmup", "largest"),
              "--lr", str(supernet["lr"]), "--head-lr-scale", str(supernet["head_lr_scale"]),
              "--batch-size", str(supernet["batch_size"]),
              "--precision", supernet["precision"],

@@ -65,7 +65,7 @@ def main() -> None:
     backbone = build_backbone(space)
     torch.manual_seed(0)
     supernet = Supernet(space, backbone, len(dataset.label_names))
-    fit, largest = budget_fit(space, args.budget_gb, len(dataset.label_names), "cpu")
+    fit, largest, _ = budget_fit(space, args.budget_gb, len(dataset.label_names), "cpu")
     sampler = ArchSampler(space, "sandwich", seed=0, fit=fit, largest=largest)
     encoded = encode_split(dataset.train, backbone, space)
     t0 = time.perf_counter()

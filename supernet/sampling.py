@@ -7,11 +7,14 @@ without talking to the others, and a resumed run draws what the uninterrupted on
 from __future__ import annotations
 
 import random
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from autopmf.space import Architecture, SearchSpace
 
 SAMPLING_RULES = ("uniform", "sandwich")
+# Which fixed subnets the warm-up trains: the largest within the budget, or subnets that
+# between them fuse every slot (see autopmf.nni_space.covering_within).
+WARMUP_RULES = ("largest", "cover")
 # Moves an architecture into the allowed set (e.g. the search's repair into a memory budget);
 # None when nothing near it is allowed.
 Fit = Callable[[Mapping[str, int]], "Architecture | None"]
@@ -48,20 +51,24 @@ class ArchSampler:
 
     def __init__(self, space: SearchSpace, rule: str = "uniform", seed: int = 0,
                  fit: Fit | None = None, largest: Architecture | None = None,
-                 warmup_steps: int = 0):
+                 warmup_steps: int = 0, warmup_archs: Sequence[Architecture] | None = None):
         if rule not in SAMPLING_RULES:
             raise ValueError(f"sampling rule {rule!r} is not one of {SAMPLING_RULES}")
         self.space, self.rule, self.seed, self.fit = space, rule, seed, fit
         # The sandwich's top: the space's largest, or the largest allowed one when given.
         self.largest = largest or largest_arch(space)
-        # Steps that train only the largest subnet first (progressive shrinking's start): a
-        # PMF model sits at chance for hundreds of steps before fusion starts to work, and
-        # a subnet drawn anew each step leaves that plateau far later than one trained alone.
+        # Steps that train only fixed subnets first (by default the largest, as progressive
+        # shrinking starts; `warmup_archs` are taken in turn): a PMF model sits at chance for
+        # hundreds of steps before fusion starts to work, and a subnet drawn anew each step
+        # leaves that plateau far later than one trained alone.
         self.warmup_steps = warmup_steps
+        self.warmup_archs = list(warmup_archs or [self.largest])
 
     def sample(self, step: int) -> Architecture:
         rng = random.Random(f"autopmf-sampler:{self.seed}:{step}")
-        if step < self.warmup_steps or (self.rule == "sandwich" and step % 3 == 0):
+        if step < self.warmup_steps:
+            arch = self.warmup_archs[step % len(self.warmup_archs)]
+        elif self.rule == "sandwich" and step % 3 == 0:
             arch = self.largest
         elif self.rule == "sandwich" and step % 3 == 1:
             arch = smallest_arch(self.space)

@@ -1,13 +1,16 @@
-# Imported before any test captures stderr: huggingface_hub adds a logging handler bound to
-# the sys.stderr of the moment it is imported; bound to one test's capsys (closed after that
-# test), a later offline-download warning prints "--- Logging error ---" into another test.
-import huggingface_hub.utils.logging  # noqa: F401
+import importlib
+
 import numpy as np
 import pytest
 import torch
 
 from autopmf.build import build_backbone, build_pmf
 from autopmf.space import space_from_dict
+
+# Imported before any test captures stderr: huggingface_hub adds a logging handler bound to
+# the sys.stderr of the moment it is imported; bound to one test's capsys (closed after that
+# test), a later offline-download warning prints "--- Logging error ---" into another test.
+importlib.import_module("huggingface_hub.utils.logging")
 
 torch.set_num_threads(1)  # 2-core CI: one thread is faster and steadier for tiny models
 

@@ -248,6 +248,36 @@ def test_warmup_trains_only_the_largest_subnet_first():
     assert any(sampler.sample(s) != top for s in range(5, 15))
 
 
+def test_cover_warmup_fuses_every_slot_within_the_budget_in_turn():
+    from autopmf.memory import GIB, estimate_bytes, load_profile
+    from autopmf.supernet_train import budget_fit
+
+    space = tiny_space()
+    profile = load_profile(space, device="cpu", num_classes=2)
+    def estimate(arch):
+        return estimate_bytes(space, arch, profile)
+    shortest = space.canonical({k: min(v) for k, v in space.choices().items()})
+    def fusing(*slots):
+        return space.canonical({**shortest, **{f"fusion_{j}": 1 for j in slots}})
+    # Just too little for every slot at once, so one subnet cannot cover them all.
+    budget_gb = (estimate(fusing(*space.fusable_slots)) - 1) / GIB
+    budget = int(budget_gb * GIB)
+    assert all(estimate(fusing(j)) <= budget for j in space.fusable_slots)
+
+    _, largest, cover = budget_fit(space, budget_gb, 2, "cpu", warmup="cover")
+    assert len(cover) >= 2 and all(estimate(arch) <= budget for arch in cover)
+    assert set().union(*(space.fused_slots(a) for a in cover)) == set(space.fusable_slots)
+    for arch in cover:  # at the shortest prompts: only which slots fuse differs
+        assert arch == fusing(*space.fused_slots(arch))
+    assert budget_fit(space, budget_gb, 2, "cpu")[2] == [largest]  # the default rule
+    assert budget_fit(space, None, 2, "cpu", warmup="cover") == (None, None, None)
+
+    sampler = ArchSampler(space, "sandwich", seed=0, largest=largest, warmup_steps=7,
+                          warmup_archs=cover)
+    assert [sampler.sample(s) for s in range(7)] == [cover[s % len(cover)] for s in range(7)]
+    assert sampler.sample(9) == largest  # then the sandwich, whose top is still the largest
+
+
 def test_cli_warmup_defaults_to_three_epochs_but_at_most_half():
     from autopmf.cli import _warmup_epochs, build_parser
 
@@ -258,3 +288,15 @@ def test_cli_warmup_defaults_to_three_epochs_but_at_most_half():
     assert warmup("--epochs", "10", "--warmup-epochs", "0") == 0
     with pytest.raises(AutopmfError, match="--warmup-epochs"):
         warmup("--warmup-epochs", "-1")
+
+
+def test_cli_warmup_rule_reaches_the_supernet_config():
+    from autopmf.cli import _supernet_config, build_parser
+
+    def config(*extra):
+        args = build_parser().parse_args(["search", "--space", "tiny", "--data", "digits",
+                                          "--budget-gb", "1", "--out", "x", *extra])
+        return _supernet_config(args, tiny_space())
+    assert config().warmup == "largest" and config("--warmup", "cover").warmup == "cover"
+    with pytest.raises(SystemExit):
+        config("--warmup", "widest")
