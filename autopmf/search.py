@@ -33,7 +33,7 @@ from autopmf.nni_space import (BUDGET_LABEL, BudgetedEvolution, build_nni_space,
 from autopmf.space import SearchSpace, save_arch
 from autopmf.supernet_train import METRICS as SUPERNET_METRICS
 from autopmf.supernet_train import WEIGHTS as SUPERNET_WEIGHTS
-from autopmf.supernet_train import SupernetConfig, subnet_score, train_supernet
+from autopmf.supernet_train import SupernetConfig, inherited_score, train_supernet
 from supernet.supernet import Supernet
 
 LOG = "search_log.jsonl"
@@ -81,10 +81,7 @@ class InheritedScorer:
         self.supernet, self.val, self.cfg, self.metric = supernet, val, cfg, metric
 
     def __call__(self, arch: Mapping[str, int]) -> float:
-        fused = self.supernet.space.fused_slots(arch)
-        start = min(fused, default=self.supernet.backbone.num_slots)
-        self.supernet.eval()
-        return subnet_score(self.supernet, arch, self.val.at(start), self.cfg, self.metric)
+        return inherited_score(self.supernet, arch, self.val, self.cfg, self.metric)
 
 
 # ----- NNI evaluator ---------------------------------------------------------------------
@@ -198,8 +195,7 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     if cfg.supernet_from is not None:
         _copy_supernet(Path(cfg.supernet_from), out)
     run = train_supernet(space, data_spec, out, cfg.supernet, resume=True)
-    scorer = InheritedScorer(run.supernet, SlotCaches(run.caches["val"], run.supernet.backbone),
-                             cfg.supernet, run.metric)
+    scorer = InheritedScorer(run.supernet, run.val_slots, cfg.supernet, run.metric)
 
     replay = read_search_log(out / LOG) if resume and (out / LOG).exists() else []
     log = SearchLog(out / LOG, list(replay))

@@ -58,6 +58,7 @@ class SupernetRun:
     caches: dict[str, FeatureCache]
     metric: str
     metrics: dict
+    val_slots: SlotCaches  # the validation streams entering each slot, for scoring subnets
 
 
 def load_supernet_weights(supernet: Supernet, tensors: dict[str, torch.Tensor]) -> None:
@@ -106,6 +107,15 @@ def subnet_score(supernet: Supernet, arch, cache: FeatureCache, cfg: TrainConfig
     def forward(c, rows):
         return supernet(c.streams(rows, cfg.device), c.slot, arch)
     return evaluate(forward, cache, cfg, metric)
+
+
+def inherited_score(supernet: Supernet, arch, val: SlotCaches, cfg: TrainConfig,
+                    metric: str) -> float:
+    """A subnet's validation score with inherited weights, from the cached streams entering
+    its first fused slot: the frozen slots below it are not run again for every subnet."""
+    start = min(supernet.space.fused_slots(arch), default=supernet.backbone.num_slots)
+    supernet.eval()
+    return subnet_score(supernet, arch, val.at(start), cfg, metric)
 
 
 def _train_epoch(model, supernet: Supernet, sampler: ArchSampler, train: SlotCaches,
@@ -168,11 +178,12 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
     if not dist.is_main:
         caches = feature_caches(space, dataset, backbone, slot, cfg.device, cfg.use_disk_cache)
     cache_seconds = time.perf_counter() - started
+    val_slots = SlotCaches(caches["val"], backbone, cfg.cache_max_bytes)
 
     if resume and (out / METRICS).exists() and not force:
         load_supernet_weights(supernet, load_tensors(out / WEIGHTS))
         return SupernetRun(supernet, caches, dataset.metric,
-                           json.loads((out / METRICS).read_text()))
+                           json.loads((out / METRICS).read_text()), val_slots)
 
     optimizer = torch.optim.AdamW(param_groups(supernet, cfg), weight_decay=cfg.weight_decay)
     steps = len(caches["train"]) // cfg.batch_size
@@ -202,8 +213,8 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
                             dataset.metric, epoch, dist)
         record = {"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - t0}
         if dist.is_main:
-            record["val"] = {name: subnet_score(supernet, arch, caches["val"], cfg,
-                                                dataset.metric)
+            record["val"] = {name: inherited_score(supernet, arch, val_slots, cfg,
+                                                   dataset.metric)
                              for name, arch in references.items()}
             history.append(record)
             if cfg.progress:
@@ -224,4 +235,4 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
         save_tensors(out / WEIGHTS, supernet.trainable_state_dict())
         atomic_write_json(out / METRICS, metrics)  # last: marks the supernet as done
     dist.barrier()
-    return SupernetRun(supernet, caches, dataset.metric, metrics)
+    return SupernetRun(supernet, caches, dataset.metric, metrics, val_slots)
