@@ -266,9 +266,9 @@ def _add_warmup_option(p: argparse.ArgumentParser) -> None:
                    f"budget) before sampling starts (default {DEFAULT_WARMUP_EPOCHS}, at most "
                    "half of --epochs)")
     p.add_argument("--warmup", choices=WARMUP_RULES, default="largest",
-                   help="which subnets the warm-up trains: the largest within the budget, or "
-                   "a cover (subnets at the shortest prompts that between them fuse every slot, "
-                   "taken in turn)")
+                   help="which subnets the warm-up trains: the largest within the budget; a "
+                   "cover (subnets at the shortest prompts that between them fuse every slot, "
+                   "taken in turn); or lowest (the lowest slots that fit, shortest prompts)")
 
 
 def _add_resume_option(p: argparse.ArgumentParser) -> None:

@@ -80,8 +80,8 @@ def budget_fit(space: SearchSpace, budget_gb: float | None, num_classes: int, de
                warmup: str = "largest"):
     """(fit, largest, warmup subnets) for a sampler restricted to `budget_gb`: the search's
     repair into the budget, the largest architecture within it, and the subnets the warm-up
-    trains (that largest one, or a cover of every slot); (None, None, None) without a budget:
-    the space's largest then fuses every slot."""
+    trains (that largest one, a cover of every slot, or the cover's first subnet: the lowest
+    slots); (None, None, None) without a budget: the space's largest then fuses every slot."""
     if warmup not in WARMUP_RULES:
         raise ValueError(f"warm-up rule {warmup!r} is not one of {WARMUP_RULES}")
     if budget_gb is None:
@@ -96,8 +96,11 @@ def budget_fit(space: SearchSpace, budget_gb: float | None, num_classes: int, de
     def estimate(arch):
         return estimate_bytes(space, arch, profile)
     largest = largest_within(space, estimate, budget_bytes)
-    warmup_archs = (covering_within(space, estimate, budget_bytes) if warmup == "cover"
-                    else [largest])
+    if warmup == "largest":
+        warmup_archs = [largest]
+    else:
+        cover = covering_within(space, estimate, budget_bytes)
+        warmup_archs = cover if warmup == "cover" else cover[:1]
     return lambda arch: repair(space, arch, estimate, budget_bytes), largest, warmup_archs
 
 

@@ -270,6 +270,8 @@ def test_cover_warmup_fuses_every_slot_within_the_budget_in_turn():
     for arch in cover:  # at the shortest prompts: only which slots fuse differs
         assert arch == fusing(*space.fused_slots(arch))
     assert budget_fit(space, budget_gb, 2, "cpu")[2] == [largest]  # the default rule
+    lowest = budget_fit(space, budget_gb, 2, "cpu", warmup="lowest")[2]
+    assert lowest == cover[:1] and min(space.fusable_slots) in space.fused_slots(lowest[0])
     assert budget_fit(space, None, 2, "cpu", warmup="cover") == (None, None, None)
 
     sampler = ArchSampler(space, "sandwich", seed=0, largest=largest, warmup_steps=7,
