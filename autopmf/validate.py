@@ -218,8 +218,9 @@ def validate_run(run: str | Path, archs: int = 10, epochs: int = 8, device: str 
         for i, entry in enumerate(picks, 1):
             out = arch_dir(run, entry["trial"], offset)
             if progress:
-                print(f"validate: [seed {offset + 1}/{seeds}, {i}/{archs}] trial "
-                      f"{entry['trial']} -> {out}", file=sys.stderr, flush=True)
+                which = f"seed {offset + 1}/{seeds}, " if seeds > 1 else ""
+                print(f"validate: [{which}{i}/{archs}] trial {entry['trial']} -> {out}",
+                      file=sys.stderr, flush=True)
             runs[entry["trial"], offset] = retrain_standalone(
                 setting, entry, out, epochs, device, progress, force, offset)
     rows = []
