@@ -12,7 +12,7 @@ from autopmf.errors import AutopmfError
 DEMO_SPACE = "demo"
 DEMO_DATA = "digits"  # identity statements, no negation: PMF learns them on a CPU in minutes
 # Without a warm-up the demo's supernet stayed at chance for all 8 epochs tried; with 3
-# epochs of its largest subnet first, that subnet leaves chance (BENCHMARKS.md).
+# epochs of one fixed subnet first, that subnet leaves chance (BENCHMARKS.md).
 DEFAULT_WARMUP_EPOCHS = 3
 DEMO_BUDGET_GB = 0.30  # demo space on CPU: all-off needs 0.18 GiB, everything fused 0.59
 
@@ -265,10 +265,11 @@ def _add_warmup_option(p: argparse.ArgumentParser) -> None:
                    help="supernet training: epochs that train only fixed subnets (within the "
                    f"budget) before sampling starts (default {DEFAULT_WARMUP_EPOCHS}, at most "
                    "half of --epochs)")
-    p.add_argument("--warmup", choices=WARMUP_RULES, default="largest",
-                   help="which subnets the warm-up trains: the largest within the budget; a "
-                   "cover (subnets at the shortest prompts that between them fuse every slot, "
-                   "taken in turn); or lowest (the lowest slots that fit, shortest prompts)")
+    p.add_argument("--warmup", choices=WARMUP_RULES, default="lowest",
+                   help="which subnets the warm-up trains: lowest (default: the lowest slots "
+                   "that fit, shortest prompts; ranked best in BENCHMARKS.md), the largest "
+                   "within the budget, or a cover (subnets at the shortest prompts that "
+                   "between them fuse every slot, taken in turn)")
 
 
 def _add_resume_option(p: argparse.ArgumentParser) -> None:

@@ -299,6 +299,6 @@ def test_cli_warmup_rule_reaches_the_supernet_config():
         args = build_parser().parse_args(["search", "--space", "tiny", "--data", "digits",
                                           "--budget-gb", "1", "--out", "x", *extra])
         return _supernet_config(args, tiny_space())
-    assert config().warmup == "largest" and config("--warmup", "cover").warmup == "cover"
+    assert config().warmup == "lowest" and config("--warmup", "cover").warmup == "cover"
     with pytest.raises(SystemExit):
         config("--warmup", "widest")
