@@ -47,7 +47,9 @@ class SupernetConfig(TrainConfig):
     # as the search repairs its candidates; None trains the whole space.
     budget_gb: float | None = None
     warmup_epochs: int = 0  # epochs that train only fixed subnets before sampling starts
-    warmup: str = "largest"  # which: the largest within the budget, or a "cover" of all slots
+    # Which subnets the warm-up trains (WARMUP_RULES): "lowest" (the lowest slots that fit),
+    # "largest" (within the budget) or a "cover" of every slot; see budget_fit.
+    warmup: str = "lowest"
     use_disk_cache: bool = True
     cache_max_bytes: int = 2 * 2**30  # streams kept per slot (RAM) to skip frozen slots
 
