@@ -123,6 +123,17 @@ def inherited_score(supernet: Supernet, arch, val: SlotCaches, cfg: TrainConfig,
     return subnet_score(supernet, arch, val.at(start), cfg, metric)
 
 
+def warmup_references(space: SearchSpace, references: dict, warmup_archs) -> dict:
+    """The warm-up subnets named for the per-epoch validation record: by their reference
+    name when one of the references is that subnet (the largest warm-up's), else "warmup"."""
+    named = {}
+    for i, arch in enumerate(warmup_archs):
+        arch = space.canonical(arch)
+        name = next((n for n, ref in references.items() if ref == arch), None)
+        named[name or ("warmup" if len(warmup_archs) == 1 else f"warmup_{i}")] = arch
+    return named
+
+
 def _train_epoch(model, supernet: Supernet, sampler: ArchSampler, train: SlotCaches,
                  optimizer, schedule, cfg: SupernetConfig, metric: str, epoch: int,
                  dist: DistContext) -> float:
@@ -212,15 +223,21 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
     sampler = ArchSampler(space, cfg.sampling, cfg.seed, fit=fit, largest=largest,
                           warmup_steps=cfg.warmup_epochs * steps, warmup_archs=warmup_archs)
     references = reference_subnets(space, cfg.seed, fit=fit, largest=largest)
+    warmup_refs = (warmup_references(space, references, sampler.warmup_archs)
+                   if cfg.warmup_epochs else {})
+    references.update(warmup_refs)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         loss = _train_epoch(model, supernet, sampler, train_slots, optimizer, schedule, cfg,
                             dataset.metric, epoch, dist)
         record = {"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - t0}
         if dist.is_main:
+            # A warm-up epoch trains only the warm-up subnets: validating the others then
+            # would cost a full pass each and show nothing new.
+            validated = warmup_refs if epoch < cfg.warmup_epochs else references
             record["val"] = {name: inherited_score(supernet, arch, val_slots, cfg,
                                                    dataset.metric)
-                             for name, arch in references.items()}
+                             for name, arch in validated.items()}
             history.append(record)
             if cfg.progress:
                 scores = "  ".join(f"{k} {v:.3f}" for k, v in record["val"].items())

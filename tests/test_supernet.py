@@ -302,3 +302,28 @@ def test_cli_warmup_rule_reaches_the_supernet_config():
     assert config().warmup == "lowest" and config("--warmup", "cover").warmup == "cover"
     with pytest.raises(SystemExit):
         config("--warmup", "widest")
+
+
+def test_warmup_epochs_validate_only_the_warmup_subnet(tmp_path, cache_dir):
+    from autopmf.memory import GIB, estimate_bytes, load_profile
+    from autopmf.supernet_train import budget_fit, warmup_references
+
+    space = tiny_space()
+    profile = load_profile(space, device="cpu", num_classes=2)
+    budget_gb = 0.9 * estimate_bytes(space, largest_arch(space), profile) / GIB
+    run = train_supernet(space, DATA, tmp_path / "run",
+                         small_config(budget_gb=budget_gb, warmup_epochs=1, warmup="lowest"))
+    _, largest, (lowest,) = budget_fit(space, budget_gb, 2, "cpu", warmup="lowest")
+    assert lowest != largest
+    assert run.metrics["references"]["warmup"] == lowest
+    first, second = run.metrics["history"]
+    assert set(first["val"]) == {"warmup"}  # only the subnet that trained
+    assert set(second["val"]) == {"largest", "smallest", "random_0", "random_1", "random_2",
+                                  "warmup"}
+    assert 0 <= first["val"]["warmup"] <= 1
+
+    # A warm-up subnet that is also a reference keeps that reference's name.
+    refs = reference_subnets(space, seed=0)
+    assert warmup_references(space, refs, [largest_arch(space)]) == {"largest": refs["largest"]}
+    named = warmup_references(space, refs, [lowest, largest])
+    assert list(named) == ["warmup_0", "warmup_1"] and named["warmup_0"] == lowest
