@@ -60,6 +60,11 @@ class FeatureCache:
         return Streams(self.text[rows].to(device), self.text_mask[rows].to(device),
                        self.image[self.image_index[rows]].to(device))
 
+    def subset(self, rows: torch.Tensor) -> "FeatureCache":
+        """These examples only (their images stay shared, indexed as before)."""
+        return FeatureCache(self.slot, self.text[rows], self.text_mask[rows], self.image,
+                            self.image_index[rows], self.labels[rows])
+
 
 @torch.no_grad()
 def build_feature_cache(encoded: EncodedSplit, backbone: FrozenBackbone, slot: int,

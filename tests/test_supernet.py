@@ -327,3 +327,25 @@ def test_warmup_epochs_validate_only_the_warmup_subnet(tmp_path, cache_dir):
     assert warmup_references(space, refs, [largest_arch(space)]) == {"largest": refs["largest"]}
     named = warmup_references(space, refs, [lowest, largest])
     assert list(named) == ["warmup_0", "warmup_1"] and named["warmup_0"] == lowest
+
+
+def test_reference_scores_use_a_fixed_subset_of_the_validation_split():
+    from autopmf.features import FeatureCache
+    from autopmf.supernet_train import reference_examples
+
+    torch.manual_seed(0)
+    val = FeatureCache(slot=0, text=torch.randn(10, 5, 8), text_mask=torch.ones(10, 5).bool(),
+                       image=torch.randn(4, 3, 8), image_index=torch.arange(10) % 4,
+                       labels=torch.arange(10) % 3)
+    picked = reference_examples(val, small_config(reference_val_examples=4, seed=3))
+    again = reference_examples(val, small_config(reference_val_examples=4, seed=3))
+    assert len(picked) == 4 and torch.equal(picked.text, again.text)
+    rows = [next(i for i in range(10) if torch.equal(val.text[i], t)) for t in picked.text]
+    assert rows == sorted(rows) and len(set(rows)) == 4
+    other = reference_examples(val, small_config(reference_val_examples=4, seed=4))
+    assert not torch.equal(picked.text, other.text)  # a seeded draw, not the first rows
+    streams, full = picked.streams(torch.arange(4)), val.streams(torch.tensor(rows))
+    assert torch.equal(streams.image, full.image) and torch.equal(streams.text, full.text)
+    assert torch.equal(picked.labels, val.labels[rows])
+    assert reference_examples(val, small_config(reference_val_examples=None)) is val
+    assert reference_examples(val, small_config(reference_val_examples=50)) is val
