@@ -21,7 +21,7 @@ def _train_config(args, space):
     from autopmf.train import TrainConfig
 
     return TrainConfig(epochs=args.epochs, lr=args.lr, head_lr_scale=args.head_lr_scale,
-                       seed=args.seed,
+                       seed=args.seed, data_seed=getattr(args, "data_seed", None),
                        batch_size=args.batch_size or space.batch_size,
                        precision=args.precision or space.precision, device=args.device,
                        progress=not args.quiet)
@@ -230,6 +230,12 @@ def _add_train_options(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_data_seed_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-seed", type=int, default=None,
+                   help="split the data with this seed instead of --seed: retrain with "
+                   "several --seed values on one split (e.g. the search's)")
+
+
 def _add_run_inputs(p: argparse.ArgumentParser, space_required: bool = True) -> None:
     """--space, --data and --out, shared by the commands that train something."""
     p.add_argument("--space", required=space_required, default=None,
@@ -292,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the image-only and text-only baselines")
     _add_resume_option(p)
     _add_train_options(p, epochs=8)
+    _add_data_seed_option(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("search", help="find the best architecture within a memory budget")
@@ -318,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the image-only and text-only baselines")
     _add_resume_option(p)
     _add_train_options(p, epochs=8)
+    _add_data_seed_option(p)
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("predict", help="classify image/text pairs with a trained run")

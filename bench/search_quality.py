@@ -3,12 +3,12 @@ budget vs. the best of a random search with the same number of trials on the sam
 all retrained standalone the same way.
 
 Takes a finished `autopmf search` run (its supernet is reused, not retrained), runs the random
-search beside it (`RUN-random`), retrains the three designs with the same epochs and seed
-(`RUN-quality/<name>`, two at a time, one thread each), and prints one markdown table row per
-design plus a JSON summary. Every step is a plain `autopmf` command and resumes: re-running
+search beside it (`RUN-random`), retrains the three designs with the same epochs and seeds,
+all on the search's data split (`RUN-quality/<name>[-sK]`, two at a time, one thread each), and
+prints one markdown table row per design (mean and range over the seeds) plus a JSON summary. Every step is a plain `autopmf` command and resumes: re-running
 skips what is finished.
 
-    python bench/search_quality.py runs/demo --epochs 6
+    python bench/search_quality.py runs/demo --epochs 5 --seeds 2
 """
 
 from __future__ import annotations
@@ -47,11 +47,22 @@ def reference_that_fits(space_file: Path, budget_gb: float) -> tuple[str, float]
     return f"reference:{len(fused)}:{arch[f'prompt_{fused[0]}']}", nbytes / GIB
 
 
+def mean_and_range(scores: list[float]) -> str:
+    """0.712 for one seed; 0.712 (0.690–0.734) for several."""
+    mean = sum(scores) / len(scores)
+    if len(scores) == 1:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ({min(scores):.3f}–{max(scores):.3f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run", type=Path, help="a finished autopmf search run")
     parser.add_argument("--epochs", type=int, default=6, help="retrain epochs (all designs)")
     parser.add_argument("--jobs", type=int, default=2, help="retrains run side by side")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="retrain each design with seeds 0..N-1 (on the search's data "
+                        "split) and report the mean and range")
     args = parser.parse_args()
     config = read_yaml(args.run / "config.yaml")
     budget, data, trials = config["budget_gb"], config["data"], config["trials"]
@@ -75,33 +86,39 @@ def main() -> None:
              "--resume"])
     reference, reference_gb = reference_that_fits(Path(space_name), budget)
     common = ["--epochs", str(args.epochs), "--threads", "1", "--quiet", "--no-baselines",
-              "--resume"]
-    jobs = {
+              "--resume", "--data-seed", str(config["seed"])]
+    designs = {
         "search": ["retrain", "--arch", str(args.run / "best_arch.yaml")],
         "random": ["retrain", "--arch", str(random_run / "best_arch.yaml")],
         "reference": ["train", "--space", space_name, "--data", data, "--arch", reference],
     }
+    def out_dir(name: str, seed: int) -> Path:
+        return quality / (name if seed == 0 else f"{name}-s{seed}")
+    jobs = [design + ["--seed", str(seed), "--out", str(out_dir(name, seed))] + common
+            for seed in range(args.seeds) for name, design in designs.items()]
     with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(lambda item: run(item[1] + ["--out", str(quality / item[0])] + common),
-                      jobs.items()))
+        list(pool.map(run, jobs))
 
     rows = {}
-    for name in jobs:
-        metrics = json.loads((quality / name / "metrics.json").read_text())
+    for name in designs:
+        runs = [json.loads((out_dir(name, seed) / "metrics.json").read_text())
+                for seed in range(args.seeds)]
         source = {"search": args.run, "random": random_run}.get(name)
         inherited = read_yaml(source / "best_arch.yaml") if source else {}
-        rows[name] = {"arch": metrics["arch"], "fused_slots": metrics["fused_slots"],
+        rows[name] = {"arch": runs[0]["arch"], "fused_slots": runs[0]["fused_slots"],
                       "mem_gb": inherited.get("mem_gb", reference_gb),
                       "inherited_val": inherited.get("score"),
-                      "val": metrics["val_score"], "test": metrics["test_score"]}
-    print(f"\nbudget {budget} GiB, {trials} trials, retrain {args.epochs} epochs, data {data}")
+                      "val": [m["val_score"] for m in runs],
+                      "test": [m["test_score"] for m in runs]}
+    print(f"\nbudget {budget} GiB, {trials} trials, retrain {args.epochs} epochs, data {data}, "
+          f"seeds 0..{args.seeds - 1}")
     print("| design | fused slot:M | predicted GiB | inherited val | retrained val | test |")
     print("|---|---|---|---|---|---|")
     for name, row in rows.items():
         slots = " ".join(f"{j}:M{row['arch'][f'prompt_{j}']}" for j in row["fused_slots"])
         inherited = "—" if row["inherited_val"] is None else f"{row['inherited_val']:.3f}"
-        print(f"| {name} | {slots} | {row['mem_gb']:.3f} | {inherited} | {row['val']:.3f} | "
-              f"{row['test']:.3f} |")
+        print(f"| {name} | {slots} | {row['mem_gb']:.3f} | {inherited} | "
+              f"{mean_and_range(row['val'])} | {mean_and_range(row['test'])} |")
     print(json.dumps(rows))
 
 

@@ -101,3 +101,15 @@ def test_predict_classifies_pairs_like_the_trained_model(trained, tmp_path, caps
     assert json.loads(capsys.readouterr().out)["label"] == results[0]["label"]
     assert main(["predict", "--run", str(out), "--image", str(tmp_path / "nope.png"),
                  "--text", "x"]) == 2
+
+
+def test_data_seed_option_keeps_the_split_while_seed_changes_the_init():
+    from autopmf.cli import _train_config, build_parser
+
+    def config(*argv):
+        return _train_config(build_parser().parse_args(argv), tiny_space())
+    train = ["train", "--space", "tiny", "--arch", "reference:1:1", "--out", "x"]
+    assert config(*train, "--seed", "2").data_seed is None  # the split follows --seed
+    cfg = config(*train, "--seed", "2", "--data-seed", "0")
+    assert (cfg.seed, cfg.data_seed) == (2, 0)  # train_architecture splits by data_seed
+    assert config("retrain", "--arch", "a.yaml", "--data-seed", "1").data_seed == 1
