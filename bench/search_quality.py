@@ -34,17 +34,16 @@ def read_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def reference_that_fits(space_file: Path, budget_gb: float) -> tuple[str, float]:
+def reference_that_fits(space, budget_gb: float) -> tuple[str, float, dict]:
+    """The budget's PMF reference: (reference:N:M, predicted GiB, architecture)."""
     from autopmf.memory import GIB, load_profile, reference_within_budget
-    from autopmf.space import load_space
 
-    space = load_space(space_file)
     found = reference_within_budget(space, int(budget_gb * GIB), load_profile(space))
     if found is None:
         raise SystemExit(f"no PMF reference design fits {budget_gb} GiB")
     arch, nbytes = found
     fused = space.fused_slots(arch)
-    return f"reference:{len(fused)}:{arch[f'prompt_{fused[0]}']}", nbytes / GIB
+    return f"reference:{len(fused)}:{arch[f'prompt_{fused[0]}']}", nbytes / GIB, arch
 
 
 def mean_and_range(scores: list[float]) -> str:
@@ -84,7 +83,10 @@ def main() -> None:
              "--supernet-scope", "budget" if supernet.get("budget_gb") else "full",
              "--supernet-from", str(args.run), "--out", str(random_run), "--quiet",
              "--resume"])
-    reference, reference_gb = reference_that_fits(Path(space_name), budget)
+    from autopmf.space import load_space
+
+    space = load_space(space_name)
+    reference, reference_gb, reference_arch = reference_that_fits(space, budget)
     common = ["--epochs", str(args.epochs), "--threads", "1", "--quiet", "--no-baselines",
               "--resume", "--data-seed", str(config["seed"])]
     designs = {
@@ -92,10 +94,22 @@ def main() -> None:
         "random": ["retrain", "--arch", str(random_run / "best_arch.yaml")],
         "reference": ["train", "--space", space_name, "--data", data, "--arch", reference],
     }
+    archs = {"search": read_yaml(args.run / "best_arch.yaml")["arch"],
+             "random": read_yaml(random_run / "best_arch.yaml")["arch"],
+             "reference": reference_arch}
+    # A design that is the same architecture as an earlier one (the random search often
+    # draws the evolution's winner) shares its retrains: same arch, seed and split.
+    trained_as = {}
+    for name, arch in archs.items():
+        trained_as[name] = next(n for n in archs if space.canonical(archs[n])
+                                == space.canonical(arch))
+
     def out_dir(name: str, seed: int) -> Path:
+        name = trained_as[name]
         return quality / (name if seed == 0 else f"{name}-s{seed}")
     jobs = [design + ["--seed", str(seed), "--out", str(out_dir(name, seed))] + common
-            for seed in range(args.seeds) for name, design in designs.items()]
+            for seed in range(args.seeds) for name, design in designs.items()
+            if trained_as[name] == name]
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(run, jobs))
 
@@ -106,6 +120,7 @@ def main() -> None:
         source = {"search": args.run, "random": random_run}.get(name)
         inherited = read_yaml(source / "best_arch.yaml") if source else {}
         rows[name] = {"arch": runs[0]["arch"], "fused_slots": runs[0]["fused_slots"],
+                      "retrained_as": trained_as[name],
                       "mem_gb": inherited.get("mem_gb", reference_gb),
                       "inherited_val": inherited.get("score"),
                       "val": [m["val_score"] for m in runs],
@@ -117,7 +132,8 @@ def main() -> None:
     for name, row in rows.items():
         slots = " ".join(f"{j}:M{row['arch'][f'prompt_{j}']}" for j in row["fused_slots"])
         inherited = "—" if row["inherited_val"] is None else f"{row['inherited_val']:.3f}"
-        print(f"| {name} | {slots} | {row['mem_gb']:.3f} | {inherited} | "
+        same = "" if row["retrained_as"] == name else f" (= {row['retrained_as']})"
+        print(f"| {name}{same} | {slots} | {row['mem_gb']:.3f} | {inherited} | "
               f"{mean_and_range(row['val'])} | {mean_and_range(row['test'])} |")
     print(json.dumps(rows))
 
