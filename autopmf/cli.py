@@ -273,9 +273,9 @@ def _add_warmup_option(p: argparse.ArgumentParser) -> None:
                    "half of --epochs)")
     p.add_argument("--warmup", choices=WARMUP_RULES, default="lowest",
                    help="which subnets the warm-up trains: lowest (default: the lowest slots "
-                   "that fit, shortest prompts; ranked best in BENCHMARKS.md), the largest "
-                   "within the budget, or a cover (subnets at the shortest prompts that "
-                   "between them fuse every slot, taken in turn)")
+                   "that fit, shortest prompts; its demo winner beats the PMF reference in "
+                   "BENCHMARKS.md), the largest within the budget, or a cover (subnets at "
+                   "the shortest prompts that between them fuse every slot, taken in turn)")
 
 
 def _add_resume_option(p: argparse.ArgumentParser) -> None:
