@@ -4,11 +4,12 @@ all retrained standalone the same way.
 
 Takes a finished `autopmf search` run (its supernet is reused, not retrained), runs the random
 search beside it (`RUN-random`), retrains the three designs with the same epochs and seeds,
-all on the search's data split (`RUN-quality/<name>[-sK]`, two at a time, one thread each), and
-prints one markdown table row per design (mean and range over the seeds) plus a JSON summary. Every step is a plain `autopmf` command and resumes: re-running
-skips what is finished.
+all on the search's data split (`RUN-quality/<name>[-sK]`, two at a time, one thread each),
+and prints one markdown table row per design (mean and range over the seeds) plus a JSON
+summary. Every step is a plain `autopmf` command and resumes: re-running skips what is
+finished.
 
-    python bench/search_quality.py runs/demo --epochs 5 --seeds 2
+    python bench/search_quality.py runs/demo --epochs 5 --seeds 3
 """
 
 from __future__ import annotations
@@ -99,10 +100,9 @@ def main() -> None:
              "reference": reference_arch}
     # A design that is the same architecture as an earlier one (the random search often
     # draws the evolution's winner) shares its retrains: same arch, seed and split.
-    trained_as = {}
-    for name, arch in archs.items():
-        trained_as[name] = next(n for n in archs if space.canonical(archs[n])
-                                == space.canonical(arch))
+    canonical = {name: space.canonical(arch) for name, arch in archs.items()}
+    trained_as = {name: next(n for n in archs if canonical[n] == canonical[name])
+                  for name in archs}
 
     def out_dir(name: str, seed: int) -> Path:
         name = trained_as[name]

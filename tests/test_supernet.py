@@ -312,7 +312,8 @@ def test_warmup_epochs_validate_only_the_warmup_subnet(tmp_path, cache_dir):
     profile = load_profile(space, device="cpu", num_classes=2)
     budget_gb = 0.9 * estimate_bytes(space, largest_arch(space), profile) / GIB
     run = train_supernet(space, DATA, tmp_path / "run",
-                         small_config(budget_gb=budget_gb, warmup_epochs=1, warmup="lowest"))
+                         small_config(budget_gb=budget_gb, warmup_epochs=1, warmup="lowest",
+                                      reference_val_examples=7))
     _, largest, (lowest,) = budget_fit(space, budget_gb, 2, "cpu", warmup="lowest")
     assert lowest != largest
     assert run.metrics["references"]["warmup"] == lowest
@@ -320,7 +321,10 @@ def test_warmup_epochs_validate_only_the_warmup_subnet(tmp_path, cache_dir):
     assert set(first["val"]) == {"warmup"}  # only the subnet that trained
     assert set(second["val"]) == {"largest", "smallest", "random_0", "random_1", "random_2",
                                   "warmup"}
-    assert 0 <= first["val"]["warmup"] <= 1
+    # Scored on the 7-example subset, not the whole validation split: accuracies in sevenths.
+    assert len(run.caches["val"]) > 7
+    for score in [*first["val"].values(), *second["val"].values()]:
+        assert abs(score * 7 - round(score * 7)) < 1e-6
 
     # A warm-up subnet that is also a reference keeps that reference's name.
     refs = reference_subnets(space, seed=0)

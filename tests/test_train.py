@@ -103,7 +103,7 @@ def test_predict_classifies_pairs_like_the_trained_model(trained, tmp_path, caps
                  "--text", "x"]) == 2
 
 
-def test_data_seed_option_keeps_the_split_while_seed_changes_the_init():
+def test_data_seed_option_reaches_the_train_config():
     from autopmf.cli import _train_config, build_parser
 
     def config(*argv):
