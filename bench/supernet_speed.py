@@ -2,14 +2,20 @@
 
 Without the cache every step runs the frozen encoders from the raw inputs (embeddings and all
 layers below the subnet's first fused slot, under no_grad); with it, a step starts from the
-cached streams at that slot. Both run the same subnets (sandwich rule, same seed) on the same
-batches, with the same optimizer step.
+cached streams at that slot. Both run the same subnets on the same batches, with the same
+optimizer step, in alternating blocks of steps (so a job running beside the benchmark slows
+both alike).
 
-    python bench/supernet_speed.py --space demo --steps 30 --threads 2
-    python bench/supernet_speed.py --space demo --steps 30 --threads 2 --budget-gb 0.3
+    python bench/supernet_speed.py --space demo --steps 30 --threads 1
+    python bench/supernet_speed.py --space demo --steps 30 --threads 1 --budget-gb 0.3
+    python bench/supernet_speed.py --space demo --steps 20 --threads 1 --budget-gb 0.3 \
+        --per-subnet
 
 `--budget-gb` samples as `autopmf search` trains its supernet by default: every subnet
 repaired into the budget (fewer, higher fused slots: more of each step is frozen prefix).
+`--per-subnet` times fixed subnets one by one instead of the sandwich mix: the smallest one
+(only the top slot fused, shortest prompts) skips the most and bounds the speedup any
+sampling rule can reach, since a mix's speedup is a weighted mean of its subnets'.
 """
 
 from __future__ import annotations
@@ -25,29 +31,46 @@ from autopmf.data.registry import load_dataset
 from autopmf.feature_store import feature_caches
 from autopmf.features import SlotCaches, encode_split
 from autopmf.metrics import loss_fn
+from autopmf.report import describe_arch
 from autopmf.space import load_space
 from autopmf.supernet_train import budget_fit
 from supernet.optim import step_used_only
-from supernet.sampling import ArchSampler
+from supernet.sampling import ArchSampler, largest_arch, smallest_arch
 from supernet.supernet import Supernet
 
+WARMUP_STEPS = 2  # per path, untimed: allocator, AdamW state
+BLOCK = 5  # steps of one path before switching to the other
 
-def time_steps(supernet, sampler, steps, batch_size, n, forward) -> float:
+
+def steps_per_second(supernet, paths: dict, draw, steps: int, batch_size: int,
+                     n: int) -> dict[str, float]:
+    """Steps/s of each path (name -> forward(rows, arch) -> (logits, labels)); step i of every
+    path trains subnet draw(i) on the same batch."""
     optimizer = torch.optim.AdamW([p for p in supernet.parameters() if p.requires_grad],
                                   lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    started = None
-    for step in range(steps + 2):
-        if step == 2:  # two warm-up steps (allocator, AdamW state)
-            started = time.perf_counter()
-        arch = sampler.sample(step)
-        rows = torch.randint(0, n, (batch_size,), generator=gen)
-        logits, labels = forward(rows, arch)
+    batches = torch.randint(0, n, (steps + WARMUP_STEPS, batch_size),
+                            generator=torch.Generator().manual_seed(0))
+
+    def run(forward, step):
+        arch = draw(step)
+        logits, labels = forward(batches[step], arch)
         loss = loss_fn("accuracy", logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         step_used_only(optimizer, supernet, supernet.used_regions(arch))
-    return steps / (time.perf_counter() - started)
+
+    for forward in paths.values():
+        for step in range(WARMUP_STEPS):
+            run(forward, step)
+    seconds = dict.fromkeys(paths, 0.0)
+    for first in range(WARMUP_STEPS, steps + WARMUP_STEPS, BLOCK):
+        block = range(first, min(first + BLOCK, steps + WARMUP_STEPS))
+        for name, forward in paths.items():
+            started = time.perf_counter()
+            for step in block:
+                run(forward, step)
+            seconds[name] += time.perf_counter() - started
+    return {name: steps / s for name, s in seconds.items()}
 
 
 def main() -> None:
@@ -58,15 +81,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget-gb", type=float, default=None,
                         help="sample only subnets repaired into this budget")
+    parser.add_argument("--per-subnet", action="store_true",
+                        help="time fixed subnets (smallest, largest within the budget, "
+                        "largest) one by one instead of the sandwich mix")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     space = load_space(args.space)
-    dataset = load_dataset(args.data)
+    dataset = load_dataset(args.data, image_size=space.image_size)
     backbone = build_backbone(space)
     torch.manual_seed(0)
     supernet = Supernet(space, backbone, len(dataset.label_names))
     fit, largest, _ = budget_fit(space, args.budget_gb, len(dataset.label_names), "cpu")
-    sampler = ArchSampler(space, "sandwich", seed=0, fit=fit, largest=largest)
     encoded = encode_split(dataset.train, backbone, space)
     t0 = time.perf_counter()
     lowest = feature_caches(space, dataset, backbone, supernet.lowest_fusable_slot,
@@ -85,17 +110,27 @@ def main() -> None:
         cache = slots.at(start)
         return supernet(cache.streams(rows), cache.slot, arch), cache.labels[rows]
 
-    without = time_steps(supernet, sampler, args.steps, space.batch_size, len(lowest),
-                         uncached)
-    with_cache = time_steps(supernet, sampler, args.steps, space.batch_size, len(lowest),
-                            cached)
-    print(json.dumps({"space": args.space, "threads": args.threads, "steps": args.steps,
-                      "budget_gb": args.budget_gb,
-                      "batch_size": space.batch_size,
-                      "steps_per_s_without_cache": round(without, 3),
-                      "steps_per_s_with_cache": round(with_cache, 3),
-                      "speedup": round(with_cache / without, 2),
-                      "cache_build_seconds": round(cache_seconds, 1)}))
+    paths = {"without_cache": uncached, "with_cache": cached}
+    if args.per_subnet:
+        subnets = {"smallest": smallest_arch(space), "largest": largest_arch(space)}
+        if largest is not None:
+            subnets["largest_within_budget"] = largest
+        draws = {name: (lambda step, arch=space.canonical(arch): arch)
+                 for name, arch in subnets.items()}
+    else:
+        sampler = ArchSampler(space, "sandwich", seed=0, fit=fit, largest=largest)
+        draws = {"sandwich": sampler.sample}
+    for name, draw in draws.items():
+        rates = steps_per_second(supernet, paths, draw, args.steps, space.batch_size,
+                                 len(lowest))
+        print(json.dumps({"space": args.space, "subnets": name,
+                          "arch": describe_arch(draw(0)) if args.per_subnet else None,
+                          "threads": args.threads, "steps": args.steps,
+                          "budget_gb": args.budget_gb, "batch_size": space.batch_size,
+                          "steps_per_s_without_cache": round(rates["without_cache"], 3),
+                          "steps_per_s_with_cache": round(rates["with_cache"], 3),
+                          "speedup": round(rates["with_cache"] / rates["without_cache"], 2),
+                          "cache_build_seconds": round(cache_seconds, 1)}), flush=True)
 
 
 if __name__ == "__main__":

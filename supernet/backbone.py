@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from autopmf.encoders.base import ImageEncoder, TextEncoder
-from supernet.fusion import Streams
+from supernet.fusion import Streams, kept_mask
 
 
 class FrozenBackbone(nn.Module):
@@ -36,11 +36,24 @@ class FrozenBackbone(nn.Module):
         index = self.image_layer_index(slot)
         return lambda tokens, mask, rows=None: self.image.run_layer(index, tokens, mask, rows)
 
-    def run_plain_slot(self, slot: int, streams: Streams) -> Streams:
+    def rows_kept(self, slot: int) -> tuple[slice | None, slice | None]:
+        """(text, image) rows of slot `slot`'s outputs that anything reads (None: all). Only
+        the heads read the top slot, and only its [CLS] rows: computing just those is exact
+        and skips most of the top layer's work, forward and backward."""
+        if slot < self.num_slots - 1:
+            return None, None
+        return self.text.feature_rows, self.image.feature_rows
+
+    def run_plain_slot(self, slot: int, streams: Streams,
+                       keep: tuple[slice | None, slice | None] = (None, None)) -> Streams:
+        """Slot `slot` without fusion; `keep`: the (text, image) output rows to compute."""
+        text_rows, image_rows = keep
         return Streams(
-            self.text.run_layer(self.text_layer_index(slot), streams.text, streams.text_mask),
-            streams.text_mask,
-            self.image.run_layer(self.image_layer_index(slot), streams.image, None))
+            self.text.run_layer(self.text_layer_index(slot), streams.text, streams.text_mask,
+                                text_rows),
+            kept_mask(streams.text_mask, text_rows),
+            self.image.run_layer(self.image_layer_index(slot), streams.image, None,
+                                 image_rows))
 
     @torch.no_grad()
     def encode_until(self, batch: dict[str, torch.Tensor], slot: int) -> Streams:

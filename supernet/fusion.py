@@ -54,6 +54,11 @@ class SlicedMLP(nn.Module):
         return self.norm(F.linear(x, self.fc2.weight[:, :h], self.fc2.bias))
 
 
+def kept_mask(mask: torch.Tensor, rows: slice | None) -> torch.Tensor:
+    """The text mask of a stream of which only `rows` were computed (None: all)."""
+    return mask if rows is None else mask[:, rows]
+
+
 def _prompt(rows: int, dim: int) -> nn.Parameter:
     return nn.Parameter(torch.randn(rows, dim) * PROMPT_INIT_STD)
 
@@ -75,7 +80,9 @@ class FusionSlot(nn.Module):
         self.image_to_text = SlicedMLP(d_image, size.mapping_hidden, d_text)
 
     def forward(self, streams: Streams, text_layer: LayerFn, image_layer: LayerFn,
-                active: SlotConfig | None = None) -> Streams:
+                active: SlotConfig | None = None,
+                keep: tuple[slice | None, slice | None] = (None, None)) -> Streams:
+        """`keep`: the (text, image) rows of the slot's outputs to compute (None: all)."""
         cfg = active or self.size
         text, mask, image = streams.text, streams.text_mask, streams.image
         n_text, n_image, batch = text.shape[1], image.shape[1], text.shape[0]
@@ -100,15 +107,16 @@ class FusionSlot(nn.Module):
         to_text = self.image_to_text(image_q, cfg.mapping_hidden)
 
         # Fusion stage: each encoder attends to the other's mapped queries; the appended
-        # positions are dropped so each residual stream keeps its length.
+        # positions are dropped so each residual stream keeps its length (or `keep`'s rows).
+        text_rows, image_rows = keep
         image_out = image_layer(
             torch.cat([image, rows(self.image_fusion_context, cfg.fusion_context_len),
-                       to_image], dim=1), None, slice(0, n_image))
+                       to_image], dim=1), None, image_rows or slice(0, n_image))
         text_out = text_layer(
             torch.cat([text, rows(self.text_fusion_context, cfg.fusion_context_len),
                        to_text], dim=1),
-            with_prompts(cfg.fusion_context_len + q), slice(0, n_text))
-        return Streams(text_out, mask, image_out)
+            with_prompts(cfg.fusion_context_len + q), text_rows or slice(0, n_text))
+        return Streams(text_out, kept_mask(mask, text_rows), image_out)
 
     def used_regions(self, active: SlotConfig) -> dict[str, tuple[slice, ...]]:
         """The part of each parameter that a subnet with `active` sizes reads."""

@@ -29,13 +29,14 @@ def run_slots(backbone: FrozenBackbone, heads: TwoHeads, streams: Streams, start
     grad_enabled = torch.is_grad_enabled()
     for slot in range(start_slot, backbone.num_slots):
         # Below the first fused slot nothing trainable has acted yet: no autograd needed.
+        keep = backbone.rows_kept(slot)
         with torch.set_grad_enabled(grad_enabled and slot >= first_fused):
             if slot in fused:
                 module, active = fused[slot]
                 streams = module(streams, backbone.text_layer_fn(slot),
-                                 backbone.image_layer_fn(slot), active)
+                                 backbone.image_layer_fn(slot), active, keep)
             else:
-                streams = backbone.run_plain_slot(slot, streams)
+                streams = backbone.run_plain_slot(slot, streams, keep)
     return heads(*backbone.cls_features(streams))
 
 

@@ -136,6 +136,30 @@ def test_layers_below_first_fused_slot_save_nothing_for_backward(space, backbone
     assert ("text", first_text) in saved_by and ("image", first_image) in saved_by
 
 
+@pytest.mark.parametrize("fused", [{0: 2}, {1: 4, 2: 2}])  # top slot plain, then fused
+def test_top_slot_computing_only_the_cls_rows_changes_nothing(space, backbone, batch,
+                                                              monkeypatch, fused):
+    model = model_for(space, backbone, arch_of(space, fused))
+    top = backbone.num_slots - 1
+    assert backbone.rows_kept(top) == (slice(0, 1), slice(0, 1))
+    assert backbone.rows_kept(top - 1) == (None, None)
+
+    def logits_and_grads():
+        model.zero_grad(set_to_none=True)
+        logits = model(batch)
+        logits.pow(2).sum().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                 if p.requires_grad}
+
+    kept_logits, kept_grads = logits_and_grads()
+    monkeypatch.setattr(type(backbone), "rows_kept", lambda self, slot: (None, None))
+    all_logits, all_grads = logits_and_grads()
+    torch.testing.assert_close(kept_logits, all_logits, atol=1e-5, rtol=1e-5)
+    assert kept_grads.keys() == all_grads.keys()
+    for name, grad in kept_grads.items():
+        torch.testing.assert_close(grad, all_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_cached_streams_give_the_same_output(space, backbone, batch):
     model = model_for(space, backbone, arch_of(space, {1: 2, 2: 1}))
     with torch.no_grad():

@@ -22,6 +22,9 @@ class FrozenEncoder(nn.Module):
     depth: int
     num_heads: int
     name: str
+    # The rows of the final tokens that `cls_feature` reads: the top slot computes only these
+    # (None: every row, for an encoder that pools over all tokens).
+    feature_rows: slice | None = slice(0, 1)
 
     def freeze(self) -> None:
         for p in self.parameters():

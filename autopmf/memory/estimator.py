@@ -34,13 +34,17 @@ def estimate_bytes(space: SearchSpace, arch: Mapping[str, int], profile: MemoryP
     try:
         configs = space.slot_configs(arch, profile.mapping_hidden)
         first = min(configs, default=profile.num_slots)
+        top = profile.num_slots - 1
         chain: list[UnitCost] = []  # one unit per slot from the first fused one, then the heads
         for slot in range(first, profile.num_slots):
             if slot not in configs:
-                chain.append(profile.plain)
+                chain.append(profile.top_plain if slot == top else profile.plain)
+                continue
+            if slot == first:
+                table = profile.top_first_fused if slot == top else profile.first_fused
             else:
-                table = profile.first_fused if slot == first else profile.fused
-                chain.append(table[config_key(configs[slot])])
+                table = profile.top_fused if slot == top else profile.fused
+            chain.append(table[config_key(configs[slot])])
     except KeyError as exc:
         raise AutopmfError(f"architecture {dict(arch)} does not fit this memory profile (no "
                            f"{exc}): build the profile with load_profile() for space "

@@ -32,7 +32,7 @@ import torch
 from autopmf.errors import AutopmfError
 from autopmf.space import SearchSpace, SlotConfig
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2  # 2: the top slot computes only the rows the heads read
 DEVICE_KINDS = ("cpu", "cuda")
 # The code that decides what a training step allocates: a profile built by other code is stale.
 MODEL_CODE = ("supernet.backbone", "supernet.fusion", "supernet.pmf", "autopmf.build",
@@ -79,7 +79,11 @@ class MemoryProfile:
     plain: UnitCost  # a slot that does not fuse, above the first fused one
     fused: dict[str, UnitCost]  # by slot-config key: a fused slot above the first
     first_fused: dict[str, UnitCost]  # the first fused slot (its input carries no grad)
-    heads: UnitCost  # heads and loss over streams that carry grad
+    # The same three kinds at the top slot, which computes only the rows the heads read.
+    top_plain: UnitCost
+    top_fused: dict[str, UnitCost]
+    top_first_fused: dict[str, UnitCost]
+    heads: UnitCost  # heads and loss over the top slot's outputs (they carry grad)
     heads_only: UnitCost  # ... over streams that do not (nothing fused)
     full_finetune: int  # peak of a step that trains every weight (no prompts)
 
@@ -103,6 +107,9 @@ class MemoryProfile:
             plain=unit(data["plain"]),
             fused={k: unit(u) for k, u in data["fused"].items()},
             first_fused={k: unit(u) for k, u in data["first_fused"].items()},
+            top_plain=unit(data["top_plain"]),
+            top_fused={k: unit(u) for k, u in data["top_fused"].items()},
+            top_first_fused={k: unit(u) for k, u in data["top_first_fused"].items()},
             heads=unit(data["heads"]), heads_only=unit(data["heads_only"]),
             full_finetune=data["full_finetune"])
 

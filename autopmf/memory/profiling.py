@@ -66,21 +66,31 @@ def build_profile(space: SearchSpace, backbone: FrozenBackbone, device: str = "c
         prefix, inputs = {}, {}
         for slot in range(backbone.num_slots + 1):
             prefix[slot], inputs[slot] = sim.prefix(slot)
-        # Every unit above the first fused slot reads streams that a layer wrote.
+        # Every unit above the first fused slot reads streams that a layer wrote; the heads
+        # read the top slot's, which keeps only the rows they read.
+        all_rows, top_rows = (None, None), backbone.rows_kept(top)
         with sim.autocast():
             layer_out = backbone.run_plain_slot(top, inputs[top])
+            top_out = backbone.run_plain_slot(top, inputs[top], top_rows)
 
-        def plain(streams):
-            return backbone.run_plain_slot(top, streams)
-
-        def fused_cost(cfg: SlotConfig, first: bool) -> UnitCost:
-            slot = FusionSlot(d_text, d_image, cfg)
-
+        def plain_cost(keep) -> UnitCost:
             def run(streams):
-                return slot(streams, backbone.text_layer_fn(top), backbone.image_layer_fn(top))
+                return backbone.run_plain_slot(top, streams, keep)
 
-            return sim.link(run, inputs[top] if first else layer_out, slot.parameters(),
-                            inputs_need_grad=not first)
+            return sim.link(run, layer_out, [], inputs_need_grad=True)
+
+        def fused_costs(first: bool, keep) -> dict[str, UnitCost]:
+            def cost(cfg: SlotConfig) -> UnitCost:
+                slot = FusionSlot(d_text, d_image, cfg)
+
+                def run(streams):
+                    return slot(streams, backbone.text_layer_fn(top),
+                                backbone.image_layer_fn(top), keep=keep)
+
+                return sim.link(run, inputs[top] if first else layer_out, slot.parameters(),
+                                inputs_need_grad=not first)
+
+            return {config_key(c): cost(c) for c in configs}
 
         _check_stream_dtypes(inputs, layer_out)
         configs = slot_configs_of_space(space, mapping_hidden)
@@ -91,10 +101,13 @@ def build_profile(space: SearchSpace, backbone: FrozenBackbone, device: str = "c
             runtime=CUDA_CUBLAS_WORKSPACES if device == "cuda" else 0,
             optimizer=sim.optimizer,
             prefix=prefix,
-            plain=sim.link(plain, layer_out, [], inputs_need_grad=True),
-            fused={config_key(c): fused_cost(c, first=False) for c in configs},
-            first_fused={config_key(c): fused_cost(c, first=True) for c in configs},
-            heads=sim.heads(heads, layer_out, inputs_need_grad=True),
+            plain=plain_cost(all_rows),
+            fused=fused_costs(first=False, keep=all_rows),
+            first_fused=fused_costs(first=True, keep=all_rows),
+            top_plain=plain_cost(top_rows),
+            top_fused=fused_costs(first=False, keep=top_rows),
+            top_first_fused=fused_costs(first=True, keep=top_rows),
+            heads=sim.heads(heads, top_out, inputs_need_grad=True),
             heads_only=sim.heads(heads, inputs[backbone.num_slots], inputs_need_grad=False),
             full_finetune=0)
         # Last: it makes every (fake) weight trainable.
