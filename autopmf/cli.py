@@ -15,8 +15,8 @@ DEMO_DATA = "digits"  # identity statements, no negation: PMF learns them on a C
 # epochs of one fixed subnet first, that subnet leaves chance (BENCHMARKS.md).
 DEFAULT_WARMUP_EPOCHS = 3
 # Demo space on CPU: all-off needs 0.18 GiB, everything fused 0.39. It was 0.30 until the top
-# slot began computing only the [CLS] rows, which cut every fused design's peak by ~15 MiB:
-# 0.285 keeps nearly the same designs in and out (BENCHMARKS.md).
+# slot began computing only the [CLS] rows, which cut every fused design's peak by 12-17 MiB:
+# 0.285 keeps nearly the same designs in and out (BENCHMARKS.md, the demo section).
 DEMO_BUDGET_GB = 0.285
 
 
