@@ -7,8 +7,8 @@ optimizer step, in alternating blocks of steps (so a job running beside the benc
 both alike).
 
     python bench/supernet_speed.py --space demo --steps 30 --threads 1
-    python bench/supernet_speed.py --space demo --steps 30 --threads 1 --budget-gb 0.3
-    python bench/supernet_speed.py --space demo --steps 20 --threads 1 --budget-gb 0.3 \
+    python bench/supernet_speed.py --space demo --steps 30 --threads 1 --budget-gb 0.285
+    python bench/supernet_speed.py --space demo --steps 20 --threads 1 --budget-gb 0.285 \
         --per-subnet
 
 `--budget-gb` samples as `autopmf search` trains its supernet by default: every subnet
