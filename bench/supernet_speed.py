@@ -14,8 +14,9 @@ both alike).
 `--budget-gb` samples as `autopmf search` trains its supernet by default: every subnet
 repaired into the budget (fewer, higher fused slots: more of each step is frozen prefix).
 `--per-subnet` times fixed subnets one by one instead of the sandwich mix: the smallest one
-(only the top slot fused, shortest prompts) skips the most and bounds the speedup any
-sampling rule can reach, since a mix's speedup is a weighted mean of its subnets'.
+(only the top slot fused, shortest prompts) skips the most frozen layers and runs the fewest
+trainable ones. A mix's speedup (summed uncached over summed cached step time) is never above
+that of its best subnet.
 """
 
 from __future__ import annotations
