@@ -18,25 +18,17 @@ from typing import Any, Mapping
 import yaml
 
 from autopmf.errors import AutopmfError
-
-Architecture = dict[str, int]
+# The model's own vocabulary, re-exported here for callers that import it from the space.
+from supernet.config import Architecture, SlotConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PROMPT_MODES = ("shared", "split")
 
 
 @dataclass(frozen=True)
-class SlotConfig:
-    """What one fused slot needs: its prompt lengths and its mapping MLP's hidden size."""
-
-    query_len: int  # QP length M: also the number of tokens passed to the other encoder
-    query_context_len: int  # QCP length
-    fusion_context_len: int  # FCP length
-    mapping_hidden: int
-
-
-@dataclass(frozen=True)
 class SearchSpace:
+    """A search space; it is the `supernet.config.SubnetSpace` that the model side reads."""
+
     name: str
     text_encoder: str
     image_encoder: str

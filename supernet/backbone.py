@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autopmf.encoders.base import ImageEncoder, TextEncoder
+from supernet.encoder import ImageEncoder, TextEncoder
 from supernet.fusion import Streams, kept_mask
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from autopmf.space import SlotConfig
+from supernet.config import SlotConfig
 
 PROMPT_INIT_STD = 0.02  # the paper's N(0, 0.02)
 

@@ -12,8 +12,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from autopmf.space import SlotConfig
 from supernet.backbone import FrozenBackbone, TwoHeads
+from supernet.config import SlotConfig
 from supernet.fusion import FusionSlot, Streams
 from supernet.weights import load_trainable_state, trainable_state
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from typing import Callable, Mapping, Sequence
 
-from autopmf.space import Architecture, SearchSpace
+from supernet.config import Architecture, SubnetSpace
 
 SAMPLING_RULES = ("uniform", "sandwich")
 # Which fixed subnets the warm-up trains: the largest within the budget; subnets that between
@@ -21,12 +21,12 @@ WARMUP_RULES = ("largest", "cover", "lowest")
 Fit = Callable[[Mapping[str, int]], "Architecture | None"]
 
 
-def largest_arch(space: SearchSpace) -> Architecture:
+def largest_arch(space: SubnetSpace) -> Architecture:
     """Every fusable slot fused, every choice at its largest value."""
     return {key: max(values) for key, values in space.choices().items()}
 
 
-def smallest_arch(space: SearchSpace) -> Architecture:
+def smallest_arch(space: SubnetSpace) -> Architecture:
     """Only the top fusable slot fused, every choice at its smallest value (the smallest subnet
     that still fuses: the all-off subnet trains nothing but the heads)."""
     arch = {key: min(values) for key, values in space.choices().items()}
@@ -34,7 +34,7 @@ def smallest_arch(space: SearchSpace) -> Architecture:
     return arch
 
 
-def _fitted(space: SearchSpace, arch: Mapping[str, int], fit: Fit | None) -> Architecture:
+def _fitted(space: SubnetSpace, arch: Mapping[str, int], fit: Fit | None) -> Architecture:
     fitted = arch if fit is None else fit(arch)
     if fitted is None:  # nothing near it fits: nothing fused, the cheapest subnet there is
         fitted = {key: min(values) for key, values in space.choices().items()}
@@ -50,7 +50,7 @@ class ArchSampler:
     it fits, exactly as the search's candidates are — so the supernet spends its steps on the
     architectures that can win, not on ones the budget rules out."""
 
-    def __init__(self, space: SearchSpace, rule: str = "uniform", seed: int = 0,
+    def __init__(self, space: SubnetSpace, rule: str = "uniform", seed: int = 0,
                  fit: Fit | None = None, largest: Architecture | None = None,
                  warmup_steps: int = 0, warmup_archs: Sequence[Architecture] | None = None):
         if rule not in SAMPLING_RULES:
@@ -78,7 +78,7 @@ class ArchSampler:
         return _fitted(self.space, arch, self.fit)
 
 
-def reference_subnets(space: SearchSpace, seed: int = 0, n_random: int = 3,
+def reference_subnets(space: SubnetSpace, seed: int = 0, n_random: int = 3,
                       fit: Fit | None = None, largest: Architecture | None = None
                       ) -> dict[str, Architecture]:
     """The fixed subnets validated after every supernet epoch: comparable across epochs

@@ -13,14 +13,14 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from autopmf.space import SearchSpace, SlotConfig
 from supernet.backbone import FrozenBackbone, TwoHeads
+from supernet.config import SlotConfig, SubnetSpace
 from supernet.fusion import FusionSlot, Streams
 from supernet.pmf import PMFModel, run_slots
 from supernet.weights import trainable_state
 
 
-def largest_slot(space: SearchSpace, default_mapping_hidden: int) -> SlotConfig:
+def largest_slot(space: SubnetSpace, default_mapping_hidden: int) -> SlotConfig:
     longest = max(space.prompt_lengths)
     return SlotConfig(longest, longest, longest,
                       max(space.mapping_hidden) if space.mapping_hidden
@@ -28,7 +28,7 @@ def largest_slot(space: SearchSpace, default_mapping_hidden: int) -> SlotConfig:
 
 
 class Supernet(nn.Module):
-    def __init__(self, space: SearchSpace, backbone: FrozenBackbone, num_classes: int):
+    def __init__(self, space: SubnetSpace, backbone: FrozenBackbone, num_classes: int):
         super().__init__()
         self.space = space
         self.backbone = backbone

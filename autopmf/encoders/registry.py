@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from autopmf.encoders.base import ImageEncoder, TextEncoder
 from autopmf.errors import AutopmfError
+from supernet.encoder import ImageEncoder, TextEncoder
 
 
 # Randomly initialised encoders of published shapes: what memory depends on, without weights.

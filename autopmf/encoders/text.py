@@ -7,7 +7,7 @@ import hashlib
 import torch
 from transformers import BertConfig, BertModel
 
-from autopmf.encoders.base import TextEncoder, attend, first_tensor
+from supernet.encoder import TextEncoder, attend, first_tensor
 
 
 class BertTextEncoder(TextEncoder):

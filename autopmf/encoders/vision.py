@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import Dinov2Config, Dinov2Model
 
-from autopmf.encoders.base import ImageEncoder, attend, first_tensor
+from supernet.encoder import ImageEncoder, attend, first_tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

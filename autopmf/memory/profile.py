@@ -19,9 +19,10 @@ batch, lengths, precision, device kind, number of classes, prompt choices) and c
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 import hashlib
-import importlib
 import json
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -30,16 +31,15 @@ from pathlib import Path
 import torch
 
 from autopmf.errors import AutopmfError
-from autopmf.space import SearchSpace, SlotConfig
+from autopmf.space import SearchSpace
+from supernet.config import SlotConfig
 
 PROFILE_VERSION = 2  # 2: the top slot computes only the rows the heads read
 DEVICE_KINDS = ("cpu", "cuda")
-# The code that decides what a training step allocates: a profile built by other code is stale.
-MODEL_CODE = ("supernet.backbone", "supernet.fusion", "supernet.pmf", "autopmf.build",
-              "autopmf.encoders.base", "autopmf.encoders.registry", "autopmf.encoders.text",
-              "autopmf.encoders.vision", "autopmf.metrics", "autopmf.train",
-              "autopmf.memory.finetune", "autopmf.memory.measure", "autopmf.memory.profiling",
-              "autopmf.memory.simulate")
+# The code that decides what a training step allocates is the profile builder and everything it
+# imports from these packages (`model_code`): a profile built by other code is stale.
+PROFILE_BUILDER = "autopmf.memory.profiling"
+PROJECT_PACKAGES = ("autopmf", "supernet")
 
 
 @dataclass(frozen=True)
@@ -144,9 +144,64 @@ def profile_key(space: SearchSpace, device: str, num_classes: int) -> dict:
 
 def code_fingerprint() -> str:
     digest = hashlib.sha256()
-    for name in MODEL_CODE:
-        digest.update(Path(importlib.import_module(name).__file__).read_bytes())
+    for name in model_code():
+        digest.update(_source(name).read_bytes())
     return digest.hexdigest()[:16]
+
+
+@functools.cache
+def model_code() -> tuple[str, ...]:
+    """The modules of this project that `PROFILE_BUILDER` imports, directly or through each
+    other (imports inside functions count; those under `if TYPE_CHECKING:` never run and do
+    not), sorted by name. Derived from the source, so a new or renamed module is never missed."""
+    found: set[str] = set()
+    todo = [PROFILE_BUILDER]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        tree = ast.parse(_source(name).read_bytes())
+        todo.extend(_project_imports(tree))
+    return tuple(sorted(found))
+
+
+def _source(module: str) -> Path | None:
+    """The file of one of this project's modules (None: not a module), found without
+    importing it: both packages sit side by side, here or in site-packages."""
+    path = Path(__file__).resolve().parents[2].joinpath(*module.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _project_imports(tree: ast.AST) -> list[str]:
+    def is_type_checking(node: ast.AST) -> bool:
+        test = getattr(node, "test", None)
+        return isinstance(node, ast.If) and (
+            isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
+            or isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+    def ours(name: str) -> bool:
+        return name.split(".")[0] in PROJECT_PACKAGES
+
+    out: list[str] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if is_type_checking(node):
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names if ours(a.name)]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and ours(node.module or ""):
+            # `from package import module` imports the module; `from module import name` not.
+            submodules = [f"{node.module}.{a.name}" for a in node.names
+                          if _source(f"{node.module}.{a.name}") is not None]
+            out += submodules or [node.module]
+        stack.extend(ast.iter_child_nodes(node))
+    return out
 
 
 def cache_path(key: dict) -> Path:

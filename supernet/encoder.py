@@ -3,6 +3,7 @@
 PMF runs an encoder layer by layer and appends prompt tokens between layers, so an encoder is
 seen as: `embed` (inputs -> token sequence), `run_layer(i, tokens, key_mask)`, and
 `cls_feature` (final tokens -> the [CLS] vector the head reads). Every parameter is frozen.
+The adapters that implement it for real models live in `autopmf.encoders`.
 """
 
 from __future__ import annotations
