@@ -83,30 +83,39 @@ def supernet_fingerprint(space: SearchSpace, data_spec: str, cfg: SupernetConfig
 
 
 def budget_fit(space: SearchSpace, budget_gb: float | None, num_classes: int, device: str,
-               warmup: str = "largest"):
+               warmup: str = "lowest"):
     """(fit, largest, warmup subnets) for a sampler restricted to `budget_gb`: the search's
     repair into the budget, the largest architecture within it, and the subnets the warm-up
     trains (that largest one, a cover of every slot, or the cover's first subnet: the lowest
-    slots); (None, None, None) without a budget: the space's largest then fuses every slot."""
+    slots). Without a budget every subnet is allowed: fit and largest are None (the sampler
+    then draws from the whole space, whose largest fuses every slot), and the warm-up rule
+    picks among all subnets (the cover is then one subnet fusing every slot)."""
     if warmup not in WARMUP_RULES:
         raise ValueError(f"warm-up rule {warmup!r} is not one of {WARMUP_RULES}")
-    if budget_gb is None:
-        return None, None, None
-    from autopmf.memory import GIB, estimate_bytes, load_profile
     from autopmf.nni_space import covering_within, largest_within, repair
 
-    profile = load_profile(space, device="cuda" if device.startswith("cuda") else "cpu",
-                           num_classes=num_classes)
-    budget_bytes = int(budget_gb * GIB)
+    if budget_gb is None:
+        budget_bytes = 0
 
-    def estimate(arch):
-        return estimate_bytes(space, arch, profile)
+        def estimate(arch):
+            return 0  # everything fits
+    else:
+        from autopmf.memory import GIB, estimate_bytes, load_profile
+
+        profile = load_profile(space, device="cuda" if device.startswith("cuda") else "cpu",
+                               num_classes=num_classes)
+        budget_bytes = int(budget_gb * GIB)
+
+        def estimate(arch):
+            return estimate_bytes(space, arch, profile)
     largest = largest_within(space, estimate, budget_bytes)
     if warmup == "largest":
         warmup_archs = [largest]
     else:
         cover = covering_within(space, estimate, budget_bytes)
         warmup_archs = cover if warmup == "cover" else cover[:1]
+    if budget_gb is None:
+        return None, None, warmup_archs
     return lambda arch: repair(space, arch, estimate, budget_bytes), largest, warmup_archs
 
 

@@ -269,15 +269,39 @@ def test_cover_warmup_fuses_every_slot_within_the_budget_in_turn():
     assert set().union(*(space.fused_slots(a) for a in cover)) == set(space.fusable_slots)
     for arch in cover:  # at the shortest prompts: only which slots fuse differs
         assert arch == fusing(*space.fused_slots(arch))
-    assert budget_fit(space, budget_gb, 2, "cpu")[2] == [largest]  # the default rule
+    assert budget_fit(space, budget_gb, 2, "cpu", warmup="largest")[2] == [largest]
     lowest = budget_fit(space, budget_gb, 2, "cpu", warmup="lowest")[2]
     assert lowest == cover[:1] and min(space.fusable_slots) in space.fused_slots(lowest[0])
-    assert budget_fit(space, None, 2, "cpu", warmup="cover") == (None, None, None)
+    # The default rule is the CLI's and the config's.
+    assert budget_fit(space, budget_gb, 2, "cpu")[2] == lowest
+    assert SupernetConfig().warmup == "lowest"
 
     sampler = ArchSampler(space, "sandwich", seed=0, largest=largest, warmup_steps=7,
                           warmup_archs=cover)
     assert [sampler.sample(s) for s in range(7)] == [cover[s % len(cover)] for s in range(7)]
     assert sampler.sample(9) == largest  # then the sandwich, whose top is still the largest
+
+
+def test_the_warmup_rule_holds_without_a_budget(tmp_path, cache_dir):
+    """Without a budget (`--supernet-scope full`, or `autopmf supernet` without
+    --budget-gb) every subnet is allowed, and the warm-up rule picks among them all: it once
+    trained the largest subnet whatever the rule said (issue 18)."""
+    from autopmf.supernet_train import budget_fit
+
+    space = tiny_space()
+    shortest = {k: min(v) for k, v in space.choices().items()}
+    every_slot = space.canonical({**shortest, **{f"fusion_{j}": 1 for j in space.fusable_slots}})
+    assert every_slot != space.canonical(largest_arch(space))
+    assert budget_fit(space, None, 2, "cpu", warmup="lowest") == (None, None, [every_slot])
+    assert budget_fit(space, None, 2, "cpu", warmup="cover") == (None, None, [every_slot])
+    assert budget_fit(space, None, 2, "cpu", warmup="largest") == (
+        None, None, [space.canonical(largest_arch(space))])
+
+    run = train_supernet(space, DATA, tmp_path / "run",
+                         small_config(epochs=1, warmup_epochs=1, warmup="lowest",
+                                      reference_val_examples=7))
+    assert run.metrics["references"]["warmup"] == every_slot
+    assert set(run.metrics["history"][0]["val"]) == {"warmup"}
 
 
 def test_cli_warmup_defaults_to_three_epochs_but_at_most_half():
