@@ -27,45 +27,13 @@ import numpy as np
 import yaml
 
 from autopmf.errors import AutopmfError
+from autopmf.ranking import average_ranks, kendall_tau_b, seed_agreement, spearman_rho
 from autopmf.report import CONFIG_NAME, describe_arch, summarize
 from autopmf.space import space_from_dict
 
 SUBDIR = "validate"
 SUMMARY = "validate.json"
 PLOT = "validate.png"
-
-
-# ----- rank correlation ------------------------------------------------------------------
-def average_ranks(values: Sequence[float]) -> np.ndarray:
-    """Ranks 1..n; tied values share the mean of the ranks they span."""
-    x = np.asarray(values, dtype=float)
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    start = 0
-    while start < len(x):
-        end = start
-        while end + 1 < len(x) and x[order[end + 1]] == x[order[start]]:
-            end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
-
-
-def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation of the average ranks; NaN when either side is constant."""
-    rx, ry = average_ranks(x) - (len(x) + 1) / 2, average_ranks(y) - (len(y) + 1) / 2
-    denom = math.sqrt(float(rx @ rx) * float(ry @ ry))
-    return float(rx @ ry) / denom if denom > 0 else math.nan
-
-
-def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b: (concordant - discordant) / sqrt(pairs untied in x * pairs untied in
-    y), so ties on either side neither count for nor against; NaN when a side is constant."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    i, j = np.triu_indices(len(x), k=1)
-    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    denom = math.sqrt(float(np.count_nonzero(sx)) * float(np.count_nonzero(sy)))
-    return float(np.sum(sx * sy)) / denom if denom > 0 else math.nan
 
 
 # ----- choosing the architectures --------------------------------------------------------
@@ -179,17 +147,6 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None  # JSON has no NaN
 
 
-def seed_agreement(per_seed: Sequence[Sequence[float]]) -> float | None:
-    """Mean Kendall tau-b over every pair of seeds between their standalone scores (rows:
-    architectures, columns: seeds): the ceiling that noise in standalone training puts on any
-    supernet's tau. None with one seed, or when no pair is defined."""
-    columns = list(zip(*per_seed))
-    taus = [kendall_tau_b(columns[a], columns[b])
-            for a in range(len(columns)) for b in range(a + 1, len(columns))]
-    taus = [t for t in taus if math.isfinite(t)]
-    return sum(taus) / len(taus) if taus else None
-
-
 def validate_run(run: str | Path, archs: int = 10, epochs: int = 8, device: str = "cpu",
                  progress: bool = True, force: bool = False, seeds: int = 1) -> dict:
     """Retrain `archs` of the run's candidates (`seeds` times each) and correlate inherited
@@ -238,7 +195,7 @@ def validate_run(run: str | Path, archs: int = 10, epochs: int = 8, device: str 
               "seeds": seeds,
               "kendall_tau": _finite_or_none(kendall_tau_b(inherited, standalone)),
               "spearman_rho": _finite_or_none(spearman_rho(inherited, standalone)),
-              "seed_kendall_tau": seed_agreement([r["val_scores"] for r in rows]),
+              "seed_kendall_tau": _finite_or_none(seed_agreement([r["val_scores"] for r in rows])),
               "archs": rows}
     folder = run / SUBDIR
     result["plot"] = str(write_scatter(folder / PLOT, result))

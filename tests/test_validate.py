@@ -17,8 +17,8 @@ from autopmf.errors import AutopmfError
 from autopmf.memory import GIB, load_profile, max_memory_arch, min_memory_arch
 from autopmf.search import SearchConfig, run_search
 from autopmf.supernet_train import SupernetConfig
-from autopmf.validate import (average_ranks, candidates, kendall_tau_b, seed_agreement,
-                              select_spread, spearman_rho, validate_run)
+from autopmf.ranking import kendall_tau_b
+from autopmf.validate import candidates, select_spread, validate_run
 from tests.conftest import tiny_space
 
 DATA = "digits:examples_per_image=1"
@@ -27,43 +27,6 @@ DATA = "digits:examples_per_image=1"
 VQA = "easyvqa:image_fraction=0.1,max_questions_per_image=4"
 needs_easyvqa = pytest.mark.skipif(importlib.util.find_spec("easy_vqa") is None,
                                    reason="easy-vqa not installed (scripts/install.sh)")
-
-
-# ----- rank correlation ------------------------------------------------------------------
-@pytest.mark.parametrize("seed", range(20))
-def test_tau_b_and_rho_match_scipy_on_data_with_ties(seed):
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(3, 40))
-    x = rng.integers(0, 6, n).astype(float)  # few distinct values: many ties
-    y = np.round(x * rng.uniform(-1, 1) + rng.normal(0, 2, n))
-    if len(set(x)) == 1 or len(set(y)) == 1:
-        pytest.skip("constant side: covered by its own test")
-    assert kendall_tau_b(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
-    assert spearman_rho(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
-
-
-def test_hand_computed_cases():
-    # (1,2,3) vs (1,3,2): 2 concordant pairs, 1 discordant; rank differences 0,1,1.
-    assert kendall_tau_b([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
-    assert spearman_rho([1, 2, 3], [1, 3, 2]) == pytest.approx(1 - 6 * 2 / (3 * 8))
-    assert list(average_ranks([5, 1, 5, 3])) == [3.5, 1.0, 3.5, 2.0]
-    # One tie in x: tau-b = (C - D) / sqrt(untied x pairs * untied y pairs) = 2 / sqrt(2 * 3).
-    assert kendall_tau_b([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / math.sqrt(6))
-
-
-def test_a_constant_side_has_no_correlation():
-    assert math.isnan(kendall_tau_b([1, 2, 3], [4, 4, 4]))
-    assert math.isnan(spearman_rho([2, 2, 2], [1, 2, 3]))
-
-
-def test_seed_agreement_is_the_mean_tau_over_pairs_of_seeds():
-    # Rows: architectures; columns: seeds a, b, c.
-    per_seed = [[0.5, 0.6, 0.9], [0.7, 0.8, 0.6], [0.6, 0.5, 0.7], [0.9, 0.7, 0.8]]
-    a, b, c = zip(*per_seed)
-    pairs = [stats.kendalltau(a, b)[0], stats.kendalltau(a, c)[0], stats.kendalltau(b, c)[0]]
-    assert seed_agreement(per_seed) == pytest.approx(np.mean(pairs))
-    assert seed_agreement([[0.5], [0.7]]) is None  # one seed: nothing to agree with
-    assert seed_agreement([[0.5, 0.5], [0.5, 0.5]]) is None  # constant: undefined, not 0
 
 
 # ----- choosing the architectures --------------------------------------------------------
