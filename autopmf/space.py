@@ -145,7 +145,14 @@ class SearchSpace:
 
 
 # ----- loading ---------------------------------------------------------------------------
-_BUILTIN_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# The top-level search_spaces/ of a checkout (autopmf/search_spaces links to it), or the copy
+# an install ships as package data.
+_BUILTIN_DIR = (Path(__file__).resolve().parent / "search_spaces").resolve()
+
+
+def builtin_spaces() -> list[str]:
+    """The names of the built-in spaces (`demo`, ...)."""
+    return sorted(p.stem for p in _BUILTIN_DIR.glob("*.yaml"))
 
 
 def resolve_space_path(name_or_path: str | Path) -> Path:
@@ -156,9 +163,8 @@ def resolve_space_path(name_or_path: str | Path) -> Path:
     builtin = _BUILTIN_DIR / f"{name_or_path}.yaml"
     if builtin.exists():
         return builtin
-    known = sorted(p.stem for p in _BUILTIN_DIR.glob("*.yaml"))
     raise AutopmfError(f"search space '{name_or_path}' not found: give a YAML file path or "
-                       f"one of the built-in spaces {known}")
+                       f"one of the built-in spaces {builtin_spaces()}")
 
 
 def space_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> SearchSpace:

@@ -1,12 +1,13 @@
 """Search spaces and architectures: YAML round trips and clear errors."""
 
 import random
+from pathlib import Path
 
 import pytest
 import yaml
 
 from autopmf.errors import AutopmfError
-from autopmf.space import load_arch, load_space, save_arch, space_from_dict
+from autopmf.space import builtin_spaces, load_arch, load_space, save_arch, space_from_dict
 from tests.conftest import tiny_space
 
 
@@ -16,6 +17,19 @@ def test_builtin_spaces_load():
     assert demo.fusable_slots == (0, 1, 2, 3, 4, 5)
     assert set(demo.choices()) == {f"{k}_{j}" for k in ("fusion", "prompt") for j in range(6)}
     assert load_space("tiny").name == "tiny"
+
+
+def test_builtin_spaces_are_the_top_level_folders_and_found_from_anywhere(tmp_path,
+                                                                          monkeypatch):
+    # The package reads them through autopmf/search_spaces (package data once installed;
+    # .ci/run checks a non-editable install), which in a checkout is search_spaces/ itself.
+    top_level = Path(__file__).resolve().parent.parent / "search_spaces"
+    assert builtin_spaces() == sorted(p.stem for p in top_level.glob("*.yaml"))
+    assert {"demo", "tiny"} <= set(builtin_spaces())
+    monkeypatch.chdir(tmp_path)
+    assert load_space("demo").name == "demo"
+    with pytest.raises(AutopmfError, match=r"built-in spaces \['demo'"):
+        load_space("nowhere")
 
 
 def test_architecture_round_trips_through_yaml(tmp_path):
