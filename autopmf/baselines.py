@@ -1,53 +1,127 @@
-"""Unimodal baselines: a linear head on each frozen encoder's [CLS] feature alone.
+"""Baselines a fused model must beat: linear probes on the frozen encoders' [CLS] features.
 
-They show what fusion adds: on the demo task each modality alone is uninformative by
-construction, so these stay near chance while a fused model should not.
+- text-only: the text encoder's final [CLS];
+- image-only: the image encoder's final [CLS];
+- late fusion: both, concatenated (the cheapest way to use both modalities, with no
+  interaction inside the encoders).
+
+Each probe is fitted to convergence, not trained with the fused model's schedule: a model that
+is nothing but a head, trained for a few epochs at the heads' small learning rate, stops far
+short of what its features allow (image-only 0.48 against 0.82 for a converged logistic
+regression, on a real-image task). Here: features standardised with the train split's
+statistics, L2-regularised logistic regression (softmax, or one sigmoid per class for
+multi-label data) solved by full-batch L-BFGS, the regularisation strength picked on the
+validation split.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
-from torch import nn
+from torch.nn import functional as F
 
 from autopmf.features import FeatureCache
-from autopmf.train import TrainConfig, evaluate, fit
+from autopmf.metrics import score
 from supernet.backbone import FrozenBackbone
+
+# Inverse regularisation strengths tried (scikit-learn's C: the loss is summed over examples,
+# the penalty is ||w||^2 / 2); the best on validation is kept.
+C_GRID = (0.01, 0.1, 1.0, 10.0)
+MAX_ITER = 500
 
 
 @dataclass
 class ClsFeatures:
-    """[CLS] features of one modality for every example of a split."""
+    """Final [CLS] features of both modalities for every example of a split."""
 
-    x: torch.Tensor
+    text: torch.Tensor
+    image: torch.Tensor
     labels: torch.Tensor
 
-    def __len__(self) -> int:
-        return len(self.labels)
+    def view(self, which: str) -> torch.Tensor:
+        return {"text": self.text, "image": self.image,
+                "late_fusion": torch.cat([self.text, self.image], dim=1)}[which]
 
 
 @torch.no_grad()
-def cls_features(backbone: FrozenBackbone, top: FeatureCache) -> dict[str, ClsFeatures]:
+def cls_features(backbone: FrozenBackbone, top: FeatureCache) -> ClsFeatures:
     """`top` must hold the encoders' final streams (slot == num_slots)."""
     assert top.slot == backbone.num_slots
-    text = backbone.text.cls_feature(top.text)
-    image = backbone.image.cls_feature(top.image)[top.image_index]
-    return {"text": ClsFeatures(text, top.labels), "image": ClsFeatures(image, top.labels)}
+    return ClsFeatures(backbone.text.cls_feature(top.text).double(),
+                       backbone.image.cls_feature(top.image)[top.image_index].double(),
+                       top.labels)
 
 
-def unimodal_baselines(backbone: FrozenBackbone, top: dict[str, FeatureCache], num_classes: int,
-                       metric: str, cfg: TrainConfig) -> dict[str, dict[str, float]]:
-    """-> {"text_only": {"val": .., "test": ..}, "image_only": {...}}"""
-    feats = {split: cls_features(backbone, cache) for split, cache in top.items()}
-    results = {}
-    for modality in ("text", "image"):
-        torch.manual_seed(cfg.seed)
-        head = nn.Linear(feats["train"][modality].x.shape[1], num_classes)
-        forward = lambda ex, rows: head(ex.x[rows])  # noqa: E731
-        fit(head, forward, feats["train"][modality], feats["val"][modality], cfg, metric,
-            desc=f"{modality}-only")
-        results[f"{modality}_only"] = {
-            split: evaluate(forward, feats[split][modality], cfg, metric)
-            for split in ("val", "test")}
-    return results
+def fit_logistic(x: torch.Tensor, labels: torch.Tensor, num_classes: int, c: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise C * sum(loss) + ||W||^2 / 2 (the bias unpenalised), as scikit-learn's
+    LogisticRegression does; -> (W [num_classes, D], b [num_classes]). Deterministic."""
+    x = x.double()
+    weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=MAX_ITER,
+                                  tolerance_grad=1e-9, tolerance_change=1e-12,
+                                  history_size=20, line_search_fn="strong_wolfe")
+    multilabel = labels.dim() == 2
+    # Dividing the objective by C * N keeps its scale (and L-BFGS's tolerances) independent
+    # of the data size; the minimiser is the same.
+    n = len(labels)
+
+    def objective():
+        optimizer.zero_grad()
+        logits = x @ weight.T + bias
+        if multilabel:
+            loss = F.binary_cross_entropy_with_logits(logits, labels.double(), reduction="sum")
+        else:
+            loss = F.cross_entropy(logits, labels, reduction="sum")
+        total = (loss + weight.pow(2).sum() / (2 * c)) / n
+        total.backward()
+        return total
+    optimizer.step(objective)
+    return weight.detach(), bias.detach()
+
+
+def standardiser(train_x: torch.Tensor):
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-8)
+    return lambda x: (x - mean) / std
+
+
+def linear_probe(features: dict[str, ClsFeatures], which: str, num_classes: int, metric: str,
+                 c_grid: Sequence[float] = C_GRID) -> dict[str, float]:
+    """Fit on train for each C, keep the best on val; -> {"val", "test", "C"}."""
+    scale = standardiser(features["train"].view(which))
+    x = {split: scale(f.view(which)) for split, f in features.items()}
+    best = None
+    for c in c_grid:
+        weight, bias = fit_logistic(x["train"], features["train"].labels, num_classes, c)
+        val = score(metric, x["val"] @ weight.T + bias, features["val"].labels)
+        if best is None or val > best[0]:
+            best = (val, c, weight, bias)
+    val, c, weight, bias = best
+    return {"val": val, "test": score(metric, x["test"] @ weight.T + bias,
+                                      features["test"].labels), "C": c}
+
+
+BASELINES = {"text_only": "text", "image_only": "image", "late_fusion": "late_fusion"}
+
+
+def frozen_feature_baselines(backbone: FrozenBackbone, top: dict[str, FeatureCache],
+                             num_classes: int, metric: str) -> dict[str, dict[str, float]]:
+    """-> {"text_only": {"val", "test", "C"}, "image_only": ..., "late_fusion": ...}"""
+    features = {split: cls_features(backbone, cache) for split, cache in top.items()}
+    return {name: linear_probe(features, which, num_classes, metric)
+            for name, which in BASELINES.items()}
+
+
+def late_fusion_verdict(fused_val: float, baselines: dict[str, dict[str, float]]) -> str:
+    """One line for the user: does the fused model beat a linear probe on both [CLS]
+    features (on validation, where both were selected)?"""
+    late = baselines["late_fusion"]["val"]
+    if fused_val > late:
+        return (f"the fused model beats late fusion on validation by "
+                f"{fused_val - late:+.4f}")
+    return (f"note: the fused model does not beat late fusion on validation ({fused_val:.4f} "
+            f"vs {late:.4f}): a linear probe on the two frozen [CLS] features does as well; "
+            "train longer, or fuse other slots")

@@ -190,7 +190,7 @@ def cmd_demo(args) -> int:
           f"{metrics['mem_gb_measured']:.3f} GiB, predicted {metrics['mem_gb_predicted']:.3f} "
           f"GiB, budget {DEMO_BUDGET_GB} GiB")
     for name, scores in metrics.get("baselines", {}).items():
-        print(f"{name:>10} baseline: test {scores['test']:.4f}")
+        print(f"{name:>11} baseline: test {scores['test']:.4f}")
     print("plots: " + ", ".join(str(p) for p in plots))
     return 0
 
@@ -212,7 +212,9 @@ def _print_train_summary(metrics: dict, out: Path) -> None:
             print(f"{other}: val {metrics['scores']['val'][other]:.4f}  test "
                   f"{metrics['scores']['test'][other]:.4f}")
     for name, scores in metrics.get("baselines", {}).items():
-        print(f"{name:>10} baseline: val {scores['val']:.4f}  test {scores['test']:.4f}")
+        print(f"{name:>11} baseline: val {scores['val']:.4f}  test {scores['test']:.4f}")
+    if metrics.get("late_fusion_verdict"):
+        print(metrics["late_fusion_verdict"])
     print(f"wrote {out}/metrics.json, {out}/weights.safetensors, {out}/arch.yaml")
 
 

@@ -1,4 +1,4 @@
-"""Training one fixed model: the loop shared by `autopmf train` and the baselines.
+"""Training one fixed model: the loop of `autopmf train` and `retrain`.
 
 The loop is deliberately plain: shuffle with a seeded generator, AdamW over the trainable
 parameters only, linear warm-up then cosine decay, validation each epoch, keep the best

@@ -1,7 +1,7 @@
 """`autopmf train`: train one fixed architecture standalone and write its run directory.
 
 Flow: data -> frozen encoders -> feature cache at the first fused slot -> PMF model -> fit ->
-val/test scores (+ unimodal baselines) -> metrics.json, weights.safetensors, arch.yaml.
+val/test scores (+ linear-probe baselines) -> metrics.json, weights.safetensors, arch.yaml.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Mapping
 
 import torch
 
-from autopmf.baselines import unimodal_baselines
+from autopmf.baselines import frozen_feature_baselines, late_fusion_verdict
 from autopmf.build import build_backbone, build_pmf
 from autopmf.checkpoint import CHECKPOINTS, EpochCheckpoints
 from autopmf.data.registry import load_dataset
@@ -102,8 +102,10 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
         # The encoders' final streams: continue the cached ones instead of encoding again.
         top = {name: advance_feature_cache(cache, backbone, backbone.num_slots)
                for name, cache in caches.items()}
-        metrics["baselines"] = unimodal_baselines(backbone, top, len(dataset.label_names),
-                                                  dataset.metric, cfg)
+        metrics["baselines"] = frozen_feature_baselines(backbone, top, len(dataset.label_names),
+                                                        dataset.metric)
+        metrics["late_fusion_verdict"] = late_fusion_verdict(metrics["val_score"],
+                                                             metrics["baselines"])
     if measure_memory:
         metrics.update(memory_report(space, arch, backbone, cfg.device,
                                      len(dataset.label_names)))

@@ -336,7 +336,7 @@ def test_multilabel_mmimdb_through_search_retrain_and_log(tmp_path, capsys):
     assert set(metrics["scores"]["test"]) == {"f1_macro", "f1_micro"}
     assert metrics["test_score"] == metrics["scores"]["test"]["f1_macro"]
     assert all(0 <= v <= 1 for split in metrics["scores"].values() for v in split.values())
-    assert set(metrics["baselines"]) == {"text_only", "image_only"}
+    assert set(metrics["baselines"]) == {"text_only", "image_only", "late_fusion"}
     capsys.readouterr()
     assert main(["log", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out

@@ -33,7 +33,8 @@ def test_train_writes_a_complete_run(trained):
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     assert metrics["fused_slots"] == [1, 2]
     assert 0 <= metrics["test_score"] <= 1 and len(metrics["history"]) == 2
-    assert set(metrics["baselines"]) == {"text_only", "image_only"}
+    assert set(metrics["baselines"]) == {"text_only", "image_only", "late_fusion"}
+    assert "late fusion" in metrics["late_fusion_verdict"]
     weights = load_tensors(out / "weights.safetensors")
     assert weights and all(k.startswith(("fusion.1.", "fusion.2.", "heads.")) for k in weights)
     assert sum(w.numel() for w in weights.values()) == metrics["trainable_params"]

@@ -9,7 +9,6 @@ import random
 import numpy as np
 import pytest
 import yaml
-from scipy import stats
 
 from autopmf import train_arch
 from autopmf.cli import main
