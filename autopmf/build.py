@@ -13,12 +13,17 @@ from supernet.pmf import PMFModel
 def build_backbone(space: SearchSpace) -> FrozenBackbone:
     backbone = FrozenBackbone(build_text_encoder(space.text_encoder),
                               build_image_encoder(space.image_encoder, space.image_size))
-    too_high = [j for j in space.fusable_slots if j >= backbone.num_slots]
+    check_fusable_slots(space, backbone.num_slots)
+    return backbone
+
+
+def check_fusable_slots(space: SearchSpace, num_slots: int) -> None:
+    """Every fusable slot of `space` must exist in an encoder pair of `num_slots` slots."""
+    too_high = [j for j in space.fusable_slots if j >= num_slots]
     if too_high:
         from autopmf.errors import AutopmfError
         raise AutopmfError(f"{space.source or space.name}: fusable slot {too_high[0]} does not "
-                           f"exist; these encoders pair into slots 0..{backbone.num_slots - 1}")
-    return backbone
+                           f"exist; these encoders pair into slots 0..{num_slots - 1}")
 
 
 def default_mapping_hidden(backbone: FrozenBackbone) -> int:

@@ -76,16 +76,61 @@ def latest_checkpoint(run: Path) -> Path | None:
 def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer, schedule, *,
                     fingerprint: str) -> tuple[dict[str, torch.Tensor], dict]:
     """Restore optimizer and schedule in place; return (weights, state). A checkpoint of
-    another run is refused before anything is loaded."""
-    state = json.loads((path / "state.json").read_text())
+    another run is refused before anything is loaded, a damaged one with one line."""
+    state = _read_state(path)
     check_fingerprint(path, state.pop("fingerprint", None), fingerprint)
+    opt_state = _optimizer_state(path, optimizer)
+    try:
+        optimizer.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
+        schedule.load_state_dict(state.pop("schedule"))
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise damaged(path, f"its optimizer or schedule state does not fit ({exc})") from None
+    return load_tensors(path / "weights.safetensors"), state
+
+
+def damaged(path: Path, what: str) -> AutopmfError:
+    return AutopmfError(f"checkpoint {path} is damaged: {what}; delete that folder and rerun "
+                        "with --resume (that training then starts over), or use --force")
+
+
+def _read_state(path: Path) -> dict:
+    """state.json, checked for the fields every checkpoint has."""
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise damaged(path, "it has no state.json") from None
+    except (ValueError, UnicodeDecodeError):
+        raise damaged(path, "state.json is not valid JSON (half-written?)") from None
+    if not isinstance(state, dict):
+        raise damaged(path, "state.json is not a JSON object")
+    if "fingerprint" in state:  # without one, check_fingerprint names the real problem
+        missing = [k for k in ("epoch", "param_groups", "schedule", "history")
+                   if k not in state]
+        if missing or not isinstance(state["epoch"], int) or isinstance(state["epoch"], bool):
+            raise damaged(path, f"state.json lacks a valid {(missing or ['epoch'])[0]!r}")
+    return state
+
+
+def _optimizer_state(path: Path, optimizer: torch.optim.Optimizer
+                     ) -> dict[int, dict[str, torch.Tensor]]:
+    """optimizer.safetensors by parameter index, each tensor checked against its parameter:
+    torch's load_state_dict would cast a wrong dtype and defer a wrong shape to a crash."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in load_tensors(path / "optimizer.safetensors").items():
-        idx, name = key.split(".", 1)
+        idx, _, name = key.partition(".")
+        if not idx.isdigit() or int(idx) >= len(params) or not name:
+            raise damaged(path, f"optimizer tensor {key!r} belongs to no parameter")
+        param = params[int(idx)]
+        if name == "step":
+            ok = value.is_floating_point() and value.numel() == 1
+        else:
+            ok = value.dtype == param.dtype and value.shape == param.shape
+        if not ok:
+            raise damaged(path, f"optimizer tensor {key!r} is {value.dtype} "
+                          f"{tuple(value.shape)}, not {param.dtype} {tuple(param.shape)}")
         opt_state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
-    schedule.load_state_dict(state.pop("schedule"))
-    return load_tensors(path / "weights.safetensors"), state
+    return opt_state
 
 
 class EpochCheckpoints:
@@ -112,8 +157,18 @@ class EpochCheckpoints:
             return None
         tensors, state = load_checkpoint(path, optimizer, schedule,
                                          fingerprint=self.fingerprint)
-        load_trainable_state(model, {name[len("model."):]: t for name, t in tensors.items()
-                                     if name.startswith("model.")})
-        generator.set_state(tensors["generator"])
-        best = [tensors[f"best.{i}"] for i in range(sum(k.startswith("best.") for k in tensors))]
+        try:
+            load_trainable_state(model, {name[len("model."):]: t
+                                         for name, t in tensors.items()
+                                         if name.startswith("model.")})
+            generator.set_state(tensors["generator"])
+            best = [tensors[f"best.{i}"]
+                    for i in range(sum(k.startswith("best.") for k in tensors))]
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise damaged(path, f"its weights do not fit this model ({exc})") from None
+        if any(b.dtype != p.dtype or b.shape != p.shape
+               for b, p in zip(best, (p for p in model.parameters() if p.requires_grad))):
+            raise damaged(path, "its best-so-far weights do not fit this model")
+        if not {"best_val", "best_epoch"} <= state.keys():
+            raise damaged(path, "state.json lacks the best-so-far score")
         return state.pop("epoch"), best or None, state

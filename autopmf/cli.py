@@ -18,6 +18,8 @@ DEFAULT_WARMUP_EPOCHS = 3
 # slot began computing only the [CLS] rows, which cut every fused design's peak by 12-17 MiB:
 # 0.285 keeps nearly the same designs in and out (BENCHMARKS.md, the demo section).
 DEMO_BUDGET_GB = 0.285
+MAX_BUDGET_GB = 1e6  # a PiB: above any device, and far from overflowing when turned to bytes
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding, used by some data splits, takes no more
 
 
 def _train_config(args, space):
@@ -76,11 +78,40 @@ def _inherited_weights(run: Path, space, arch, data: str, args):
     if not (run / WEIGHTS).exists():
         raise AutopmfError(f"--init supernet needs {run / WEIGHTS} (the search run's "
                            "supernet); use --init scratch or point --arch into a search run")
+    _check_supernet_is_for(run, space, data)
     num_classes = len(load_dataset(data, seed=args.seed,
                                    image_size=space.image_size).label_names)
     supernet = Supernet(space, build_backbone(space), num_classes)
     load_supernet_weights(supernet, load_tensors(run / WEIGHTS))
     return supernet.extract(arch).trainable_state_dict()
+
+
+def _check_supernet_is_for(run: Path, space, data: str) -> None:
+    """Refuse to inherit from a supernet trained for another space (encoders, image size,
+    text length, choices) or other data: weights of the same shapes would load silently."""
+    import json
+
+    from autopmf.supernet_train import METRICS
+
+    try:
+        record = json.loads((run / METRICS).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict):
+        raise AutopmfError(f"--init supernet: {run / METRICS} is missing or unreadable, so the "
+                           "supernet cannot be checked against this architecture; use --init "
+                           "scratch, or point --arch into a finished search run")
+    trained = record.get("space") if isinstance(record.get("space"), dict) else {}
+    differs = sorted(k for k in {*trained, *space.to_dict()}
+                     if trained.get(k) != space.to_dict().get(k))
+    if differs:
+        raise AutopmfError(f"--init supernet: the supernet in {run} was trained for another "
+                           f"space ({differs[0]} differs from the architecture file's); use "
+                           "the arch file that search wrote, or --init scratch")
+    if record.get("data") != data:
+        raise AutopmfError(f"--init supernet: the supernet in {run} was trained on "
+                           f"{record.get('data')!r}, not {data!r}; retrain with --data "
+                           f"{record.get('data')}, or --init scratch")
 
 
 def cmd_predict(args) -> int:
@@ -380,12 +411,62 @@ def _setup_runtime(args) -> None:
         torch.set_num_threads(args.threads)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise AutopmfError(f"--device {args.device!r} is not a device; use cpu or cuda") from None
+    if device.type not in ("cpu", "cuda"):
+        raise AutopmfError(f"--device {args.device}: autopmf runs on cpu or cuda")
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise AutopmfError(f"--device {args.device}: torch sees no such CUDA device here "
+                           f"({torch.cuda.device_count()} found); use --device cpu")
+
+
+def check_settings(args) -> None:
+    """Refuse settings that would train nothing or train garbage, before anything runs."""
+    import math
+
+    for option in ("out", "run"):
+        value = getattr(args, option, None)
+        if isinstance(value, str) and not value.strip():
+            raise AutopmfError(f"--{option} is empty (an unset shell variable?); name the run "
+                               f"folder, e.g. --{option} runs/x")
+    ranges = {"epochs": (1, None), "retrain_epochs": (1, None), "batch_size": (1, None),
+              "trials": (1, None), "population": (1, None), "threads": (1, None),
+              "warmup_epochs": (0, None), "archs": (1, None), "seeds": (1, None),
+              "samples": (1, None), "top": (1, None), "seed": (0, MAX_SEED),
+              "data_seed": (0, MAX_SEED)}
+    for name, (low, high) in ranges.items():
+        value = getattr(args, name, None)
+        if value is not None and not (low <= value and (high is None or value <= high)):
+            within = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise AutopmfError(f"--{name.replace('_', '-')} must be {within}, got {value}")
+    lr = getattr(args, "lr", None)
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise AutopmfError(f"--lr must be a positive finite number, got {lr}")
+    scale = getattr(args, "head_lr_scale", None)
+    if scale is not None and not (math.isfinite(scale) and scale >= 0):
+        raise AutopmfError(f"--head-lr-scale must be a finite number >= 0, got {scale}")
+    budget = getattr(args, "budget_gb", None)
+    if budget is not None and not 0 < budget <= MAX_BUDGET_GB:  # NaN fails both
+        raise AutopmfError(f"--budget-gb must be a positive number of GiB (at most "
+                           f"{MAX_BUDGET_GB:g}), got {budget}")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(exc, RuntimeError) and any(
+            s in str(exc) for s in ("can't allocate memory", "out of memory")))
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at run time
     args = build_parser().parse_args(argv)
     try:
+        check_settings(args)
         _setup_runtime(args)
         return args.func(args)
     except AutopmfError as exc:
@@ -394,10 +475,19 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from autopmf.files import is_out_of_room
 
-        if not is_out_of_room(exc):
+        if is_out_of_room(exc):
+            print(f"autopmf: error: no room to write ({exc}); free disk space (or raise the "
+                  "quota or file-size limit), then rerun the same command with --resume",
+                  file=sys.stderr)
+        elif _is_out_of_memory(exc):
+            import re
+
+            tried = re.search(r"[Tt]ried to allocate ([\d.]+ ?\w+)", str(exc))
+            need = f" (tried to allocate {tried[1]})" if tried else ""
+            print(f"autopmf: error: out of memory{need}; lower the space's prompt_lengths, "
+                  "max_text_len, image_size or batch_size (or --batch-size)", file=sys.stderr)
+        else:
             raise
-        print(f"autopmf: error: no room to write ({exc}); free disk space (or raise the quota "
-              "or file-size limit), then rerun the same command with --resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("autopmf: interrupted", file=sys.stderr)

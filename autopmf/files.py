@@ -12,6 +12,8 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
+from autopmf.errors import AutopmfError
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: os has no getter
@@ -34,9 +36,11 @@ def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
     try:
         write(tmp)
+        # mkstemp makes 0600, and a writer may make its own file (safetensors does): give
+        # the finished file the usual permissions.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -59,10 +63,26 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor],
                  metadata: Mapping[str, str] | None = None) -> None:
-    """safetensors only: nothing in a run directory is ever unpickled."""
+    """safetensors only: nothing in a run directory is ever unpickled. Weights that hold NaN
+    or infinity are refused: a diverged run must not leave a file that looks usable."""
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    diverged = next((k for k, v in cpu.items()
+                     if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if diverged is not None:
+        raise AutopmfError(f"refusing to write {path}: {diverged} holds NaN or infinite values "
+                           "(training diverged); lower --lr and rerun with --force")
     _atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=dict(metadata or {})))
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
+    """Every tensor of a safetensors file; one line if it is missing, damaged or not
+    safetensors (the library checks the header: dtypes, shapes, offsets, its size)."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise AutopmfError(f"{path} is missing; rerun the command that writes it (with "
+                           "--force), or point at a finished run") from None
+    except Exception as exc:  # safetensors' own error, or the OS's while reading
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise AutopmfError(f"{path} is not a readable safetensors file ({reason}); it is "
+                           "damaged: rerun the command that wrote it (with --force)") from None

@@ -31,7 +31,9 @@ def quiet_nni() -> None:
     from nni.runtime.log import silence_stdout
 
     silence_stdout()
-    logging.getLogger("nni").setLevel(logging.WARNING)
+    # Its warnings and errors only ever narrate an exception that reaches us anyway (it runs
+    # with continue_on_failure off): left on, they print before our one-line error.
+    logging.getLogger("nni").setLevel(logging.CRITICAL)
 
 
 class MemoryBudget(Constraint):

@@ -16,11 +16,20 @@ from autopmf.space import load_arch
 
 
 def load_image(path: str | Path) -> np.ndarray:
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        with warnings.catch_warnings():
+            # Pillow only warns between its pixel limit and twice it: refuse all of those.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise AutopmfError(f"cannot read image {path}: it claims more than "
+                           f"{Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?); give "
+                           "a smaller PNG or JPEG file") from None
     except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
         raise AutopmfError(f"cannot read image {path}: {exc.__class__.__name__}; give a PNG "
                            "or JPEG file") from None
@@ -43,7 +52,11 @@ def predict(run: Path, images: list[np.ndarray], texts: list[str]) -> list[dict]
     multilabel = metrics["metric"] in MULTILABEL_METRICS  # a set of labels per pair, not one
     backbone = build_backbone(space)
     model = build_pmf(space, arch, backbone, len(label_names))
-    model.load_trainable_state_dict(load_tensors(run / "weights.safetensors"))
+    try:
+        model.load_trainable_state_dict(load_tensors(run / "weights.safetensors"))
+    except ValueError as exc:
+        raise AutopmfError(f"{run / 'weights.safetensors'} does not fit {run / 'arch.yaml'} "
+                           f"({exc}); retrain the run with --force") from None
     model.eval()
     batch = dict(backbone.text.tokenize(texts, space.max_text_len),
                  pixels=torch.cat([backbone.image.preprocess(img[None], space.image_size)
@@ -51,6 +64,9 @@ def predict(run: Path, images: list[np.ndarray], texts: list[str]) -> list[dict]
     with torch.no_grad():
         logits = model(batch)
     probs = logits.sigmoid() if multilabel else logits.softmax(dim=-1)
+    if not torch.isfinite(probs).all():
+        raise AutopmfError(f"{run / 'weights.safetensors'} gives NaN scores (its weights are "
+                           "not finite); retrain the run with --force")
     return [{"text": text,
              "label": ([n for n, v in zip(label_names, p) if v > 0.5] if multilabel
                        else label_names[int(p.argmax())]),

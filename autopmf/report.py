@@ -192,7 +192,7 @@ def print_summary(summary: Mapping, space_slots: Iterable[int] | None = None,
     file = file or sys.stdout
     s, metric = summary, summary["metric"]
     slots = list(space_slots) if space_slots is not None else s.get("fusable_slots")
-    lines = [f"budget {s['budget_gb']:.2f} GiB | {s['trials']} trials ({s['scored']} scored, "
+    lines = [f"budget {s['budget_gb']:g} GiB | {s['trials']} trials ({s['scored']} scored, "
              f"{s['duplicates']} duplicate, {s['failed']} failed) | {s['feasible']} feasible | "
              + (f"best {metric} {s['best']['score']:.4f} at {s['best']['mem_gb']:.3f} GiB "
                 f"(trial {s['best']['trial']})" if s["best"] else "no feasible candidate yet")

@@ -13,6 +13,7 @@ instead of being scored again. The result equals an uninterrupted run's.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,13 +28,14 @@ from autopmf.features import SlotCaches
 from autopmf.files import atomic_copy, atomic_write_json, atomic_write_text
 from autopmf.memory import GIB, check_budget, estimate_bytes, load_profile
 from autopmf.report import pareto_front, read_search_log
-from autopmf.run_dir import claim_run_dir, run_settings, write_run_config
+from autopmf.run_dir import claim_run_dir, holds_run_lock, run_settings
 from autopmf.nni_space import (BUDGET_LABEL, BudgetedEvolution, build_nni_space, quiet_nni,
                                repair, report)
 from autopmf.space import SearchSpace, save_arch
 from autopmf.supernet_train import METRICS as SUPERNET_METRICS
 from autopmf.supernet_train import WEIGHTS as SUPERNET_WEIGHTS
-from autopmf.supernet_train import SupernetConfig, inherited_score, train_supernet
+from autopmf.supernet_train import (SupernetConfig, inherited_score, supernet_fingerprint,
+                                    train_supernet)
 from supernet.supernet import Supernet
 
 LOG = "search_log.jsonl"
@@ -147,12 +149,25 @@ def best_entry(entries: list[dict], budget_gb: float | None = None) -> dict | No
 
 
 # ----- the run directory -----------------------------------------------------------------
-def _copy_supernet(source: Path, out: Path) -> None:
-    """Reuse `source`'s finished supernet; train_supernet then checks it is this run's kind."""
-    if not (source / SUPERNET_METRICS).exists() or not (source / SUPERNET_WEIGHTS).exists():
+def _check_supernet_source(source: Path, expected_fingerprint: str) -> None:
+    """--supernet-from: refuse, before anything is written, a run with no finished supernet
+    or one trained for another space, encoder pair, data or settings."""
+    if not (source / SUPERNET_METRICS).is_file() or not (source / SUPERNET_WEIGHTS).is_file():
         raise AutopmfError(f"--supernet-from {source}: no finished supernet there (needs "
                            f"{SUPERNET_WEIGHTS} and {SUPERNET_METRICS}); run a search or "
                            "`autopmf supernet` into it first")
+    try:
+        record = json.loads((source / SUPERNET_METRICS).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict) or record.get("fingerprint") != expected_fingerprint:
+        raise AutopmfError(f"--supernet-from {source}: its supernet was trained for another "
+                           "space, encoder pair, data or supernet settings; give this search "
+                           "the options that run used, or leave out --supernet-from")
+
+
+def _copy_supernet(source: Path, out: Path) -> None:
+    """Reuse `source`'s finished supernet (checked by `_check_supernet_source`)."""
     if source.resolve() == out.resolve():
         return
     for name in (SUPERNET_WEIGHTS, SUPERNET_METRICS):  # metrics last: it marks "finished"
@@ -167,9 +182,10 @@ def _run_identity(space: SearchSpace, data_spec: str, cfg: SearchConfig) -> dict
             "supernet": run_settings(cfg.supernet)}
 
 
+@holds_run_lock
 def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
                resume: bool = False, force: bool = False) -> dict:
-    if not cfg.budget_gb > 0:
+    if not (cfg.budget_gb > 0 and math.isfinite(cfg.budget_gb * GIB)):
         raise AutopmfError(f"--budget-gb must be a positive number of GiB, got {cfg.budget_gb}")
     if cfg.trials < 1 or cfg.population < 1:
         raise AutopmfError("--trials and --population must be at least 1")
@@ -177,8 +193,8 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
         raise AutopmfError(f"--strategy {cfg.strategy!r}: use evolution or random")
     out = Path(out)
     identity = _run_identity(space, data_spec, cfg)
-    claim_run_dir(out, identity, resume=resume, force=force, what="search",
-                  outputs=(LOG, BEST, PARETO, SUPERNET_METRICS, SUPERNET_WEIGHTS))
+    claim = claim_run_dir(out, identity, resume=resume, force=force, what="search",
+                          outputs=(LOG, BEST, PARETO, SUPERNET_METRICS, SUPERNET_WEIGHTS))
     budget_bytes = int(cfg.budget_gb * GIB)
     device_kind = "cuda" if cfg.supernet.device.startswith("cuda") else "cpu"
     dataset = load_dataset(data_spec, seed=cfg.supernet.seed, image_size=space.image_size)
@@ -189,8 +205,11 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     def estimate(arch):
         return estimate_bytes(space, arch, profile)
 
+    if cfg.supernet_from is not None:
+        _check_supernet_source(Path(cfg.supernet_from),
+                               supernet_fingerprint(space, data_spec, cfg.supernet))
     out.mkdir(parents=True, exist_ok=True)
-    write_run_config(out, identity, metric=dataset_metric, memory_device=device_kind)
+    claim.start(metric=dataset_metric, memory_device=device_kind)  # all inputs checked
     started = time.perf_counter()
     if cfg.supernet_from is not None:
         _copy_supernet(Path(cfg.supernet_from), out)

@@ -186,10 +186,18 @@ def space_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> SearchSp
             if not isinstance(value, list) or not all(
                     isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
                 raise AutopmfError(f"{source}: {key} must be a list of non-negative integers")
-            kwargs[key] = tuple(sorted(set(value)))
+            twice = next((v for i, v in enumerate(value) if v in value[:i]), None)
+            if twice is not None:  # a typo, most likely: say so rather than drop it
+                raise AutopmfError(f"{source}: {key} lists {twice} twice; list each once")
+            kwargs[key] = tuple(sorted(value))
     for key in ("batch_size", "image_size", "max_text_len"):
-        if key in kwargs and (not isinstance(kwargs[key], int) or kwargs[key] <= 0):
+        if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool)
+                              or kwargs[key] <= 0):
             raise AutopmfError(f"{source}: {key} must be a positive integer")
+    for key in ("name", "text_encoder", "image_encoder", "precision", "prompt_mode"):
+        if key in kwargs and not (isinstance(kwargs[key], str) and kwargs[key].strip()):
+            raise AutopmfError(f"{source}: {key} must be a non-empty string, not "
+                               f"{kwargs[key]!r}")
     space = SearchSpace(**kwargs, source=source)
     if space.precision not in PRECISIONS:
         raise AutopmfError(f"{source}: precision {space.precision!r} must be one of {PRECISIONS}")
@@ -224,6 +232,9 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise AutopmfError(f"{path}: not valid YAML ({first}); fix the file") from None
+    except OSError as exc:  # a folder, or no permission
+        raise AutopmfError(f"cannot read search space {path} ({exc.strerror}); give a YAML "
+                           "file") from None
     if isinstance(data, dict):
         for key in ("text_encoder", "image_encoder"):
             if key in data:
@@ -248,17 +259,25 @@ def load_arch(path: str | Path, space: SearchSpace | None = None
     path = Path(path)
     if not path.exists():
         raise AutopmfError(f"architecture file {path} does not exist")
+    if path.is_dir():
+        raise AutopmfError(f"architecture file {path} is a folder; give a YAML file, e.g. "
+                           f"{path / 'best_arch.yaml'}")
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise AutopmfError(f"{path}: not valid YAML ({first})") from None
+    except OSError as exc:
+        raise AutopmfError(f"cannot read architecture file {path} ({exc.strerror})") from None
     if not isinstance(doc, Mapping):
         raise AutopmfError(f"{path}: an architecture must be a YAML mapping")
     if "arch" in doc:
         if space is None:
             if "space" not in doc:
                 raise AutopmfError(f"{path}: names no space; pass --space")
+            if not isinstance(doc["space"], (Mapping, str)):
+                raise AutopmfError(f"{path}: 'space' must be a space name, a space file or "
+                                   f"the space itself (a mapping), not {doc['space']!r}")
             space = (space_from_dict(doc["space"], source=f"{path} (space)")
                      if isinstance(doc["space"], Mapping) else load_space(doc["space"]))
         arch = doc["arch"]

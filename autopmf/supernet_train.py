@@ -27,9 +27,10 @@ from autopmf.feature_store import feature_caches
 from autopmf.features import FeatureCache, SlotCaches
 from autopmf.files import atomic_write_json, load_tensors, save_tensors
 from autopmf.metrics import loss_fn
-from autopmf.run_dir import fingerprint, package_versions, run_settings
+from autopmf.run_dir import fingerprint, holds_run_lock, package_versions, run_settings
 from autopmf.space import SearchSpace
-from autopmf.train import TrainConfig, autocast, evaluate, param_groups, warmup_cosine
+from autopmf.train import (TrainConfig, autocast, check_finite_loss, evaluate, param_groups,
+                           warmup_cosine)
 from supernet.optim import step_used_only
 from supernet.weights import load_trainable_state
 from supernet.sampling import WARMUP_RULES, ArchSampler, reference_subnets
@@ -177,6 +178,7 @@ def _train_epoch(model, supernet: Supernet, sampler: ArchSampler, train: SlotCac
         with autocast(cfg.precision, cfg.device):
             logits = model(cache.streams(rows, cfg.device), cache.slot, arch)
         loss = loss_fn(metric, logits, cache.labels[rows].to(logits.device))
+        check_finite_loss(loss.item(), epoch, step, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         step_used_only(optimizer, supernet, supernet.used_regions(arch))
@@ -187,6 +189,7 @@ def _train_epoch(model, supernet: Supernet, sampler: ArchSampler, train: SlotCac
     return total / max(1, steps)
 
 
+@holds_run_lock
 def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetConfig,
                    resume: bool = False, force: bool = False) -> SupernetRun:
     dist = init_distributed(cfg.device)

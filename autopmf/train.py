@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from autopmf.errors import AutopmfError
 from autopmf.metrics import loss_fn, score
 
 if TYPE_CHECKING:
@@ -93,6 +94,14 @@ def evaluate(forward: Forward, examples: Examples, cfg: TrainConfig, metric: str
     return score(metric, predict(forward, examples, cfg), examples.labels)
 
 
+def check_finite_loss(loss: float, epoch: int, step: int, cfg: TrainConfig) -> None:
+    """Stop a diverged run before its NaN weights are stepped, checkpointed or saved."""
+    if not math.isfinite(loss):
+        raise AutopmfError(f"the training loss became {loss} at epoch {epoch + 1}, step "
+                           f"{step + 1} (training diverged); lower --lr (it was {cfg.lr:g}) "
+                           "and rerun with --force")
+
+
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     """Heads (modules named `heads`, or a bare linear probe) get lr * head_lr_scale."""
     heads, rest = [], []
@@ -138,6 +147,7 @@ def fit(model: nn.Module, forward: Forward, train: Examples, val: Examples, cfg:
             with autocast(cfg.precision, cfg.device):
                 logits = forward(train, rows)
             loss = loss_fn(metric, logits, train.labels[rows].to(logits.device))
+            check_finite_loss(loss.item(), epoch, step, cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -22,8 +22,8 @@ from autopmf.errors import AutopmfError
 from autopmf.features import advance_feature_cache, build_feature_cache, encode_split
 from autopmf.files import atomic_write_json, save_tensors
 from autopmf.metrics import metrics_for, score
-from autopmf.run_dir import (CONFIG, claim_run_dir, fingerprint, run_settings, tensors_digest,
-                             write_run_config)
+from autopmf.run_dir import (CONFIG, claim_run_dir, fingerprint, holds_run_lock, run_settings,
+                             tensors_digest)
 from autopmf.space import SearchSpace, save_arch
 from autopmf.train import TrainConfig, fit, predict
 
@@ -39,6 +39,7 @@ def prepare_out_dir(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+@holds_run_lock
 def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: str, out: Path,
                        cfg: TrainConfig, baselines: bool = True, force: bool = False,
                        init_weights: Mapping[str, torch.Tensor] | None = None,
@@ -49,8 +50,8 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
     checkpoint (a finished one is returned as it is)."""
     arch = space.validate(arch)
     identity = run_identity(space, arch, data_spec, cfg, init_weights, baselines)
-    claim_run_dir(out, identity, resume=resume, force=force, what="training run",
-                  outputs=OUTPUTS)
+    claim = claim_run_dir(out, identity, resume=resume, force=force, what="training run",
+                          outputs=OUTPUTS)
     if resume and (out / CONFIG).exists() and (out / "metrics.json").exists():
         return json.loads((out / "metrics.json").read_text())
     prepare_out_dir(out, force)
@@ -58,11 +59,11 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
     dataset = load_dataset(data_spec, seed=data_seed, image_size=space.image_size)
     backbone = build_backbone(space).to(cfg.device)
-    write_run_config(out, identity)  # only once the inputs have loaded
     torch.manual_seed(cfg.seed)
     model = build_pmf(space, arch, backbone, len(dataset.label_names)).to(cfg.device)
     if init_weights is not None:
         model.load_trainable_state_dict(init_weights)
+    claim.start()  # only once the inputs and the model are built: a refused run changes nothing
 
     encoded = {name: encode_split(split, backbone, space)
                for name, split in dataset.splits().items()}

@@ -26,6 +26,9 @@ def load_trainable_state(module: nn.Module, tensors: Mapping[str, torch.Tensor])
         if own[name].shape != value.shape:
             raise ValueError(f"weights for {name} have shape {tuple(value.shape)}, "
                              f"this model needs {tuple(own[name].shape)}")
+        if own[name].dtype != value.dtype:  # copy_ would cast, e.g. int32 bits to floats
+            raise ValueError(f"weights for {name} are {value.dtype}, this model needs "
+                             f"{own[name].dtype}")
     with torch.no_grad():
         for name, value in tensors.items():
             own[name].copy_(value)

@@ -40,6 +40,11 @@ def load_profile(space: SearchSpace, device: str = "cpu", num_classes: int = 2,
     seconds of simulation; `backbone` saves building the encoders when given)."""
     cached = read_cached(profile_key(space, device, num_classes)) if cache else None
     if cached is not None:
+        from autopmf.build import check_fusable_slots
+
+        # The key holds no slots (a profile serves every slot list of one encoder pair), so
+        # check them here as building the encoders would have.
+        check_fusable_slots(space, cached.num_slots)
         return cached
     if backbone is None:
         from autopmf.build import build_backbone
