@@ -68,6 +68,24 @@ def check_fingerprint(path: Path, recorded: str | None, expected: str) -> None:
                            "choose another --out (or --force to start over)")
 
 
+def checkpoint_dirs(run: Path) -> list[Path]:
+    """The checkpoint folders in `run/checkpoints`: whole ones, and any being written."""
+    root = run / CHECKPOINTS
+    return sorted(p for pattern in ("epoch-*", ".epoch-*.tmp") for p in root.glob(pattern)
+                  if p.is_dir())
+
+
+def remove_checkpoints(run: Path) -> None:
+    """Remove the checkpoint folders, and `checkpoints/` itself unless something else is in
+    it: only what autopmf wrote."""
+    for folder in checkpoint_dirs(run):
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        (run / CHECKPOINTS).rmdir()
+    except OSError:
+        pass  # absent, or holds files that are not ours
+
+
 def latest_checkpoint(run: Path) -> Path | None:
     done = sorted((run / CHECKPOINTS).glob("epoch-*"))
     return done[-1] if done else None

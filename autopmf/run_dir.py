@@ -20,7 +20,6 @@ import hashlib
 import inspect
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -28,7 +27,7 @@ from typing import Iterable, Mapping
 import torch
 import yaml
 
-from autopmf.checkpoint import CHECKPOINTS
+from autopmf.checkpoint import CHECKPOINTS, checkpoint_dirs, remove_checkpoints
 from autopmf.errors import AutopmfError
 
 CONFIG = "config.yaml"
@@ -41,7 +40,6 @@ RUN_FILES = (CONFIG, "search_log.jsonl", "best_arch.yaml", "pareto.json",
              "supernet.safetensors", "supernet_metrics.json", "metrics.json",
              "weights.safetensors", "arch.yaml", "plots/score_vs_memory.png",
              "plots/best_so_far.png", "plots/slot_fusion_frequency.png")
-CHECKPOINT_DIRS = ("epoch-*", ".epoch-*.tmp")  # under checkpoints/: whole, or being written
 VERSIONED_PACKAGES = ("autopmf", "torch", "transformers", "timm", "nni", "numpy", "safetensors")
 
 
@@ -131,12 +129,7 @@ def claim_run_dir(out: Path, identity: dict, *, resume: bool, force: bool, what:
 def run_files_in(out: Path) -> list[str]:
     """The run files (RUN_FILES, checkpoints) present in `out`, relative to it."""
     found = [name for name in RUN_FILES if (out / name).is_file()]
-    return found + [f"{CHECKPOINTS}/{p.name}" for p in _checkpoint_dirs(out)]
-
-
-def _checkpoint_dirs(out: Path) -> list[Path]:
-    return sorted(p for pattern in CHECKPOINT_DIRS for p in (out / CHECKPOINTS).glob(pattern)
-                  if p.is_dir())
+    return found + [f"{CHECKPOINTS}/{p.name}" for p in checkpoint_dirs(out)]
 
 
 def written_by_autopmf(out: Path) -> bool:
@@ -147,7 +140,7 @@ def written_by_autopmf(out: Path) -> bool:
         doc = _read_mapping(out / CONFIG, yaml.safe_load) or {}
         return isinstance(doc.get("versions"), dict) and "autopmf" in doc["versions"]
     records = [out / "supernet_metrics.json",
-               *(p / "state.json" for p in _checkpoint_dirs(out))]
+               *(p / "state.json" for p in checkpoint_dirs(out))]
     return any("fingerprint" in (_read_mapping(p, json.loads) or {}) for p in records)
 
 
@@ -163,11 +156,9 @@ def remove_run_files(out: Path) -> None:
     """Remove the run files in `out` (RUN_FILES and checkpoint folders), nothing else."""
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
-    for folder in _checkpoint_dirs(out):
-        shutil.rmtree(folder)
-    for folder in (out / CHECKPOINTS, out / "plots"):
-        with contextlib.suppress(OSError):
-            folder.rmdir()  # only if nothing else is left in it
+    remove_checkpoints(out)
+    with contextlib.suppress(OSError):
+        (out / "plots").rmdir()  # only if nothing else is left in it
 
 
 # ----- one writer per run folder ---------------------------------------------------------

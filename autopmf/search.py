@@ -25,7 +25,7 @@ from tqdm import tqdm
 from autopmf.data.registry import load_dataset
 from autopmf.errors import AutopmfError
 from autopmf.features import SlotCaches
-from autopmf.files import atomic_copy, atomic_write_json, atomic_write_text
+from autopmf.files import atomic_copy, atomic_write_json, atomic_write_text, load_tensors
 from autopmf.memory import GIB, check_budget, estimate_bytes, load_profile
 from autopmf.report import pareto_front, read_search_log
 from autopmf.run_dir import claim_run_dir, holds_run_lock, run_settings
@@ -164,6 +164,7 @@ def _check_supernet_source(source: Path, expected_fingerprint: str) -> None:
         raise AutopmfError(f"--supernet-from {source}: its supernet was trained for another "
                            "space, encoder pair, data or supernet settings; give this search "
                            "the options that run used, or leave out --supernet-from")
+    load_tensors(source / SUPERNET_WEIGHTS)  # a damaged file: one line, nothing copied
 
 
 def _copy_supernet(source: Path, out: Path) -> None:

@@ -7,7 +7,6 @@ val/test scores (+ linear-probe baselines) -> metrics.json, weights.safetensors,
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Mapping
@@ -16,7 +15,7 @@ import torch
 
 from autopmf.baselines import frozen_feature_baselines, late_fusion_verdict
 from autopmf.build import build_backbone, build_pmf
-from autopmf.checkpoint import CHECKPOINTS, EpochCheckpoints
+from autopmf.checkpoint import EpochCheckpoints, remove_checkpoints
 from autopmf.data.registry import load_dataset
 from autopmf.errors import AutopmfError
 from autopmf.features import advance_feature_cache, build_feature_cache, encode_split
@@ -116,7 +115,7 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
     save_tensors(out / "weights.safetensors", model.trainable_state_dict(),
                  metadata={"arch": json.dumps(arch), "space": space.name})
     atomic_write_json(out / "metrics.json", metrics)  # last: its presence marks the run done
-    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # finished: nothing left to resume
+    remove_checkpoints(out)  # finished: nothing left to resume
     return metrics
 
 
