@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import signal
@@ -429,7 +430,10 @@ def test_supernet_from_a_run_of_another_space_blames_that_run_and_leaves_nothing
     assert main(search_argv(out, "--supernet-from", str(search_run))) == 0  # no --resume asked
 
 
-def test_nni_prints_nothing_before_our_error(search_run, tmp_path, capsys):
+def test_nni_prints_nothing_before_our_error(search_run, tmp_path, monkeypatch, capsys):
+    # As outside pytest, whose own log handler would otherwise take NNI's records: with no
+    # handler on the root logger, Python prints warnings and errors to stderr.
+    monkeypatch.setattr(logging.root, "handlers", [])
     run = copy_run(search_run, tmp_path)
     lines = (run / "search_log.jsonl").read_text().splitlines()
     entry = json.loads(lines[1])
