@@ -318,12 +318,28 @@ def search_and_retrain(data, out, num_classes, extra=(), baselines=False):
     return json.loads((out / "retrain" / "metrics.json").read_text())
 
 
+def predicted_test_split(run, data):
+    """`autopmf predict` with the finished run on every pair of the test split of `data`:
+    (predicted labels, true labels, label names)."""
+    from autopmf.predict import predict
+    from autopmf.space import load_space
+
+    test = load_dataset(data, image_size=load_space("tiny").image_size).test
+    labels = json.loads((run / "metrics.json").read_text())["label_names"]
+    predicted = predict(run, [test.images[i] for i in test.image_index], list(test.texts))
+    return [r["label"] for r in predicted], test.labels, labels
+
+
 def test_search_and_retrain_on_jsonl(tmp_path, capsys):
     root = make_jsonl(tmp_path / "j")
     metrics = search_and_retrain(f"jsonl:{root},image_size=28", tmp_path / "run", 3)
     assert metrics["metric"] == "accuracy" and metrics["label_names"] == ["cat", "dog", "bird"]
     assert metrics["examples"] == {"train": 24, "val": 6, "test": 6}
-    assert 0 <= metrics["test_score"] <= 1
+    # The recorded score is the saved model's accuracy on the test split, pair by pair.
+    predicted, truth, labels = predicted_test_split(tmp_path / "run" / "retrain",
+                                                    f"jsonl:{root},image_size=28")
+    right = sum(p == labels[t] for p, t in zip(predicted, truth))
+    assert metrics["test_score"] == pytest.approx(right / 6, abs=1e-6)
     assert yaml.safe_load((tmp_path / "run" / "best_arch.yaml").read_text())["data"] == (
         f"jsonl:{root},image_size=28")
 
@@ -335,7 +351,13 @@ def test_multilabel_mmimdb_through_search_retrain_and_log(tmp_path, capsys):
     assert metrics["metric"] == "f1_macro"
     assert set(metrics["scores"]["test"]) == {"f1_macro", "f1_micro"}
     assert metrics["test_score"] == metrics["scores"]["test"]["f1_macro"]
-    assert all(0 <= v <= 1 for split in metrics["scores"].values() for v in split.values())
+    # Both F1s are scikit-learn's on what the saved model predicts for the test split.
+    predicted, truth, labels = predicted_test_split(tmp_path / "run" / "retrain",
+                                                    f"mmimdb:{root},image_size=28")
+    hot = np.array([[name in p for name in labels] for p in predicted])
+    for average in ("macro", "micro"):
+        expected = f1_score(truth > 0.5, hot, average=average, zero_division=0)
+        assert metrics["scores"]["test"][f"f1_{average}"] == pytest.approx(expected, abs=1e-6)
     assert set(metrics["baselines"]) == {"text_only", "image_only", "late_fusion"}
     capsys.readouterr()
     assert main(["log", str(tmp_path / "run")]) == 0
