@@ -1,13 +1,18 @@
-"""From a search space (and an architecture) to modules: the one place encoders are built."""
+"""From a search space (and an architecture) to modules: the one place encoders are built,
+and where the trainable part gets its starting point."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from autopmf.encoders.registry import build_image_encoder, build_text_encoder
 from autopmf.space import SearchSpace
 from supernet.backbone import FrozenBackbone
 from supernet.pmf import PMFModel
+
+if TYPE_CHECKING:
+    from autopmf.features import FeatureCache
+    from supernet.fusion import FusionSlot
 
 
 def build_backbone(space: SearchSpace) -> FrozenBackbone:
@@ -34,3 +39,21 @@ def build_pmf(space: SearchSpace, arch: Mapping[str, int], backbone: FrozenBackb
               num_classes: int) -> PMFModel:
     configs = space.slot_configs(space.validate(arch), default_mapping_hidden(backbone))
     return PMFModel(backbone, configs, num_classes)
+
+
+def initialise_fusion(slots: Mapping[int, FusionSlot], backbone: FrozenBackbone,
+                      train_cache: FeatureCache, rule: str, seed: int,
+                      device: str = "cpu") -> None:
+    """Give freshly built fused slots their starting point by `rule` (supernet.init): under
+    "centred", their mappings are centred on a seeded sample of the training streams (drawn
+    from `train_cache`, which must start at or below every slot); "paper" leaves the
+    constructors' initialisation as it is. Deterministic by seed; consumes no global RNG."""
+    from autopmf.features import stream_sampler
+    from supernet.init import PROMPT_INITS, centre_mappings
+
+    if rule not in PROMPT_INITS:
+        raise ValueError(f"unknown prompt initialisation {rule!r}; one of {PROMPT_INITS}")
+    if rule == "paper" or not slots:
+        return
+    centre_mappings(slots, stream_sampler(train_cache, backbone, seed, device),
+                    lambda j: (backbone.text_layer_fn(j), backbone.image_layer_fn(j)))

@@ -28,7 +28,8 @@ def _train_config(args, space):
     return TrainConfig(epochs=args.epochs, lr=args.lr, head_lr_scale=args.head_lr_scale,
                        seed=args.seed, data_seed=getattr(args, "data_seed", None),
                        batch_size=args.batch_size or space.batch_size,
-                       precision=args.precision or space.precision, device=args.device,
+                       precision=args.precision or space.precision,
+                       prompt_init=args.prompt_init, device=args.device,
                        progress=not args.quiet)
 
 
@@ -147,7 +148,8 @@ def _supernet_config(args, space):
 
     return SupernetConfig(epochs=args.epochs, lr=args.lr, head_lr_scale=args.head_lr_scale,
                           seed=args.seed, batch_size=args.batch_size or space.batch_size,
-                          precision=args.precision or space.precision, device=args.device,
+                          precision=args.precision or space.precision,
+                          prompt_init=args.prompt_init, device=args.device,
                           progress=not args.quiet, sampling=args.sampling,
                           budget_gb=_supernet_budget(args),
                           warmup_epochs=_warmup_epochs(args), warmup=args.warmup)
@@ -259,11 +261,21 @@ def _add_train_options(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                    help="default: the search space's precision")
     p.add_argument("--seed", type=int, default=0)
+    _add_prompt_init_option(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: all cores)")
     p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_prompt_init_option(p: argparse.ArgumentParser) -> None:
+    from supernet.init import PROMPT_INITS
+
+    p.add_argument("--prompt-init", choices=PROMPT_INITS, default=PROMPT_INITS[0],
+                   help="how fused slots start: exactly the PMF paper's ('paper'), or "
+                        "with mappings centred on the training data ('centred') "
+                        "(default: %(default)s)")
 
 
 def _add_data_seed_option(p: argparse.ArgumentParser) -> None:

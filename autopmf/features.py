@@ -9,6 +9,7 @@ starts every step from there.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -133,3 +134,25 @@ class SlotCaches:
             return below
         self._by_slot[slot] = advance_feature_cache(below, self.backbone, slot)
         return self._by_slot[slot]
+
+
+INIT_SAMPLE = 256  # examples a data-dependent initialisation looks at
+
+
+def stream_sampler(cache: FeatureCache, backbone: FrozenBackbone, seed: int,
+                   device: torch.device | str = "cpu", n: int = INIT_SAMPLE
+                   ) -> Callable[[int], Streams]:
+    """`at(slot)`: the frozen streams entering `slot` (>= cache.slot) for a seeded sample of
+    `cache`'s examples; each slot is computed once, from the highest one below it."""
+    rows = torch.randperm(len(cache), generator=torch.Generator().manual_seed(seed))[:n]
+    images, image_index = cache.image_index[rows].unique(return_inverse=True)
+    by_slot = {cache.slot: FeatureCache(
+        cache.slot, cache.text[rows].to(device), cache.text_mask[rows].to(device),
+        cache.image[images].to(device), image_index.to(device), cache.labels[rows])}
+
+    def at(slot: int) -> Streams:
+        if slot not in by_slot:
+            below = max(s for s in by_slot if s < slot)
+            by_slot[slot] = advance_feature_cache(by_slot[below], backbone, slot)
+        return by_slot[slot].streams(torch.arange(len(by_slot[slot])), device)
+    return at

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from autopmf.build import build_backbone
+from autopmf.budget import Budget
+from autopmf.build import build_backbone, initialise_fusion
 from autopmf.checkpoint import (check_fingerprint, latest_checkpoint, load_checkpoint,
                                 save_checkpoint)
 from autopmf.data.registry import load_dataset
@@ -26,6 +27,7 @@ from autopmf.errors import AutopmfError
 from autopmf.feature_store import feature_caches
 from autopmf.features import FeatureCache, SlotCaches
 from autopmf.files import atomic_write_json, load_tensors, save_tensors
+from autopmf.memory import GIB
 from autopmf.metrics import loss_fn
 from autopmf.run_dir import fingerprint, holds_run_lock, package_versions, run_settings
 from autopmf.space import SearchSpace
@@ -85,39 +87,21 @@ def supernet_fingerprint(space: SearchSpace, data_spec: str, cfg: SupernetConfig
 
 def budget_fit(space: SearchSpace, budget_gb: float | None, num_classes: int, device: str,
                warmup: str = "lowest"):
-    """(fit, largest, warmup subnets) for a sampler restricted to `budget_gb`: the search's
+    """`sampler_restriction` of a budget of `budget_gb` GiB (None: no budget)."""
+    return sampler_restriction(Budget.load(space, budget_gb, num_classes, device), warmup)
+
+
+def sampler_restriction(budget: Budget, warmup: str = "lowest"):
+    """(fit, largest, warmup subnets) for a sampler restricted to `budget`: the search's
     repair into the budget, the largest architecture within it, and the subnets the warm-up
-    trains (that largest one, a cover of every slot, or the cover's first subnet: the lowest
-    slots). Without a budget every subnet is allowed: fit and largest are None (the sampler
-    then draws from the whole space, whose largest fuses every slot), and the warm-up rule
-    picks among all subnets (the cover is then one subnet fusing every slot)."""
-    if warmup not in WARMUP_RULES:
-        raise ValueError(f"warm-up rule {warmup!r} is not one of {WARMUP_RULES}")
-    from autopmf.nni_space import covering_within, largest_within, repair
-
-    if budget_gb is None:
-        budget_bytes = 0
-
-        def estimate(arch):
-            return 0  # everything fits
-    else:
-        from autopmf.memory import GIB, estimate_bytes, load_profile
-
-        profile = load_profile(space, device="cuda" if device.startswith("cuda") else "cpu",
-                               num_classes=num_classes)
-        budget_bytes = int(budget_gb * GIB)
-
-        def estimate(arch):
-            return estimate_bytes(space, arch, profile)
-    largest = largest_within(space, estimate, budget_bytes)
-    if warmup == "largest":
-        warmup_archs = [largest]
-    else:
-        cover = covering_within(space, estimate, budget_bytes)
-        warmup_archs = cover if warmup == "cover" else cover[:1]
-    if budget_gb is None:
+    trains (`Budget.warmup`). Without a budget every subnet is allowed: fit and largest are
+    None (the sampler then draws from the whole space, whose largest fuses every slot), and
+    the warm-up rule picks among all subnets (the cover is then one subnet fusing every
+    slot)."""
+    warmup_archs = budget.warmup(warmup)
+    if not budget.limited:
         return None, None, warmup_archs
-    return lambda arch: repair(space, arch, estimate, budget_bytes), largest, warmup_archs
+    return budget.repair, budget.largest(), warmup_archs
 
 
 def subnet_score(supernet: Supernet, arch, cache: FeatureCache, cfg: TrainConfig,
@@ -191,7 +175,9 @@ def _train_epoch(model, supernet: Supernet, sampler: ArchSampler, train: SlotCac
 
 @holds_run_lock
 def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetConfig,
-                   resume: bool = False, force: bool = False) -> SupernetRun:
+                   resume: bool = False, force: bool = False,
+                   budget: Budget | None = None) -> SupernetRun:
+    """`budget`: cfg.budget_gb's, when the caller has built it already."""
     dist = init_distributed(cfg.device)
     cfg.device = dist.device
     out = Path(out)
@@ -228,6 +214,8 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
         return SupernetRun(supernet, caches, dataset.metric,
                            json.loads((out / METRICS).read_text()), val_slots)
 
+    initialise_fusion({int(j): slot for j, slot in supernet.fusion.items()}, backbone,
+                      caches["train"], cfg.prompt_init, cfg.seed, cfg.device)
     optimizer = torch.optim.AdamW(param_groups(supernet, cfg), weight_decay=cfg.weight_decay)
     steps = len(caches["train"]) // cfg.batch_size
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -245,8 +233,11 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
     model = supernet
     if dist.active:
         model = torch.nn.parallel.DistributedDataParallel(supernet, find_unused_parameters=True)
-    fit, largest, warmup_archs = budget_fit(space, cfg.budget_gb, len(dataset.label_names),
-                                            cfg.device, cfg.warmup)
+    if budget is None:
+        budget = Budget.load(space, cfg.budget_gb, len(dataset.label_names), cfg.device)
+    elif budget.limit_bytes != (None if cfg.budget_gb is None else int(cfg.budget_gb * GIB)):
+        raise ValueError(f"the budget given is not the supernet's {cfg.budget_gb} GiB")
+    fit, largest, warmup_archs = sampler_restriction(budget, cfg.warmup)
     sampler = ArchSampler(space, cfg.sampling, cfg.seed, fit=fit, largest=largest,
                           warmup_steps=cfg.warmup_epochs * steps, warmup_archs=warmup_archs)
     references = reference_subnets(space, cfg.seed, fit=fit, largest=largest)

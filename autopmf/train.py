@@ -50,6 +50,9 @@ class TrainConfig:
     # another seed retrain on the very same split (`autopmf validate --seeds`).
     data_seed: int | None = None
     precision: str = "fp32"
+    # How fused slots start (supernet.init.PROMPT_INITS): exactly the paper's, or "centred"
+    # mappings (BENCHMARKS.md "Fusion that learns from the first epoch").
+    prompt_init: str = "paper"
     device: str = "cpu"
     progress: bool = True
 

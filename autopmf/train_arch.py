@@ -14,7 +14,7 @@ from typing import Mapping
 import torch
 
 from autopmf.baselines import frozen_feature_baselines, late_fusion_verdict
-from autopmf.build import build_backbone, build_pmf
+from autopmf.build import build_backbone, build_pmf, initialise_fusion
 from autopmf.checkpoint import EpochCheckpoints, remove_checkpoints
 from autopmf.data.registry import load_dataset
 from autopmf.errors import AutopmfError
@@ -70,6 +70,9 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
     caches = {name: build_feature_cache(enc, backbone, model.first_fused_slot, device=cfg.device)
               for name, enc in encoded.items()}
     cache_seconds = time.perf_counter() - t0
+    if init_weights is None:
+        initialise_fusion({j: model.fusion[str(j)] for j in model.slot_configs}, backbone,
+                          caches["train"], cfg.prompt_init, cfg.seed, cfg.device)
 
     def forward(cache, rows):
         return model.forward_from(cache.streams(rows, cfg.device), cache.slot)

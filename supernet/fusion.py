@@ -59,6 +59,16 @@ def kept_mask(mask: torch.Tensor, rows: slice | None) -> torch.Tensor:
     return mask if rows is None else mask[:, rows]
 
 
+def prompt_rows(bank: nn.Parameter, n: int, like: torch.Tensor) -> torch.Tensor:
+    """The first n prompts of `bank`, repeated for each example of `like` [B, N, d]."""
+    return bank[:n].to(like.dtype).unsqueeze(0).expand(like.shape[0], -1, -1)
+
+
+def with_prompts(mask: torch.Tensor, extra: int) -> torch.Tensor:
+    """A text key mask extended with `extra` always-visible prompt positions."""
+    return torch.cat([mask, mask.new_ones(mask.shape[0], extra)], dim=1)
+
+
 def _prompt(rows: int, dim: int) -> nn.Parameter:
     return nn.Parameter(torch.randn(rows, dim) * PROMPT_INIT_STD)
 
@@ -85,24 +95,9 @@ class FusionSlot(nn.Module):
         """`keep`: the (text, image) rows of the slot's outputs to compute (None: all)."""
         cfg = active or self.size
         text, mask, image = streams.text, streams.text_mask, streams.image
-        n_text, n_image, batch = text.shape[1], image.shape[1], text.shape[0]
-        q = cfg.query_len
+        n_text, n_image = text.shape[1], image.shape[1]
 
-        def rows(bank: nn.Parameter, n: int) -> torch.Tensor:
-            return bank[:n].to(text.dtype).unsqueeze(0).expand(batch, -1, -1)
-
-        def with_prompts(mask_extra: int) -> torch.Tensor:
-            return torch.cat([mask, mask.new_ones(batch, mask_extra)], dim=1)
-
-        # Query stage: each encoder reads its own tokens into its query prompts. Only the
-        # prompts' outputs are used, so only they are computed (exact, and much cheaper).
-        text_q = text_layer(
-            torch.cat([text, rows(self.text_query_context, cfg.query_context_len),
-                       rows(self.text_query, q)], dim=1),
-            with_prompts(cfg.query_context_len + q), slice(-q, None))
-        image_q = image_layer(
-            torch.cat([image, rows(self.image_query_context, cfg.query_context_len),
-                       rows(self.image_query, q)], dim=1), None, slice(-q, None))
+        text_q, image_q = self.query(streams, text_layer, image_layer, cfg)
         to_image = self.text_to_image(text_q, cfg.mapping_hidden)
         to_text = self.image_to_text(image_q, cfg.mapping_hidden)
 
@@ -110,13 +105,33 @@ class FusionSlot(nn.Module):
         # positions are dropped so each residual stream keeps its length (or `keep`'s rows).
         text_rows, image_rows = keep
         image_out = image_layer(
-            torch.cat([image, rows(self.image_fusion_context, cfg.fusion_context_len),
+            torch.cat([image, prompt_rows(self.image_fusion_context, cfg.fusion_context_len,
+                                          text),
                        to_image], dim=1), None, image_rows or slice(0, n_image))
         text_out = text_layer(
-            torch.cat([text, rows(self.text_fusion_context, cfg.fusion_context_len),
+            torch.cat([text, prompt_rows(self.text_fusion_context, cfg.fusion_context_len,
+                                         text),
                        to_text], dim=1),
-            with_prompts(cfg.fusion_context_len + q), text_rows or slice(0, n_text))
+            with_prompts(mask, cfg.fusion_context_len + cfg.query_len),
+            text_rows or slice(0, n_text))
         return Streams(text_out, kept_mask(mask, text_rows), image_out)
+
+    def query(self, streams: Streams, text_layer: LayerFn, image_layer: LayerFn,
+              cfg: SlotConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query stage: each encoder reads its own tokens into its query prompts; -> the
+        (text, image) query prompts' outputs [B, M, d]. Only the prompts' outputs are used,
+        so only they are computed (exact, and much cheaper)."""
+        text, image = streams.text, streams.image
+        q, qc = cfg.query_len, cfg.query_context_len
+
+        text_q = text_layer(
+            torch.cat([text, prompt_rows(self.text_query_context, qc, text),
+                       prompt_rows(self.text_query, q, text)], 1),
+            with_prompts(streams.text_mask, qc + q), slice(-q, None))
+        image_q = image_layer(
+            torch.cat([image, prompt_rows(self.image_query_context, qc, text),
+                       prompt_rows(self.image_query, q, text)], 1), None, slice(-q, None))
+        return text_q, image_q
 
     def used_regions(self, active: SlotConfig) -> dict[str, tuple[slice, ...]]:
         """The part of each parameter that a subnet with `active` sizes reads."""

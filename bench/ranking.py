@@ -1,0 +1,200 @@
+"""The yardstick: do seeds of standalone training rank designs alike?
+
+Trains each design standalone (as `autopmf train` does: the same model, initialisation, loop
+and schedule) for a fixed number of epochs, once per seed, on one data split, and reports per
+design the mean and standard deviation of its validation score, and across designs the
+spread (best mean - worst mean), the mean seed standard deviation, and the seeds' agreement:
+the mean pairwise Kendall tau-b between the seeds' rankings, with a bootstrap 90% interval
+over designs. A supernet can rank designs no better than the seeds agree.
+
+    python bench/ranking.py                                  # demo task, 12 designs x 3 seeds
+    python bench/ranking.py --epochs 2 --seeds 3 --prompt-init paper --out bench/results/x.json
+
+Encoders, data and the frozen-feature caches load once for all trainings. Each finished
+training is appended to a log beside the result (`NAME.runs.jsonl`), so an interrupted
+benchmark run again with the same settings continues where it stopped. Fix --threads: thread
+count changes results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from autopmf.build import build_backbone, build_pmf, initialise_fusion  # noqa: E402
+from autopmf.data.registry import load_dataset  # noqa: E402
+from autopmf.features import SlotCaches, build_feature_cache, encode_split  # noqa: E402
+from autopmf.memory import GIB, estimate_bytes, load_profile  # noqa: E402
+from autopmf.ranking import summarize_designs  # noqa: E402
+from autopmf.report import describe_arch  # noqa: E402
+from autopmf.space import load_space  # noqa: E402
+from autopmf.train import TrainConfig, evaluate, fit  # noqa: E402
+
+# Designs of the demo space that fit its 0.285 GiB budget, from one fused slot to four, low
+# slots and high, short prompts and long; the last is the PMF reference that fits the budget
+# (the top four slots at M = 2). "slot:M" pairs joined by "+".
+DEMO_DESIGNS = ("5:1", "3:1", "2:2", "0:2", "0:1+1:1", "0:4+1:1", "3:8+4:8", "1:2+2:1+4:2",
+                "0:1+2:1+3:1", "1:8+4:1+5:2", "1:4+2:4+4:2", "2:2+3:2+4:2+5:2")
+
+
+def parse_design(space, spec: str) -> dict:
+    arch = {f"fusion_{j}": 0 for j in space.fusable_slots}
+    arch.update({f"prompt_{j}": space.prompt_lengths[0] for j in space.fusable_slots})
+    for part in spec.split("+"):
+        slot, length = (int(x) for x in part.split(":"))
+        arch[f"fusion_{slot}"], arch[f"prompt_{slot}"] = 1, length
+    return space.validate(arch)
+
+
+def settings_key(args) -> dict:
+    return {k: getattr(args, k) for k in ("space", "data", "epochs", "prompt_init", "threads",
+                                          "lr", "data_seed")}
+
+
+def load_done(log: Path, key: dict) -> dict:
+    """(design, seed) -> record, from an earlier run of the same settings."""
+    done = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if record.get("settings") == key:
+                done[record["design"], record["seed"]] = record
+    return done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--space", default="demo")
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--designs", default=",".join(DEMO_DESIGNS),
+                        help="comma-separated designs, each slot:M pairs joined by +")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--prompt-init", default="centred")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--budget-gb", type=float, default=0.285,
+                        help="the budget the designs are meant to span (reported per design)")
+    parser.add_argument("--out", default=str(ROOT / "bench/results/ranking.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    space = load_space(args.space)
+    designs = [d.strip() for d in args.designs.split(",") if d.strip()]
+    dataset = load_dataset(args.data, seed=args.data_seed, image_size=space.image_size)
+    backbone = build_backbone(space)
+    num_classes = len(dataset.label_names)
+    profile = load_profile(space, "cpu", num_classes, backbone=backbone)
+    archs = {d: parse_design(space, d) for d in designs}
+    mem_gb = {d: estimate_bytes(space, a, profile) / GIB for d, a in archs.items()}
+    lowest = min(space.fusable_slots)
+    slots = {name: SlotCaches(build_feature_cache(encode_split(split, backbone, space),
+                                                  backbone, lowest), backbone)
+             for name, split in dataset.splits().items()}
+
+    out = Path(args.out)
+    log = out.with_suffix(".runs.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    key = settings_key(args)
+    done = load_done(log, key)
+    # Seed-major: every design has its first seed before any has a second.
+    for seed in range(args.seeds):
+        for design in designs:
+            if (design, seed) in done:
+                continue
+            record = train_once(space, archs[design], backbone, slots, num_classes,
+                                dataset.metric, seed, args)
+            record.update(design=design, seed=seed, settings=key)
+            with log.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            done[design, seed] = record
+            print(f"seed {seed} {design:>16}: val {record['val']:.4f} test "
+                  f"{record['test']:.4f} ({record['seconds']:.0f} s)", flush=True)
+
+    table = [[done[d, s]["val"] for s in range(args.seeds)] for d in designs]
+    summary = summarize_designs(table)
+    rows = [{"design": d, "arch_description": describe_arch(archs[d], space.fusable_slots),
+             "mem_gb": round(mem_gb[d], 4), "within_budget": mem_gb[d] <= args.budget_gb,
+             "val_scores": table[i], "val_mean": summary["means"][i],
+             "val_std": summary["stds"][i],
+             "test_scores": [done[d, s]["test"] for s in range(args.seeds)],
+             "train_seconds": [done[d, s]["seconds"] for s in range(args.seeds)]}
+            for i, d in enumerate(designs)]
+    result = {"task": args.data, "space": args.space, "designs": len(designs),
+              "seeds": args.seeds, "epochs": args.epochs, "prompt_init": args.prompt_init,
+              "score": f"val {dataset.metric}",
+              "seed_tau": summary["seed_tau"], "seed_tau_ci": summary["seed_tau_ci"],
+              "spread": summary["spread"], "mean_seed_std": summary["mean_seed_std"],
+              "spread_over_noise": summary["spread"] / max(summary["mean_seed_std"], 1e-12),
+              # Wall time of this invocation; a resumed run counts only its own part, and
+              # sum(train_seconds) is the training time behind every number.
+              "minutes": (time.perf_counter() - started) / 60,
+              "train_minutes": sum(sum(r["train_seconds"]) for r in rows) / 60,
+              "threads": args.threads, "machine": f"{platform.machine()}, "
+              f"{torch.get_num_threads()} torch threads", "date": str(datetime.date.today()),
+              "per_design": rows}
+    out.write_text(json.dumps(finite_or_null(result), indent=1) + "\n")
+    print_table(result)
+
+
+def train_once(space, arch, backbone, slots, num_classes, metric, seed, args) -> dict:
+    torch.manual_seed(seed)
+    model = build_pmf(space, arch, backbone, num_classes)
+    start = model.first_fused_slot
+    caches = {name: s.at(start) for name, s in slots.items()}
+    initialise_fusion({j: model.fusion[str(j)] for j in model.slot_configs}, backbone,
+                      caches["train"], args.prompt_init, seed)
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=seed, batch_size=space.batch_size,
+                      precision=space.precision, prompt_init=args.prompt_init,
+                      progress=False)
+
+    def forward(cache, rows):
+        return model.forward_from(cache.streams(rows), cache.slot)
+    result = fit(model, forward, caches["train"], caches["val"], cfg, metric)
+    model.eval()
+    return {"val": result.best_val, "test": evaluate(forward, caches["test"], cfg, metric),
+            "history": [h[f"val_{metric}"] for h in result.history],
+            "seconds": result.seconds}
+
+
+def finite_or_null(value):
+    """JSON has no NaN: an undefined statistic (e.g. tau over constant scores) is null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def print_table(result: dict) -> None:
+    print("\n| design | GiB | val per seed | mean ± std |\n|---|---|---|---|")
+    for r in result["per_design"]:
+        print(f"| {r['arch_description']} | {r['mem_gb']:.3f} | "
+              + " / ".join(f"{v:.3f}" for v in r["val_scores"])
+              + f" | {r['val_mean']:.3f} ± {r['val_std']:.3f} |")
+    lo, hi = result["seed_tau_ci"]
+    print(f"\nseed τ {result['seed_tau']:.3f} (90% CI {lo:.3f} – {hi:.3f}); spread "
+          f"{result['spread']:.3f} = {result['spread_over_noise']:.1f} × mean seed std "
+          f"{result['mean_seed_std']:.3f}; {result['minutes']:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""How fused slots start: `paper` is exactly the paper's (and the earlier model's)
+initialisation; `centred` centres the mappings on data, deterministically by seed."""
+
+import pytest
+import torch
+
+from autopmf.build import build_pmf, initialise_fusion
+from autopmf.data.registry import load_dataset
+from autopmf.features import build_feature_cache, encode_split, stream_sampler
+from supernet.supernet import Supernet
+from tests.conftest import model_for
+
+DATA = "digits:examples_per_image=1"
+
+
+@pytest.fixture(scope="module")
+def train_cache(space, backbone):
+    split = load_dataset(DATA, seed=0, image_size=space.image_size).train
+    return build_feature_cache(encode_split(split, backbone, space), backbone, 0)
+
+
+def initialised(space, backbone, train_cache, rule, seed, arch=None):
+    model = model_for(space, backbone, arch or space.reference_arch(2, 2), seed=seed)
+    initialise_fusion({j: model.fusion[str(j)] for j in model.slot_configs}, backbone,
+                      train_cache, rule, seed)
+    return model
+
+
+def states_equal(a, b):
+    sa, sb = a.trainable_state_dict(), b.trainable_state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_paper_is_bit_identical_to_the_constructors(space, backbone, train_cache):
+    # The model as it was before any data-dependent rule existed: seed, then construct.
+    torch.manual_seed(3)
+    before = build_pmf(space, space.reference_arch(2, 2), backbone, 3)
+    assert states_equal(initialised(space, backbone, train_cache, "paper", 3), before)
+    # ... and it draws nothing from the global generator either way.
+    torch.manual_seed(5)
+    initialised(space, backbone, train_cache, "centred", 5)
+    after_centred = torch.rand(3)
+    torch.manual_seed(5)
+    initialised(space, backbone, train_cache, "paper", 5)
+    assert torch.equal(torch.rand(3), after_centred)
+
+
+def test_centred_is_deterministic_by_seed(space, backbone, train_cache):
+    a = initialised(space, backbone, train_cache, "centred", 1)
+    b = initialised(space, backbone, train_cache, "centred", 1)
+    c = initialised(space, backbone, train_cache, "centred", 2)
+    assert states_equal(a, b) and not states_equal(a, c)
+
+
+def test_centred_mappings_hand_on_input_dependent_tokens(space, backbone, train_cache):
+    seed = 0
+    model = initialised(space, backbone, train_cache, "centred", seed)
+    paper = initialised(space, backbone, train_cache, "paper", seed)
+    streams_at = stream_sampler(train_cache, backbone, seed)
+    for j in model.slot_configs:
+        slot, layers = model.fusion[str(j)], (backbone.text_layer_fn(j),
+                                              backbone.image_layer_fn(j))
+        with torch.no_grad():
+            text_q, _ = slot.query(streams_at(j), *layers, slot.size)
+            x = text_q.reshape(-1, text_q.shape[-1])
+            pre = x @ slot.text_to_image.fc1.weight.T + slot.text_to_image.fc1.bias
+            # Every hidden unit: zero mean, unit spread on the sample it was centred on.
+            assert pre.mean(0).abs().max() < 1e-4
+            assert torch.allclose(pre.std(0), torch.ones(pre.shape[1]), atol=1e-4)
+            out = slot.text_to_image.fc2(torch.relu(pre))
+            assert out.mean(0).abs().max() < 1e-4
+            # The tokens handed to the image encoder now vary with the input far more.
+            def spread(s):
+                q, _ = s.query(streams_at(j), *layers, s.size)
+                mapped = s.text_to_image(q).reshape(q.shape[0], -1)
+                return ((mapped - mapped.mean(0)).norm(dim=1).mean()
+                        / mapped.mean(0).norm()).item()
+            assert spread(slot) > 2 * spread(paper.fusion[str(j)])
+    # Prompts and heads keep the paper's values: only the mappings are set from data.
+    for name, tensor in model.trainable_state_dict().items():
+        if "_to_" not in name:
+            assert torch.equal(tensor, paper.trainable_state_dict()[name]), name
+
+
+def test_a_supernet_centres_its_full_banks_and_subnets_inherit_them(space, backbone,
+                                                                     train_cache):
+    torch.manual_seed(0)
+    supernet = Supernet(space, backbone, 3)
+    initialise_fusion({int(j): s for j, s in supernet.fusion.items()}, backbone, train_cache,
+                      "centred", 0)
+    arch = space.reference_arch(2, 1)
+    extracted = supernet.extract(arch)
+    for j in extracted.slot_configs:
+        big, small = supernet.fusion[str(j)], extracted.fusion[str(j)]
+        assert torch.equal(small.text_to_image.fc1.bias, big.text_to_image.fc1.bias)
+        assert not torch.allclose(big.text_to_image.fc1.bias,
+                                  torch.zeros_like(big.text_to_image.fc1.bias))
+
+
+def test_unknown_rule_is_refused(space, backbone, train_cache):
+    with pytest.raises(ValueError, match="unknown prompt initialisation"):
+        initialised(space, backbone, train_cache, "lsuv", 0)
