@@ -3,7 +3,8 @@
 NNI facts this relies on (DESIGN 5): a space is a `MutableDict` of `Categorical`s plus a
 `Constraint`; upstream initial sampling is pure rejection sampling, which under a tight budget
 evaluates nothing and says nothing — so `BudgetedEvolution` samples freely, then *repairs*
-each sample into the budget (stepping choices down), and only then asks NNI to validate it.
+each sample into the budget (stepping choices down, `autopmf.budget`), and only then asks NNI
+to validate it.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import nni  # noqa: E402
 from nni.mutable import Categorical, Constraint, ConstraintViolation, MutableDict  # noqa: E402
 from nni.nas.strategy import RegularizedEvolution  # noqa: E402
 
+from autopmf.budget import Estimate  # noqa: E402
 from autopmf.space import Architecture, SearchSpace  # noqa: E402
 
 BUDGET_LABEL = "memory_budget"
-Estimate = Callable[[Mapping[str, int]], int]
 
 
 def quiet_nni() -> None:
@@ -66,83 +67,6 @@ def build_nni_space(space: SearchSpace, estimate: Estimate, budget_bytes: int
                for key, values in space.choices().items()}
     return MutableDict({**choices, BUDGET_LABEL: MemoryBudget(choices, estimate, budget_bytes)}
                        ), choices
-
-
-def repair(space: SearchSpace, arch: Mapping[str, int], estimate: Estimate,
-           budget_bytes: int) -> Architecture | None:
-    """Step choices down until the estimate fits: each round takes the single one-step-down
-    change that fits with the most memory left in use (the smallest change), or else the one
-    that saves the most. None when even all-off does not fit."""
-    choices = space.choices()
-    arch = space.canonical(arch)
-    need = estimate(arch)
-    while need > budget_bytes:
-        moves = []
-        for key, values in choices.items():
-            i = values.index(arch[key])
-            slot_fuses = arch[f"fusion_{key.rsplit('_', 1)[1]}"]
-            if i == 0 or not slot_fuses:
-                continue  # already lowest, or a choice of a slot that does not fuse
-            moved = space.canonical({**arch, key: values[i - 1]})
-            moves.append((estimate(moved), key, moved))
-        if not moves:
-            return None
-        fitting = [m for m in moves if m[0] <= budget_bytes]
-        need, _, arch = max(fitting, key=lambda m: m[0]) if fitting else min(
-            moves, key=lambda m: m[0])
-    return arch
-
-
-def largest_within(space: SearchSpace, estimate: Estimate, budget_bytes: int
-                   ) -> Architecture | None:
-    """A largest architecture that fits — the most choices stepped up: from nothing fused,
-    repeatedly take the cheapest one-step-up change (fuse a slot at its shortest prompts, or
-    lengthen a fused slot's prompts) that still fits, until none fits. Cheapest first fuses
-    the top slots before the memory-hungry low ones and grows prompts last. (Repairing the
-    space's largest architecture instead drops whole slots, far below the budget.)"""
-    choices = space.choices()
-    arch = space.canonical({key: min(values) for key, values in choices.items()})
-    if estimate(arch) > budget_bytes:
-        return None
-    while True:
-        moves = []
-        for key, values in choices.items():
-            i = values.index(arch[key])
-            slot_fuses = arch[f"fusion_{key.rsplit('_', 1)[1]}"]
-            if i == len(values) - 1 or not (slot_fuses or key.startswith("fusion_")):
-                continue  # already largest, or a choice of a slot that does not fuse
-            moved = space.canonical({**arch, key: values[i + 1]})
-            need = estimate(moved)
-            if need <= budget_bytes:
-                moves.append((need, key, moved))
-        if not moves:
-            return arch
-        arch = min(moves, key=lambda m: m[0])[2]
-
-
-def covering_within(space: SearchSpace, estimate: Estimate, budget_bytes: int
-                    ) -> list[Architecture]:
-    """Subnets within the budget, at the shortest prompts, that between them fuse every
-    fusable slot that can fuse within it. Each takes the lowest slots not yet covered while
-    they fit (low slots are the memory-hungry ones), then any other slot that still fits,
-    top first. A warm-up that cycles through them trains every slot's prompt bank, where the
-    largest subnet within the budget trains only the few top slots it fuses."""
-    # Every choice at its smallest: nothing fused (fusion_j = 0), the shortest prompts.
-    nothing = space.canonical({key: min(values) for key, values in space.choices().items()})
-    uncovered = sorted(space.fusable_slots)
-    cover = []
-    while uncovered:
-        arch = dict(nothing)
-        for slot in uncovered + sorted(set(space.fusable_slots) - set(uncovered), reverse=True):
-            trial = space.canonical({**arch, f"fusion_{slot}": 1})
-            if estimate(trial) <= budget_bytes:
-                arch = trial
-        fused = set(space.fused_slots(arch))
-        if not fused & set(uncovered):
-            break  # the slots left cannot fuse within the budget at all
-        cover.append(arch)
-        uncovered = [slot for slot in uncovered if slot not in fused]
-    return cover
 
 
 class BudgetedEvolution(RegularizedEvolution):

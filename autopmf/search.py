@@ -22,15 +22,16 @@ from typing import Mapping
 
 from tqdm import tqdm
 
+from autopmf.budget import Budget, device_kind
 from autopmf.data.registry import load_dataset
 from autopmf.errors import AutopmfError
 from autopmf.features import SlotCaches
 from autopmf.files import atomic_copy, atomic_write_json, atomic_write_text, load_tensors
-from autopmf.memory import GIB, check_budget, estimate_bytes, load_profile
+from autopmf.memory import GIB
 from autopmf.report import pareto_front, read_search_log
 from autopmf.run_dir import claim_run_dir, holds_run_lock, run_settings
 from autopmf.nni_space import (BUDGET_LABEL, BudgetedEvolution, build_nni_space, quiet_nni,
-                               repair, report)
+                               report)
 from autopmf.space import SearchSpace, save_arch
 from autopmf.supernet_train import METRICS as SUPERNET_METRICS
 from autopmf.supernet_train import WEIGHTS as SUPERNET_WEIGHTS
@@ -196,25 +197,22 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     identity = _run_identity(space, data_spec, cfg)
     claim = claim_run_dir(out, identity, resume=resume, force=force, what="search",
                           outputs=(LOG, BEST, PARETO, SUPERNET_METRICS, SUPERNET_WEIGHTS))
-    budget_bytes = int(cfg.budget_gb * GIB)
-    device_kind = "cuda" if cfg.supernet.device.startswith("cuda") else "cpu"
     dataset = load_dataset(data_spec, seed=cfg.supernet.seed, image_size=space.image_size)
     num_classes, dataset_metric = len(dataset.label_names), dataset.metric
-    profile = load_profile(space, device=device_kind, num_classes=num_classes)
-    check_budget(space, budget_bytes, profile)  # nothing fits: clear error, nothing written
-
-    def estimate(arch):
-        return estimate_bytes(space, arch, profile)
-
+    budget = Budget.load(space, cfg.budget_gb, num_classes, cfg.supernet.device)
+    budget.check_feasible()  # nothing fits: clear error, nothing written
     if cfg.supernet_from is not None:
         _check_supernet_source(Path(cfg.supernet_from),
                                supernet_fingerprint(space, data_spec, cfg.supernet))
     out.mkdir(parents=True, exist_ok=True)
-    claim.start(metric=dataset_metric, memory_device=device_kind)  # all inputs checked
+    # All inputs checked:
+    claim.start(metric=dataset_metric, memory_device=device_kind(cfg.supernet.device))
     started = time.perf_counter()
     if cfg.supernet_from is not None:
         _copy_supernet(Path(cfg.supernet_from), out)
-    run = train_supernet(space, data_spec, out, cfg.supernet, resume=True)
+    same_budget = cfg.supernet.budget_gb == cfg.budget_gb  # else the whole space, or another
+    run = train_supernet(space, data_spec, out, cfg.supernet, resume=True,
+                         budget=budget if same_budget else None)
     scorer = InheritedScorer(run.supernet, run.val_slots, cfg.supernet, run.metric)
 
     replay = read_search_log(out / LOG) if resume and (out / LOG).exists() else []
@@ -223,17 +221,17 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     from nni.nas.execution import SequentialExecutionEngine
     from nni.nas.space import RawFormatModelSpace
 
-    nni_space, choices = build_nni_space(space, estimate, budget_bytes)
+    nni_space, choices = build_nni_space(space, budget.estimate, budget.limit_bytes)
     # Random search is evolution whose initial (random, repaired) population is every trial.
     population = cfg.trials if cfg.strategy == "random" else min(cfg.population, cfg.trials)
     strategy = BudgetedEvolution(
-        choices, lambda sample: repair(space, sample, estimate, budget_bytes),
+        choices, budget.repair,
         population_size=population,
         sample_size=min(cfg.tournament, population),
         mutation_prob=cfg.mutation_prob, seed=cfg.seed)
     bar = tqdm(total=cfg.trials, desc="search", dynamic_ncols=True, mininterval=0.5,
                disable=not (cfg.progress and sys.stderr.isatty()))
-    evaluator = _make_evaluator(space, scorer, estimate, log, replay, bar)
+    evaluator = _make_evaluator(space, scorer, budget.estimate, log, replay, bar)
     engine = SequentialExecutionEngine(max_model_count=cfg.trials)
     strategy(RawFormatModelSpace(nni_space, evaluator), engine)
     bar.close()

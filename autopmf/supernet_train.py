@@ -35,7 +35,7 @@ from autopmf.train import (TrainConfig, autocast, check_finite_loss, evaluate, p
                            warmup_cosine)
 from supernet.optim import step_used_only
 from supernet.weights import load_trainable_state
-from supernet.sampling import WARMUP_RULES, ArchSampler, reference_subnets
+from supernet.sampling import ArchSampler, reference_subnets
 from supernet.supernet import Supernet
 
 WEIGHTS = "supernet.safetensors"

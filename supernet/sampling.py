@@ -13,8 +13,8 @@ from supernet.config import Architecture, SubnetSpace
 
 SAMPLING_RULES = ("uniform", "sandwich")
 # Which fixed subnets the warm-up trains: the largest within the budget; subnets that between
-# them fuse every slot (see autopmf.nni_space.covering_within); or the first of those, which
-# fuses the lowest slots that fit at the shortest prompts.
+# them fuse every slot (the application's budget finds them: autopmf.budget); or the first of
+# those, which fuses the lowest slots that fit at the shortest prompts.
 WARMUP_RULES = ("largest", "cover", "lowest")
 # Moves an architecture into the allowed set (e.g. the search's repair into a memory budget);
 # None when nothing near it is allowed.

@@ -6,10 +6,10 @@ import pytest
 import yaml
 
 from autopmf import search as search_mod
+from autopmf.budget import repair
 from autopmf.cli import main
 from autopmf.errors import AutopmfError
 from autopmf.memory import GIB, estimate_bytes, load_profile, max_memory_arch, min_memory_arch
-from autopmf.nni_space import repair
 from autopmf.search import SearchConfig, run_search
 from autopmf.space import load_arch
 from autopmf.supernet_train import SupernetConfig

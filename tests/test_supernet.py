@@ -130,7 +130,7 @@ def test_sampler_is_a_function_of_seed_and_step():
 
 def test_budget_restricted_sampling_trains_only_what_the_search_can_pick():
     from autopmf.memory import estimate_bytes, load_profile
-    from autopmf.nni_space import largest_within, repair
+    from autopmf.budget import largest_within, repair
 
     space = tiny_space()
     profile = load_profile(space, device="cpu", num_classes=2)
