@@ -465,3 +465,18 @@ def test_a_value_listed_twice_in_a_space_is_refused(key, values, twice, tmp_path
     space = tiny_space_file(tmp_path, **{key: values})
     fails_with(capsys, search_argv(tmp_path / "out", space=space, data=NO_DATA),
                f"{key} lists {twice} twice")
+
+
+def test_force_knows_every_file_a_command_writes():
+    """RUN_FILES (what --force removes) names each command's outputs: a file added to one
+    command and not there would survive --force as part of the next run."""
+    from autopmf import search, supernet_train, train_arch
+    from autopmf.run_dir import CONFIG, RUN_FILES
+
+    written = {CONFIG, search.LOG, search.BEST, search.PARETO, supernet_train.WEIGHTS,
+               supernet_train.METRICS, *train_arch.OUTPUTS}
+    assert written <= set(RUN_FILES)
+    plots = [name for name in RUN_FILES if name.startswith("plots/")]
+    source = (REPO / "autopmf" / "report.py").read_text()
+    assert all(f'"{Path(name).name}"' in source for name in plots)
+    assert source.count('.png"') == len(plots)
