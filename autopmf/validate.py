@@ -27,7 +27,8 @@ import numpy as np
 import yaml
 
 from autopmf.errors import AutopmfError
-from autopmf.ranking import average_ranks, kendall_tau_b, seed_agreement, spearman_rho
+from autopmf.ranking import (average_ranks, correlation_ci, kendall_tau_b, regret,
+                             seed_agreement, spearman_rho, top_k_hit)
 from autopmf.report import CONFIG_NAME, describe_arch, summarize
 from autopmf.space import space_from_dict
 
@@ -189,21 +190,47 @@ def validate_run(run: str | Path, archs: int = 10, epochs: int = 8, device: str 
                      "inherited_score": entry["score"], "val_score": float(np.mean(val)),
                      "test_score": float(np.mean(test)), "val_scores": val,
                      "test_scores": test})
-    inherited = [r["inherited_score"] for r in rows]
-    standalone = [r["val_score"] for r in rows]
     result = {"run": str(run), "metric": summary["metric"], "epochs": epochs, "n": len(rows),
-              "seeds": seeds,
-              "kendall_tau": _finite_or_none(kendall_tau_b(inherited, standalone)),
-              "spearman_rho": _finite_or_none(spearman_rho(inherited, standalone)),
-              "seed_kendall_tau": _finite_or_none(seed_agreement([r["val_scores"] for r in rows])),
-              "archs": rows}
+              "designs": len(rows), "seeds": seeds,
+              "variant": _supernet_variant(run), **agreement(rows), "archs": rows}
     folder = run / SUBDIR
     result["plot"] = str(write_scatter(folder / PLOT, result))
     atomic_write_json(folder / SUMMARY, result)
     return result
 
 
+def agreement(rows: Sequence[Mapping]) -> dict:
+    """How well the inherited scores rank the designs against the seed-mean standalone
+    validation scores: tau and rho with bootstrap 90% intervals (over designs), whether the
+    supernet's top design is among the standalone top 1 and top 3, the regret of picking it,
+    and how alike the seeds themselves rank the designs."""
+    inherited = [r["inherited_score"] for r in rows]
+    standalone = [r["val_score"] for r in rows]
+    return {"kendall_tau": _finite_or_none(kendall_tau_b(inherited, standalone)),
+            "kendall_tau_ci": [_finite_or_none(v) for v in correlation_ci(inherited, standalone)],
+            "spearman_rho": _finite_or_none(spearman_rho(inherited, standalone)),
+            "spearman_rho_ci": [_finite_or_none(v) for v in
+                                correlation_ci(inherited, standalone, spearman_rho)],
+            "top1_hit": top_k_hit(inherited, standalone, 1),
+            "top3_hit": top_k_hit(inherited, standalone, 3),
+            "regret": regret(inherited, standalone),
+            "seed_kendall_tau": _finite_or_none(seed_agreement([r["val_scores"] for r in rows]))}
+
+
+def _supernet_variant(run: Path) -> dict:
+    """The supernet training rule behind the inherited scores (from RUN/config.yaml)."""
+    config = yaml.safe_load((run / CONFIG_NAME).read_text(encoding="utf-8")) or {}
+    supernet = config.get("supernet") or {}
+    return {key: supernet.get(key) for key in ("sampling", "warmup", "warmup_epochs", "epochs",
+                                               "prompt_init", "budget_gb")}
+
+
 # ----- output ----------------------------------------------------------------------------
+def _interval(bounds: Sequence[float | None]) -> str:
+    lo, hi = bounds
+    return "" if lo is None else f"(90% CI {lo:.3f} to {hi:.3f})"
+
+
 def _coefficient(value: float | None) -> str:
     return "undefined (constant scores)" if value is None else f"{value:.3f}"
 
@@ -250,8 +277,15 @@ def print_result(result: Mapping) -> None:
               f"{r['val_score']:>7.4f} {r['test_score']:>7.4f}  "
               f"{describe_arch(r['arch'])}")
     print(f"\ninherited vs standalone validation {result['metric']} over {result['n']} "
-          f"architectures: Kendall τ {_coefficient(result['kendall_tau'])}, Spearman ρ "
-          f"{_coefficient(result['spearman_rho'])}")
+          f"architectures: Kendall τ {_coefficient(result['kendall_tau'])} "
+          f"{_interval(result['kendall_tau_ci'])}, Spearman ρ "
+          f"{_coefficient(result['spearman_rho'])} {_interval(result['spearman_rho_ci'])}")
+    if result["top1_hit"]:
+        place = "the standalone best"
+    else:
+        place = "in the standalone top 3" if result["top3_hit"] else "outside the standalone top 3"
+    print(f"the supernet's top design is {place}; regret {result['regret']:.4f} (the best "
+          "standalone score minus its own)")
     if result.get("seeds", 1) > 1:
         agreement = result["seed_kendall_tau"]
         print(f"standalone scores are the mean of {result['seeds']} seeds; the seeds agree "

@@ -206,3 +206,18 @@ def test_more_seeds_add_retrains_on_the_same_split_and_average_them(searched, va
         kendall_tau_b(*zip(*[r["val_scores"] for r in rows])))
     assert result["kendall_tau"] == as_reported(
         kendall_tau_b([r["inherited_score"] for r in rows], [r["val_score"] for r in rows]))
+
+
+def test_agreement_reports_intervals_hits_and_regret_against_the_seed_mean():
+    # Seed means 0.60, 0.70, 0.80, 0.90; the supernet ranks the two best the wrong way round.
+    rows = [{"inherited_score": s, "val_score": float(np.mean(v)), "val_scores": v}
+            for s, v in ((0.50, [0.59, 0.61]), (0.55, [0.69, 0.71]), (0.65, [0.79, 0.81]),
+                         (0.60, [0.91, 0.89]))]
+    from autopmf.validate import agreement
+    result = agreement(rows)
+    assert result["kendall_tau"] == pytest.approx(4 / 6)  # 5 concordant, 1 discordant pair
+    lo, hi = result["kendall_tau_ci"]
+    assert lo <= result["kendall_tau"] <= hi
+    assert not result["top1_hit"] and result["top3_hit"]
+    assert result["regret"] == pytest.approx(0.90 - 0.80)
+    assert result["seed_kendall_tau"] == pytest.approx(1.0)
