@@ -30,8 +30,6 @@ from autopmf.files import atomic_copy, atomic_write_json, atomic_write_text, loa
 from autopmf.memory import GIB
 from autopmf.report import pareto_front, read_search_log
 from autopmf.run_dir import claim_run_dir, holds_run_lock, run_settings
-from autopmf.nni_space import (BUDGET_LABEL, BudgetedEvolution, build_nni_space, quiet_nni,
-                               report)
 from autopmf.space import SearchSpace, save_arch
 from autopmf.supernet_train import METRICS as SUPERNET_METRICS
 from autopmf.supernet_train import WEIGHTS as SUPERNET_WEIGHTS
@@ -87,52 +85,43 @@ class InheritedScorer:
         return inherited_score(self.supernet, arch, self.val, self.cfg, self.metric)
 
 
-# ----- NNI evaluator ---------------------------------------------------------------------
-def _make_evaluator(space: SearchSpace, scorer, estimate, log: SearchLog, replay: list[dict],
-                    bar):
-    from nni.nas.evaluator import Evaluator
+# ----- one candidate --------------------------------------------------------------------
+class CandidateScorer:
+    """What the search does with each candidate NNI proposes, in order: take its logged score
+    when resuming (replay), else score it (a repeat of a scored architecture takes that
+    score), and log it. Returns the score for NNI."""
 
-    class InheritedWeightsEvaluator(Evaluator):
-        """Scores one candidate (NNI calls `_execute` with the frozen model)."""
+    def __init__(self, space: SearchSpace, scorer, estimate, log: SearchLog,
+                 replay: list[dict], bar):
+        self.space, self.scorer, self.estimate = space, scorer, estimate
+        self.log, self.replay, self.bar = log, replay, bar
+        self.trial = 0
+        self.scored: dict[str, float] = {}
 
-        def __init__(self):
-            self.trial = 0
-            self.scored: dict[str, float] = {}
-
-        def _execute(self, model) -> None:
-            arch = {k: v for k, v in model.sample.items() if k != BUDGET_LABEL}
-            self.trial += 1
-            key = json.dumps(space.canonical(arch), sort_keys=True)
-            if self.trial <= len(replay):
-                entry = replay[self.trial - 1]
-                if entry["arch"] != arch:
-                    raise AutopmfError(
-                        f"{log.path}: trial {self.trial} differs from this search's; the log "
-                        "comes from another seed or space — use a new --out or --force")
+    def __call__(self, arch: dict[str, int]) -> float:
+        self.trial += 1
+        key = json.dumps(self.space.canonical(arch), sort_keys=True)
+        if self.trial <= len(self.replay):
+            entry = self.replay[self.trial - 1]
+            if entry["arch"] != arch:
+                raise AutopmfError(
+                    f"{self.log.path}: trial {self.trial} differs from this search's; the log "
+                    "comes from another seed or space — use a new --out or --force")
+        else:
+            started = time.perf_counter()
+            mem_gb = self.estimate(arch) / GIB
+            if key in self.scored:
+                score, status = self.scored[key], "duplicate"
             else:
-                started = time.perf_counter()
-                mem_gb = estimate(arch) / GIB
-                if key in self.scored:
-                    score, status = self.scored[key], "duplicate"
-                else:
-                    score, status = scorer(arch), "scored"
-                entry = {"trial": self.trial, "arch": arch, "mem_gb": round(mem_gb, 6),
-                         "score": score, "status": status,
-                         "seconds": round(time.perf_counter() - started, 4)}
-                log.append(entry)
-            self.scored[key] = entry["score"]
-            bar.update(1)
-            _show_best(bar, log.entries)
-            report(entry["score"])
-
-        def _dump(self):
-            return {}
-
-        @staticmethod
-        def _load(**kwargs):
-            raise NotImplementedError
-
-    return InheritedWeightsEvaluator()
+                score, status = self.scorer(arch), "scored"
+            entry = {"trial": self.trial, "arch": arch, "mem_gb": round(mem_gb, 6),
+                     "score": score, "status": status,
+                     "seconds": round(time.perf_counter() - started, 4)}
+            self.log.append(entry)
+        self.scored[key] = entry["score"]
+        self.bar.update(1)
+        _show_best(self.bar, self.log.entries)
+        return entry["score"]
 
 
 def _show_best(bar, entries: list[dict]) -> None:
@@ -217,23 +206,16 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
 
     replay = read_search_log(out / LOG) if resume and (out / LOG).exists() else []
     log = SearchLog(out / LOG, list(replay))
-    quiet_nni()
-    from nni.nas.execution import SequentialExecutionEngine
-    from nni.nas.space import RawFormatModelSpace
-
-    nni_space, choices = build_nni_space(space, budget.estimate, budget.limit_bytes)
     # Random search is evolution whose initial (random, repaired) population is every trial.
     population = cfg.trials if cfg.strategy == "random" else min(cfg.population, cfg.trials)
-    strategy = BudgetedEvolution(
-        choices, budget.repair,
-        population_size=population,
-        sample_size=min(cfg.tournament, population),
-        mutation_prob=cfg.mutation_prob, seed=cfg.seed)
     bar = tqdm(total=cfg.trials, desc="search", dynamic_ncols=True, mininterval=0.5,
                disable=not (cfg.progress and sys.stderr.isatty()))
-    evaluator = _make_evaluator(space, scorer, budget.estimate, log, replay, bar)
-    engine = SequentialExecutionEngine(max_model_count=cfg.trials)
-    strategy(RawFormatModelSpace(nni_space, evaluator), engine)
+    from autopmf.nni_space import run_evolution  # NNI only when a search runs
+
+    candidates = CandidateScorer(space, scorer, budget.estimate, log, replay, bar)
+    run_evolution(space, budget, candidates, trials=cfg.trials, population=population,
+                  tournament=min(cfg.tournament, population), mutation_prob=cfg.mutation_prob,
+                  seed=cfg.seed)
     bar.close()
 
     best = best_entry(log.entries, cfg.budget_gb)

@@ -1,5 +1,6 @@
 """The training-memory budget (autopmf.budget): one object, built once, that needs no NNI."""
 
+import os
 import subprocess
 import sys
 
@@ -12,12 +13,15 @@ from supernet.sampling import largest_arch
 from tests.conftest import tiny_space
 
 
-def test_the_budget_and_supernet_training_import_no_nni():
-    code = ("import sys, autopmf.budget, autopmf.supernet_train; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'nni'))")
+def test_the_budget_supernet_training_and_search_module_import_no_nni():
+    # NNI (and its NNI_FRAMEWORK setting) comes in only when a search runs.
+    code = ("import os, sys, autopmf.budget, autopmf.supernet_train, autopmf.search, "
+            "autopmf.cli; print(sorted(m for m in sys.modules if m.split('.')[0] == 'nni'), "
+            "'NNI_FRAMEWORK' in os.environ)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    assert out.strip() == "[]"
+                         check=True, env={k: v for k, v in os.environ.items()
+                                          if k != "NNI_FRAMEWORK"}).stdout
+    assert out.strip() == "[] False"
 
 
 def test_a_budget_estimates_with_the_memory_model_and_repairs_into_itself():
