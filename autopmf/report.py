@@ -186,14 +186,19 @@ def _table(rows: list[dict], slots, metric: str, rank: bool, budget: float) -> l
     return out
 
 
+def _as_given(gib: float) -> str:
+    """Two decimals, or as many as the value has: .2f showed a 0.004 GiB budget as 0.00."""
+    return f"{gib:.2f}" if round(gib, 2) == gib else f"{gib:g}"
+
+
 def print_summary(summary: Mapping, space_slots: Iterable[int] | None = None,
                   file=None) -> None:
     """Human-readable report: header, top-K, best-so-far improvements, Pareto front."""
     file = file or sys.stdout
     s, metric = summary, summary["metric"]
     slots = list(space_slots) if space_slots is not None else s.get("fusable_slots")
-    lines = [f"budget {s['budget_gb']:g} GiB | {s['trials']} trials ({s['scored']} scored, "
-             f"{s['duplicates']} duplicate, {s['failed']} failed) | {s['feasible']} feasible | "
+    lines = [f"budget {_as_given(s['budget_gb'])} GiB | {s['trials']} trials "
+             f"({s['scored']} scored, {s['duplicates']} duplicate, {s['failed']} failed) | {s['feasible']} feasible | "
              + (f"best {metric} {s['best']['score']:.4f} at {s['best']['mem_gb']:.3f} GiB "
                 f"(trial {s['best']['trial']})" if s["best"] else "no feasible candidate yet")
              + f" | {s['seconds']:.0f} s"]
