@@ -198,7 +198,8 @@ def print_summary(summary: Mapping, space_slots: Iterable[int] | None = None,
     s, metric = summary, summary["metric"]
     slots = list(space_slots) if space_slots is not None else s.get("fusable_slots")
     lines = [f"budget {_as_given(s['budget_gb'])} GiB | {s['trials']} trials "
-             f"({s['scored']} scored, {s['duplicates']} duplicate, {s['failed']} failed) | {s['feasible']} feasible | "
+             f"({s['scored']} scored, {s['duplicates']} duplicate, {s['failed']} failed) | "
+             f"{s['feasible']} feasible | "
              + (f"best {metric} {s['best']['score']:.4f} at {s['best']['mem_gb']:.3f} GiB "
                 f"(trial {s['best']['trial']})" if s["best"] else "no feasible candidate yet")
              + f" | {s['seconds']:.0f} s"]
