@@ -446,9 +446,7 @@ def check_settings(args) -> None:
                                f"folder, e.g. --{option} runs/x")
     ranges = {"epochs": (1, None), "retrain_epochs": (1, None), "batch_size": (1, None),
               "trials": (1, None), "population": (1, None), "threads": (1, None),
-              "warmup_epochs": (0, None), "archs": (1, None), "seeds": (1, None),
-              "samples": (1, None), "top": (1, None), "seed": (0, MAX_SEED),
-              "data_seed": (0, MAX_SEED)}
+              "warmup_epochs": (0, None), "seed": (0, MAX_SEED), "data_seed": (0, MAX_SEED)}
     for name, (low, high) in ranges.items():
         value = getattr(args, name, None)
         if value is not None and not (low <= value and (high is None or value <= high)):
