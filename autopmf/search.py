@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
-
-from tqdm import tqdm
 
 from autopmf.budget import Budget, device_kind
 from autopmf.data.registry import load_dataset
@@ -28,9 +25,11 @@ from autopmf.errors import AutopmfError
 from autopmf.features import SlotCaches
 from autopmf.files import atomic_copy, atomic_write_json, atomic_write_text, load_tensors
 from autopmf.memory import GIB
-from autopmf.report import pareto_front, read_search_log
+from autopmf.progress import Progress
+from autopmf.report import describe_arch, pareto_front, read_search_log
 from autopmf.run_dir import claim_run_dir, holds_run_lock, run_settings
 from autopmf.space import SearchSpace, save_arch
+from autopmf.units import gib
 from autopmf.supernet_train import METRICS as SUPERNET_METRICS
 from autopmf.supernet_train import WEIGHTS as SUPERNET_WEIGHTS
 from autopmf.supernet_train import (SupernetConfig, inherited_score, supernet_fingerprint,
@@ -119,16 +118,24 @@ class CandidateScorer:
                      "seconds": round(time.perf_counter() - started, 4)}
             self.log.append(entry)
         self.scored[key] = entry["score"]
-        self.bar.update(1)
-        _show_best(self.bar, self.log.entries)
+        _show_candidate(self.bar, entry, self.log.entries, self.space,
+                        replayed=self.trial <= len(self.replay))
         return entry["score"]
 
 
-def _show_best(bar, entries: list[dict]) -> None:
+def _show_candidate(bar: Progress, entry: dict, entries: list[dict], space: SearchSpace,
+                    replayed: bool) -> None:
+    """The bar's best so far; in a log file (or --verbose), a line for this candidate."""
     best = best_entry(entries)
-    if best:
-        bar.set_postfix(best=f"{best['score']:.4f}", mem=f"{best['mem_gb']:.3f}GiB",
-                        refresh=False)
+    shown = {} if best is None else {"best": f"{best['score']:.4f}",
+                                     "mem": f"{gib(best['mem_gb'])} GiB"}
+    bar.update(1, **shown)
+    note = " (from the log)" if replayed else " (duplicate)" if entry["status"] == "duplicate" \
+        else ""
+    bar.item(f"trial {entry['trial']} {describe_arch(entry['arch'], space.fusable_slots)}, "
+             f"{gib(entry['mem_gb'])} GiB, score {entry['score']:.4f}{note}"
+             + ("" if best is None else
+                f"; best {best['score']:.4f} (trial {best['trial']}, {gib(best['mem_gb'])} GiB)"))
 
 
 def best_entry(entries: list[dict], budget_gb: float | None = None) -> dict | None:
@@ -208,8 +215,7 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     log = SearchLog(out / LOG, list(replay))
     # Random search is evolution whose initial (random, repaired) population is every trial.
     population = cfg.trials if cfg.strategy == "random" else min(cfg.population, cfg.trials)
-    bar = tqdm(total=cfg.trials, desc="search", dynamic_ncols=True, mininterval=0.5,
-               disable=not (cfg.progress and sys.stderr.isatty()))
+    bar = Progress("search", cfg.trials, unit="candidate", enabled=cfg.progress)
     from autopmf.nni_space import run_evolution  # NNI only when a search runs
 
     candidates = CandidateScorer(space, scorer, budget.estimate, log, replay, bar)

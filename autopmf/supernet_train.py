@@ -9,13 +9,11 @@ checkpoint and ends with the same weights as an uninterrupted run of the same se
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from autopmf.budget import Budget
 from autopmf.build import build_backbone, initialise_fusion
@@ -29,6 +27,7 @@ from autopmf.features import FeatureCache, SlotCaches
 from autopmf.files import atomic_write_json, load_tensors, save_tensors
 from autopmf.memory import GIB
 from autopmf.metrics import loss_fn
+from autopmf.progress import Progress, say
 from autopmf.run_dir import fingerprint, holds_run_lock, package_versions, run_settings
 from autopmf.space import SearchSpace
 from autopmf.train import (TrainConfig, autocast, check_finite_loss, evaluate, param_groups,
@@ -149,11 +148,10 @@ def _train_epoch(model, supernet: Supernet, sampler: ArchSampler, train: SlotCac
     # The order depends only on (seed, epoch), so a resumed epoch sees the same batches.
     order = torch.randperm(n, generator=torch.Generator().manual_seed(
         cfg.seed * 100_003 + epoch))
-    bar = tqdm(range(steps), desc=f"supernet {epoch + 1}/{cfg.epochs}", leave=False,
-               disable=not (cfg.progress and dist.is_main and sys.stderr.isatty()),
-               mininterval=0.5, dynamic_ncols=True)
+    bar = Progress(f"supernet {epoch + 1}/{cfg.epochs}", steps,
+                   enabled=cfg.progress and dist.is_main)
     total = 0.0
-    for step in bar:
+    for step in range(steps):
         arch = sampler.sample(epoch * steps + step)
         batch_rows = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         rows = batch_rows[dist.rank::dist.world_size]  # this rank's shard of the batch
@@ -168,8 +166,8 @@ def _train_epoch(model, supernet: Supernet, sampler: ArchSampler, train: SlotCac
         step_used_only(optimizer, supernet, supernet.used_regions(arch))
         schedule.step()
         total += loss.item()
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{total / (step + 1):.4f}", refresh=False)
+        bar.update(1, loss=f"{total / (step + 1):.4f}")
+    bar.close()
     return total / max(1, steps)
 
 
@@ -259,7 +257,7 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
             history.append(record)
             if cfg.progress:
                 scores = "  ".join(f"{k} {v:.3f}" for k, v in record["val"].items())
-                tqdm.write(f"supernet epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f}  "
+                say(f"supernet epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f}  "
                            f"val {dataset.metric}: {scores}")
             save_checkpoint(out, epoch + 1, supernet.trainable_state_dict(), optimizer,
                             schedule, {"history": history}, fingerprint=run_fingerprint)

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from autopmf.errors import AutopmfError
 from autopmf.metrics import loss_fn, score
+from autopmf.progress import Progress, say
 
 if TYPE_CHECKING:
     from autopmf.checkpoint import EpochCheckpoints
@@ -141,11 +140,10 @@ def fit(model: nn.Module, forward: Forward, train: Examples, val: Examples, cfg:
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         order = torch.randperm(len(train), generator=generator)
-        bar = tqdm(range(steps_per_epoch), desc=f"{desc} {epoch + 1}/{cfg.epochs}",
-                   disable=not (cfg.progress and sys.stderr.isatty()), leave=False,
-                   dynamic_ncols=True, mininterval=0.5)
+        bar = Progress(f"{desc} {epoch + 1}/{cfg.epochs}", steps_per_epoch,
+                       enabled=cfg.progress)
         total_loss = 0.0
-        for step in bar:
+        for step in range(steps_per_epoch):
             rows = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             with autocast(cfg.precision, cfg.device):
                 logits = forward(train, rows)
@@ -156,14 +154,14 @@ def fit(model: nn.Module, forward: Forward, train: Examples, val: Examples, cfg:
             optimizer.step()
             schedule.step()
             total_loss += loss.item()
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{total_loss / (step + 1):.4f}", refresh=False)
+            bar.update(1, loss=f"{total_loss / (step + 1):.4f}")
+        bar.close()
         model.eval()
         val_score = evaluate(forward, val, cfg, metric)
         result.history.append({"epoch": epoch + 1, "loss": total_loss / steps_per_epoch,
                                f"val_{metric}": val_score})
         if cfg.progress:
-            tqdm.write(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss "
+            say(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss "
                        f"{total_loss / steps_per_epoch:.4f}  val {metric} {val_score:.4f}")
         if val_score > result.best_val:
             result.best_val, result.best_epoch = val_score, epoch + 1

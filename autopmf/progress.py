@@ -1,0 +1,128 @@
+"""What a run tells its user while it works; every loop reports through here.
+
+One verbosity for the whole process, set by the CLI from `--quiet` / `--verbose` (as a logging
+level would be), the same on every command:
+
+- quiet: no start-up lines, no progress; results, warnings and errors only.
+- normal: one start-up line per stage (data, encoders, feature cache, memory), one line per
+  epoch, and progress. In a terminal (stderr is a TTY): tqdm bars with an ETA. Otherwise (a
+  log file, nohup, a scheduler) bars are off and a plain line takes their place at most every
+  `INTERVAL_S` seconds, naming the stage, its position, the rate and the ETA; a search also
+  writes one line per candidate there.
+- verbose: as normal, plus the per-candidate lines in a terminal too.
+
+Lines go to stdout and are flushed at once, so a log file shows each as it happens; bars go to
+stderr. A library caller that never sets the verbosity gets "normal".
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from tqdm import tqdm
+
+QUIET, NORMAL, VERBOSE = 0, 1, 2
+INTERVAL_S = 30.0  # a plain progress line at most this often (seconds)
+
+_level = NORMAL
+_said: set[str] = set()
+
+
+def set_verbosity(level: int) -> None:
+    """QUIET, NORMAL or VERBOSE for the rest of the process (the CLI sets it per command)."""
+    global _level
+    _level = level
+    _said.clear()
+
+
+def verbosity() -> int:
+    return _level
+
+
+def terminal() -> bool:
+    """Progress bars need a terminal on stderr."""
+    return sys.stderr.isatty()
+
+
+def say(line: str, once: bool = False) -> None:
+    """A line the user follows the run by (not under --quiet). `once`: not again if this
+    very line was said before (a stage that two steps of one command both load)."""
+    if _level < NORMAL or (once and line in _said):
+        return
+    _said.add(line)
+    _write(line)
+
+
+def detail(line: str) -> None:
+    """A line for --verbose only."""
+    if _level >= VERBOSE:
+        _write(line)
+
+
+def _write(line: str) -> None:
+    tqdm.write(line, file=sys.stdout)  # above any live bar, not through it
+    sys.stdout.flush()
+
+
+def duration(seconds: float) -> str:
+    return tqdm.format_interval(max(0.0, seconds))
+
+
+class Progress:
+    """Progress of one stage of `total` units: a bar in a terminal, plain lines elsewhere.
+
+        with Progress("supernet 2/10", steps, unit="step") as p:
+            for ...: p.update(loss="0.69")
+    """
+
+    def __init__(self, stage: str, total: int, unit: str = "step", enabled: bool = True):
+        self.stage, self.total, self.unit = stage, total, unit
+        self.enabled = enabled and _level >= NORMAL
+        self.plain = self.enabled and not terminal()
+        self.bar = tqdm(total=total, desc=stage, unit=unit, leave=False, dynamic_ncols=True,
+                        mininterval=0.5, disable=not self.enabled or self.plain)
+        self.done = 0
+        self.postfix: dict[str, str] = {}
+        self.started = self.last_line = time.monotonic()
+
+    def update(self, n: int = 1, **postfix: str) -> None:
+        self.done += n
+        if postfix:
+            self.postfix.update(postfix)
+            self.bar.set_postfix(self.postfix, refresh=False)
+        self.bar.update(n)
+        if self.plain and time.monotonic() - self.last_line >= INTERVAL_S:
+            self._line(self.status())
+
+    def item(self, text: str) -> None:
+        """A line about one finished unit (a search candidate): always in a log file, in a
+        terminal only under --verbose."""
+        if self.enabled and (self.plain or _level >= VERBOSE):
+            self._line(f"{self.stage} {self.done}/{self.total}: {text} | {self.rate()}")
+
+    def status(self) -> str:
+        extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
+        return f"{self.stage}: {self.done}/{self.total} {self.unit}s{extra} | {self.rate()}"
+
+    def rate(self) -> str:
+        elapsed = time.monotonic() - self.started
+        if self.done == 0 or elapsed <= 0:
+            return "ETA ?"
+        per_unit = elapsed / self.done
+        speed = (f"{1 / per_unit:.1f} {self.unit}s/s" if per_unit < 1
+                 else f"{per_unit:.1f} s/{self.unit}")
+        return f"{speed}, ETA {duration(per_unit * (self.total - self.done))}"
+
+    def _line(self, text: str) -> None:
+        self.last_line = time.monotonic()
+        _write(text)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
