@@ -8,6 +8,9 @@ architecture fits. Nothing here needs NNI.
 
 from __future__ import annotations
 
+import itertools
+import math
+import random
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -70,8 +73,53 @@ class Budget:
         cover = covering_within(self.space, self.estimate, self._limit())
         return cover if rule == "cover" else cover[:1]
 
+    def pmf_reference(self) -> tuple[int, int, Architecture] | None:
+        """(n, M, arch): the PMF paper's design (the top n fusable slots fused, one prompt
+        length M) that fits: the most top slots, then the longest prompt. None: not even the
+        top slot fuses within the budget at the shortest prompt."""
+        from autopmf.errors import AutopmfError
+
+        for n in range(len(self.space.fusable_slots), 0, -1):
+            for m in sorted((m for m in self.space.prompt_lengths if m > 0), reverse=True):
+                try:
+                    arch = self.space.reference_arch(n, m)
+                except AutopmfError:
+                    continue  # M not allowed for every prompt choice of this space
+                if self.estimate(arch) <= self._limit():
+                    return n, m, arch
+        return None
+
+    def designs_within(self, exact_up_to: int = 20_000, samples: int = 4_000
+                       ) -> tuple[int, int, bool]:
+        """(fitting, total, exact): how many distinct designs (canonical architectures) of
+        the space fit. Counted one by one up to `exact_up_to` designs; beyond, estimated from
+        `samples` designs drawn uniformly (seeded), then `exact` is False."""
+        per_slot = [_slot_designs(self.space, j) for j in self.space.fusable_slots]
+        total = math.prod(len(options) for options in per_slot)
+        if total <= exact_up_to:
+            designs = (dict(kv for part in parts for kv in part.items())
+                       for parts in itertools.product(*per_slot))
+            return sum(self.estimate(a) <= self._limit() for a in designs), total, True
+        rng = random.Random(0)
+        hits = sum(self.estimate(dict(kv for options in per_slot
+                                      for kv in rng.choice(options).items())) <= self._limit()
+                   for _ in range(samples))
+        return round(total * hits / samples), total, False
+
     def _limit(self) -> int:
         return 0 if self.limit_bytes is None else self.limit_bytes  # unlimited: estimates are 0
+
+
+def _slot_designs(space: SearchSpace, slot: int) -> list[dict[str, int]]:
+    """The distinct settings of one slot's choices: off (its other choices do not matter),
+    or on with each combination of them."""
+    keys = [k for k in space.choices() if k.rsplit("_", 1)[1] == str(slot)]
+    others = [k for k in keys if not k.startswith("fusion_")]
+    choices = space.choices()
+    off = {k: (0 if k.startswith("fusion_") else choices[k][0]) for k in keys}
+    on = [{f"fusion_{slot}": 1, **dict(zip(others, values))}
+          for values in itertools.product(*(choices[k] for k in others))]
+    return [off, *on]
 
 
 def repair(space: SearchSpace, arch: Mapping[str, int], estimate: Estimate,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from autopmf.errors import AutopmfError
+from autopmf.units import gib
 
 DEMO_SPACE = "demo"
 DEMO_DATA = "digits"  # identity statements, no negation: PMF learns them on a CPU in minutes
@@ -41,7 +42,7 @@ def cmd_train(args) -> int:
     space, arch = parse_arch_option(args.arch, args.space)
     metrics = train_architecture(space, arch, _data_spec(args, args.data), Path(args.out),
                                  _train_config(args, space), baselines=not args.no_baselines,
-                                 force=args.force, resume=args.resume)
+                                 force=args.force, resume=args.resume, measure_memory=True)
     _print_train_summary(metrics, Path(args.out))
     return 0
 
@@ -63,8 +64,6 @@ def cmd_retrain(args) -> int:
                                  baselines=not args.no_baselines, force=args.force,
                                  init_weights=init, measure_memory=True, resume=args.resume)
     _print_train_summary(metrics, out)
-    print(f"peak training memory: measured {metrics['mem_gb_measured']:.3f} GiB, predicted "
-          f"{metrics['mem_gb_predicted']:.3f} GiB ({metrics['memory_device']})")
     return 0
 
 
@@ -184,7 +183,7 @@ def cmd_search(args) -> int:
                         resume=args.resume, force=args.force)
     best = result["best"]
     print(f"best of {result['trials']} candidates: {result['metric']} {best['score']:.4f} at "
-          f"{best['mem_gb']:.3f} GiB (budget {args.budget_gb} GiB), fused slots "
+          f"{gib(best['mem_gb'])} GiB (budget {gib(args.budget_gb, exact=True)} GiB), fused slots "
           f"{space.fused_slots(best['arch'])}")
     print(f"wrote {args.out}/best_arch.yaml, {args.out}/search_log.jsonl, {args.out}/pareto.json")
     return 0
@@ -193,6 +192,7 @@ def cmd_search(args) -> int:
 def cmd_demo(args) -> int:
     """Search the demo space at a budget the largest architecture does not fit, retrain the
     winner, and show the log."""
+    from autopmf.progress import say
     from autopmf.report import print_summary, summarize, write_plots
     from autopmf.search import SearchConfig, run_search
     from autopmf.space import load_arch, load_space
@@ -200,15 +200,15 @@ def cmd_demo(args) -> int:
 
     space = load_space(DEMO_SPACE)
     out = Path(args.out)
-    print(f"autopmf demo: frozen {space.text_encoder} + {space.image_encoder} on "
-          f"'{DEMO_DATA}', training-memory budget {DEMO_BUDGET_GB} GiB at batch size "
-          f"{space.batch_size}", flush=True)
+    say(f"autopmf demo: frozen {space.text_encoder} + {space.image_encoder} on "
+        f"'{DEMO_DATA}', training-memory budget {gib(DEMO_BUDGET_GB, exact=True)} GiB at "
+        f"batch size {space.batch_size}")
     args.budget_gb = DEMO_BUDGET_GB
     cfg = SearchConfig(budget_gb=DEMO_BUDGET_GB, trials=args.trials, seed=args.seed,
                        progress=not args.quiet, supernet=_supernet_config(args, space))
     run_search(space, DEMO_DATA, out, cfg, resume=not args.force, force=args.force)
     _, arch = load_arch(out / "best_arch.yaml")
-    print(f"\nretraining the winner standalone ({args.retrain_epochs} epochs)", flush=True)
+    say(f"\nretraining the winner standalone ({args.retrain_epochs} epochs)")
     train_cfg = _train_config(args, space)  # lr defaults as for `autopmf train`
     train_cfg.epochs = args.retrain_epochs
     # Like the search: an interrupted (or finished) retrain continues unless --force.
@@ -220,8 +220,8 @@ def cmd_demo(args) -> int:
     plots = write_plots(out, summary)
     print(f"\nretrained winner: test {metrics['metric']} {metrics['test_score']:.4f} "
           f"(val {metrics['val_score']:.4f}); peak training memory measured "
-          f"{metrics['mem_gb_measured']:.3f} GiB, predicted {metrics['mem_gb_predicted']:.3f} "
-          f"GiB, budget {DEMO_BUDGET_GB} GiB")
+          f"{gib(metrics['mem_gb_measured'])} GiB, predicted {gib(metrics['mem_gb_predicted'])} "
+          f"GiB, budget {gib(DEMO_BUDGET_GB, exact=True)} GiB")
     for name, scores in metrics.get("baselines", {}).items():
         print(f"{name:>11} baseline: test {scores['test']:.4f}")
     print("plots: " + ", ".join(str(p) for p in plots))
@@ -248,6 +248,9 @@ def _print_train_summary(metrics: dict, out: Path) -> None:
         print(f"{name:>11} baseline: val {scores['val']:.4f}  test {scores['test']:.4f}")
     if metrics.get("late_fusion_verdict"):
         print(metrics["late_fusion_verdict"])
+    if "mem_gb_measured" in metrics:  # a run resumed from before train measured has none
+        print(f"peak training memory: measured {gib(metrics['mem_gb_measured'])} GiB, "
+              f"predicted {gib(metrics['mem_gb_predicted'])} GiB ({metrics['memory_device']})")
     print(f"wrote {out}/metrics.json, {out}/weights.safetensors, {out}/arch.yaml")
 
 
@@ -266,7 +269,6 @@ def _add_train_options(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: all cores)")
     p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_prompt_init_option(p: argparse.ArgumentParser) -> None:
@@ -411,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_warmup_option(p)
     _add_train_options(p, epochs=6)
     p.set_defaults(func=cmd_demo)
+    from autopmf.progress import add_verbosity_options
+
+    for command in sub.choices.values():  # the same pair, meaning the same, on every command
+        add_verbosity_options(command)
     return parser
 
 
@@ -475,6 +481,9 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at run time
     args = build_parser().parse_args(argv)
+    from autopmf.progress import set_verbosity, verbosity_of
+
+    set_verbosity(verbosity_of(args))
     try:
         check_settings(args)
         _setup_runtime(args)

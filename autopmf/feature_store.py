@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ import torch
 from autopmf.data.types import Dataset
 from autopmf.features import FeatureCache, build_feature_cache, encode_split
 from autopmf.files import load_tensors, save_tensors
+from autopmf.progress import announce_cache, announce_cache_start
 from autopmf.space import SearchSpace
 from supernet.backbone import FrozenBackbone
 
@@ -50,9 +52,13 @@ def feature_caches(space: SearchSpace, dataset: Dataset, backbone: FrozenBackbon
                    device: str = "cpu", use_disk: bool = True) -> dict[str, FeatureCache]:
     """Streams entering `slot` for every split, from disk when computed before."""
     path = cache_root() / "features" / f"{cache_key(space, dataset, slot)}.safetensors"
+    started = time.perf_counter()
     if use_disk and path.exists():
         tensors = load_tensors(path)
-        return {name: _from_tensors(tensors, name, slot) for name in dataset.splits()}
+        caches = {name: _from_tensors(tensors, name, slot) for name in dataset.splits()}
+        announce_cache(False, slot, caches, time.perf_counter() - started, f"from {path}")
+        return caches
+    announce_cache_start(slot, sum(len(split) for split in dataset.splits().values()))
     caches = {name: build_feature_cache(encode_split(split, backbone, space), backbone, slot,
                                         device=device)
               for name, split in dataset.splits().items()}
@@ -61,4 +67,6 @@ def feature_caches(space: SearchSpace, dataset: Dataset, backbone: FrozenBackbon
         for name, cache in caches.items():
             tensors.update(_to_tensors(cache, name))
         save_tensors(path, tensors, metadata={"slot": str(slot), "space": space.name})
+    announce_cache(True, slot, caches, time.perf_counter() - started,
+                   f"saved to {path}" if use_disk else "kept in memory")
     return caches

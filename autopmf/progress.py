@@ -40,6 +40,21 @@ def verbosity() -> int:
     return _level
 
 
+def add_verbosity_options(parser) -> None:
+    """--quiet / --verbose, alike on every command."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quiet", "-q", action="store_true",
+                       help="results, warnings and errors only: no start-up lines, no progress")
+    group.add_argument("--verbose", "-v", action="store_true",
+                       help="also a line per search candidate when the output is a terminal "
+                       "(a log file always gets them)")
+
+
+def verbosity_of(args) -> int:
+    return QUIET if getattr(args, "quiet", False) else (
+        VERBOSE if getattr(args, "verbose", False) else NORMAL)
+
+
 def terminal() -> bool:
     """Progress bars need a terminal on stderr."""
     return sys.stderr.isatty()
@@ -66,7 +81,13 @@ def _write(line: str) -> None:
 
 
 def duration(seconds: float) -> str:
-    return tqdm.format_interval(max(0.0, seconds))
+    """2.1 s, 4 min 05 s, 1 h 02 min."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
 
 
 class Progress:
@@ -126,3 +147,55 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# ----- start-up: one line per stage, before any training step ------------------------------
+def announce_data(dataset) -> None:
+    """data: name, examples and images per split, labels, metric, skipped examples."""
+    splits = ", ".join(f"{name} {len(split):,} examples ({len(split.images):,} images)"
+                       for name, split in dataset.splits().items())
+    say(f"data: {dataset.name}: {splits}; {len(dataset.label_names)} labels, metric "
+        f"{dataset.metric}; {getattr(dataset, 'skipped', 0):,} examples skipped", once=True)
+
+
+def announce_encoders(space, backbone) -> None:
+    params = sum(p.numel() for p in backbone.parameters())
+    say(f"encoders (frozen, {params / 1e6:.1f}M params): text {space.text_encoder} "
+        f"({backbone.text.depth} layers, width {backbone.text.hidden_size}), image "
+        f"{space.image_encoder} ({backbone.image.depth} layers, width "
+        f"{backbone.image.hidden_size}, {space.image_size} px); {backbone.num_slots} slots, "
+        f"fusable {list(space.fusable_slots)}", once=True)
+
+
+def announce_cache_start(slot: int, examples: int) -> None:
+    say(f"feature cache: computing the frozen streams entering slot {slot} for "
+        f"{examples:,} examples (once)", once=True)
+
+
+def announce_cache(built: bool, slot: int, caches: dict, seconds: float, where: str) -> None:
+    """feature cache: built or reused, its size, where it is kept."""
+    nbytes = sum(t.numel() * t.element_size() for c in caches.values()
+                 for t in (c.text, c.text_mask, c.image))
+    examples = sum(len(c) for c in caches.values())
+    say(f"feature cache: {'built' if built else 'reused'} the streams entering slot {slot} "
+        f"for {examples:,} examples, {nbytes / 2**20:,.1f} MiB, in {duration(seconds)}; "
+        f"{where}", once=True)
+
+
+def announce_budget(budget, budget_gb: float) -> None:
+    """memory: the budget (`budget_gb`, as the user gave it), how many designs fit it, the
+    PMF reference within it."""
+    if _level < NORMAL or not budget.limited:
+        return
+    from autopmf.units import GIB, gib
+
+    space = budget.space
+    fitting, total, exact = budget.designs_within()
+    reference = budget.pmf_reference()
+    ref = ("no PMF reference design fits" if reference is None else
+           f"PMF reference within it: top {reference[0]} slot(s) at prompt length "
+           f"{reference[1]} ({gib(budget.estimate(reference[2]) / GIB)} GiB predicted)")
+    say(f"memory: budget {gib(budget_gb, exact=True)} GiB "
+        f"({budget.profile.key['device']}, batch {space.batch_size}, {space.precision}): "
+        f"{fitting:,} of {total:,} designs fit{'' if exact else ' (estimated)'}; {ref}",
+        once=True)

@@ -25,7 +25,7 @@ from autopmf.errors import AutopmfError
 from autopmf.features import SlotCaches
 from autopmf.files import atomic_copy, atomic_write_json, atomic_write_text, load_tensors
 from autopmf.memory import GIB
-from autopmf.progress import Progress
+from autopmf.progress import Progress, announce_budget, announce_data
 from autopmf.report import describe_arch, pareto_front, read_search_log
 from autopmf.run_dir import claim_run_dir, holds_run_lock, run_settings
 from autopmf.space import SearchSpace, save_arch
@@ -197,6 +197,8 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     num_classes, dataset_metric = len(dataset.label_names), dataset.metric
     budget = Budget.load(space, cfg.budget_gb, num_classes, cfg.supernet.device)
     budget.check_feasible()  # nothing fits: clear error, nothing written
+    announce_data(dataset)
+    announce_budget(budget, cfg.budget_gb)
     if cfg.supernet_from is not None:
         _check_supernet_source(Path(cfg.supernet_from),
                                supernet_fingerprint(space, data_spec, cfg.supernet))

@@ -27,7 +27,8 @@ from autopmf.features import FeatureCache, SlotCaches
 from autopmf.files import atomic_write_json, load_tensors, save_tensors
 from autopmf.memory import GIB
 from autopmf.metrics import loss_fn
-from autopmf.progress import Progress, say
+from autopmf.progress import (Progress, announce_budget, announce_data, announce_encoders,
+                              say)
 from autopmf.run_dir import fingerprint, holds_run_lock, package_versions, run_settings
 from autopmf.space import SearchSpace
 from autopmf.train import (TrainConfig, autocast, check_finite_loss, evaluate, param_groups,
@@ -192,7 +193,11 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
                           run_fingerprint)
     started = time.perf_counter()
     dataset = load_dataset(data_spec, seed=cfg.seed, image_size=space.image_size)
+    if dist.is_main:
+        announce_data(dataset)
     backbone = build_backbone(space).to(cfg.device)
+    if dist.is_main:
+        announce_encoders(space, backbone)
     torch.manual_seed(cfg.seed)
     supernet = Supernet(space, backbone, len(dataset.label_names)).to(cfg.device)
 
@@ -235,6 +240,8 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
         budget = Budget.load(space, cfg.budget_gb, len(dataset.label_names), cfg.device)
     elif budget.limit_bytes != (None if cfg.budget_gb is None else int(cfg.budget_gb * GIB)):
         raise ValueError(f"the budget given is not the supernet's {cfg.budget_gb} GiB")
+    if dist.is_main and cfg.budget_gb is not None:
+        announce_budget(budget, cfg.budget_gb)
     fit, largest, warmup_archs = sampler_restriction(budget, cfg.warmup)
     sampler = ArchSampler(space, cfg.sampling, cfg.seed, fit=fit, largest=largest,
                           warmup_steps=cfg.warmup_epochs * steps, warmup_archs=warmup_archs)

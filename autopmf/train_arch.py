@@ -21,10 +21,13 @@ from autopmf.errors import AutopmfError
 from autopmf.features import advance_feature_cache, build_feature_cache, encode_split
 from autopmf.files import atomic_write_json, save_tensors
 from autopmf.metrics import metrics_for, score
+from autopmf.progress import (announce_cache, announce_cache_start, announce_data,
+                              announce_encoders, duration, say)
 from autopmf.run_dir import (CONFIG, claim_run_dir, fingerprint, holds_run_lock, run_settings,
                              tensors_digest)
 from autopmf.space import SearchSpace, save_arch
 from autopmf.train import TrainConfig, fit, predict
+from autopmf.units import gib
 
 SPLITS = ("train", "val", "test")
 OUTPUTS = ("metrics.json", "weights.safetensors", "arch.yaml")
@@ -57,19 +60,28 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
     started = time.perf_counter()
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
     dataset = load_dataset(data_spec, seed=data_seed, image_size=space.image_size)
+    announce_data(dataset)
     backbone = build_backbone(space).to(cfg.device)
+    announce_encoders(space, backbone)
     torch.manual_seed(cfg.seed)
     model = build_pmf(space, arch, backbone, len(dataset.label_names)).to(cfg.device)
     if init_weights is not None:
         model.load_trainable_state_dict(init_weights)
     claim.start()  # only once the inputs and the model are built: a refused run changes nothing
+    if measure_memory:
+        say(f"memory: this design's peak training memory is predicted at "
+            f"{gib(predicted_gb(space, arch, backbone, cfg.device, len(dataset.label_names)))}"
+            f" GiB ({torch.device(cfg.device).type}, batch {space.batch_size}, "
+            f"{space.precision}); measured after training")
 
+    t0 = time.perf_counter()
+    announce_cache_start(model.first_fused_slot, sum(map(len, dataset.splits().values())))
     encoded = {name: encode_split(split, backbone, space)
                for name, split in dataset.splits().items()}
-    t0 = time.perf_counter()
     caches = {name: build_feature_cache(enc, backbone, model.first_fused_slot, device=cfg.device)
               for name, enc in encoded.items()}
     cache_seconds = time.perf_counter() - t0
+    announce_cache(True, model.first_fused_slot, caches, cache_seconds, "kept in memory")
     if init_weights is None:
         initialise_fusion({j: model.fusion[str(j)] for j in model.slot_configs}, backbone,
                           caches["train"], cfg.prompt_init, cfg.seed, cfg.device)
@@ -103,10 +115,16 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
     }
     if baselines:
         # The encoders' final streams: continue the cached ones instead of encoding again.
+        t0 = time.perf_counter()
+        say("baselines: fitting linear probes on the frozen [CLS] features (text-only, "
+            "image-only, late fusion)")
         top = {name: advance_feature_cache(cache, backbone, backbone.num_slots)
                for name, cache in caches.items()}
         metrics["baselines"] = frozen_feature_baselines(backbone, top, len(dataset.label_names),
                                                         dataset.metric)
+        say("baselines: done in " + duration(time.perf_counter() - t0) + " (val "
+            + ", ".join(f"{name} {b['val']:.4f}" for name, b in metrics["baselines"].items())
+            + ")")
         metrics["late_fusion_verdict"] = late_fusion_verdict(metrics["val_score"],
                                                              metrics["baselines"])
     if measure_memory:
@@ -131,15 +149,23 @@ def run_identity(space: SearchSpace, arch: Mapping[str, int], data_spec: str,
             "baselines": baselines, "train": run_settings(cfg)}
 
 
+def predicted_gb(space: SearchSpace, arch: Mapping[str, int], backbone, device: str,
+                 num_classes: int) -> float:
+    """The memory model's peak training memory of `arch` on `device`'s kind, GiB."""
+    from autopmf.memory import GIB, estimate_bytes, load_profile
+
+    kind = torch.device(device).type
+    return estimate_bytes(space, arch, load_profile(space, kind, num_classes,
+                                                    backbone=backbone)) / GIB
+
+
 def memory_report(space: SearchSpace, arch: Mapping[str, int], backbone, device: str,
                   num_classes: int) -> dict:
     """Measured (a real isolated training step) and predicted peak training memory, GiB."""
-    from autopmf.memory import GIB, estimate_bytes, load_profile
+    from autopmf.memory import GIB
     from autopmf.memory.measure import measure_peak_bytes
 
-    kind = torch.device(device).type
     measured = measure_peak_bytes(space, arch, backbone, device, num_classes)
-    predicted = estimate_bytes(space, arch, load_profile(space, kind, num_classes,
-                                                         backbone=backbone))
-    return {"mem_gb_measured": measured / GIB, "mem_gb_predicted": predicted / GIB,
-            "memory_device": kind}
+    return {"mem_gb_measured": measured / GIB,
+            "mem_gb_predicted": predicted_gb(space, arch, backbone, device, num_classes),
+            "memory_device": torch.device(device).type}

@@ -322,5 +322,4 @@ def add_validate_parser(subparsers) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: all cores)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_validate)

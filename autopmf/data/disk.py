@@ -220,6 +220,8 @@ def build_dataset(name: str, examples: dict[str, list[Example]], labels: LabelLi
         if len(splits[split]) == 0:
             raise AutopmfError(f"{name}: the {split} split has no usable example; check the "
                                "data (and image_fraction)")
-    for report in {id(b): b for b in bad.values()}.values():
+    reports = {id(b): b for b in bad.values()}.values()
+    for report in reports:
         report.warn(sum(len(s) for k, s in splits.items() if bad[k] is report))
-    return Dataset(name=name, label_names=labels.names, metric=metric, **splits)
+    return Dataset(name=name, label_names=labels.names, metric=metric, **splits,
+                   skipped=sum(sum(report.counts.values()) for report in reports))

@@ -7,7 +7,7 @@ shrink images to a common size at load, see disk.py).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,6 +45,9 @@ class Dataset:
     test: Split
     label_names: list[str]
     metric: str = "accuracy"
+    # Examples the loader could not use (unreadable image, missing text), all splits: for the
+    # start-up line; not part of the content (`fingerprint`).
+    skipped: int = field(default=0, compare=False)
 
     @property
     def multilabel(self) -> bool:

@@ -50,7 +50,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         space = load_space(args.space)
         archs = stratified_sample(space, args.samples, args.seed)
     report = compare(space, archs, args.device, args.data,
-                     progress=None if args.json else _print_row)
+                     progress=None if args.json or args.quiet else _print_row)
     if args.json:
         print(json.dumps(report))
     else:
