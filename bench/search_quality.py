@@ -5,17 +5,24 @@ all retrained standalone the same way.
 Takes a finished `autopmf search` run (its supernet is reused, not retrained), runs the random
 search beside it (`RUN-random`), retrains the three designs with the same epochs and seeds,
 all on the search's data split (`RUN-quality/<name>[-sK]`, two at a time, one thread each),
-and prints one markdown table row per design (mean and range over the seeds) plus a JSON
-summary. Every step is a plain `autopmf` command and resumes: re-running skips what is
-finished.
+and prints one markdown table row per design (mean and range over the seeds). Every step is
+a plain `autopmf` command and resumes: re-running skips what is finished.
+
+Several search runs (the same search with other --seed values) make a search-seeds x
+retrain-seeds study: each gets its own random search and retrains, and
+bench/results/search_quality.json gets, per strategy, the mean, std and per-seed test scores,
+the number of designs in the space that fit the budget, and in how many search seeds
+evolution's winner beat random search's.
 
     python bench/search_quality.py runs/demo --epochs 5 --seeds 3
+    python bench/search_quality.py runs/s0 runs/s1 runs/s2 --epochs 5 --seeds 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -55,20 +62,70 @@ def mean_and_range(scores: list[float]) -> str:
     return f"{mean:.3f} ({min(scores):.3f}–{max(scores):.3f})"
 
 
+def feasible_designs(space, budget_gb: float) -> int:
+    """How many distinct designs of the space the memory model fits into the budget (a slot
+    that does not fuse has no other choice, as in `space.canonical`)."""
+    import itertools
+
+    from autopmf.memory import GIB, estimate_bytes, load_profile
+
+    profile, limit = load_profile(space), budget_gb * GIB
+    choices = space.choices()
+    per_slot = {j: [k for k in choices if k.rsplit("_", 1)[-1] == str(j) and k != f"fusion_{j}"]
+                for j in space.fusable_slots}
+    count = 0
+    for fusion in itertools.product((0, 1), repeat=len(space.fusable_slots)):
+        fused = [j for j, on in zip(space.fusable_slots, fusion) if on]
+        base = {f"fusion_{j}": on for j, on in zip(space.fusable_slots, fusion)}
+        base.update({k: choices[k][0] for j in space.fusable_slots for k in per_slot[j]})
+        keys = [k for j in fused for k in per_slot[j]]
+        for values in itertools.product(*(choices[k] for k in keys)):
+            arch = dict(base, **dict(zip(keys, values)))
+            count += estimate_bytes(space, arch, profile) <= limit
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("run", type=Path, help="a finished autopmf search run")
+    parser.add_argument("runs", type=Path, nargs="+",
+                        help="finished autopmf search runs (one per search seed)")
+    parser.add_argument("--out", type=Path,
+                        default=Path(__file__).parent / "results" / "search_quality.json")
     parser.add_argument("--epochs", type=int, default=6, help="retrain epochs (all designs)")
     parser.add_argument("--jobs", type=int, default=2, help="retrains run side by side")
     parser.add_argument("--seeds", type=int, default=1,
                         help="retrain each design with seeds 0..N-1 (on the search's data "
                         "split) and report the mean and range")
     args = parser.parse_args()
-    config = read_yaml(args.run / "config.yaml")
+    studies = [study(run, args) for run in args.runs]
+    strategies = {"evolution": "search", "random": "random", "reference": "reference"}
+    result = {"budget_gb": studies[0]["budget_gb"], "trials": studies[0]["trials"],
+              "epochs": args.epochs, "search_seeds": len(studies), "retrain_seeds": args.seeds,
+              "data": studies[0]["data"],
+              "feasible_designs": feasible_designs(studies[0]["space"], studies[0]["budget_gb"]),
+              "strategies": {}}
+    for strategy, name in strategies.items():
+        per_seed = [st["rows"][name]["test"] for st in studies]
+        flat = [v for scores in per_seed for v in scores]
+        result["strategies"][strategy] = {
+            "mean": statistics.mean(flat), "std": statistics.stdev(flat) if len(flat) > 1 else 0.0,
+            "per_seed": per_seed, "archs": [st["rows"][name]["arch"] for st in studies]}
+    result["evolution_beats_random"] = [
+        statistics.mean(st["rows"]["search"]["test"])
+        > statistics.mean(st["rows"]["random"]["test"]) for st in studies]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "strategies"}))
+    print(f"wrote {args.out}")
+
+
+def study(search_run: Path, args) -> dict:
+    """One search run: its random search, the three designs' retrains, their table."""
+    config = read_yaml(search_run / "config.yaml")
     budget, data, trials = config["budget_gb"], config["data"], config["trials"]
     supernet = config["supernet"]
-    random_run = args.run.with_name(args.run.name + "-random")
-    quality = args.run.with_name(args.run.name + "-quality")
+    random_run = search_run.with_name(search_run.name + "-random")
+    quality = search_run.with_name(search_run.name + "-quality")
     quality.mkdir(parents=True, exist_ok=True)
     space_name = str(quality / "space.yaml")  # the search's space, as it recorded it
     Path(space_name).write_text(yaml.safe_dump(config["space"], sort_keys=False))
@@ -81,21 +138,23 @@ def main() -> None:
              "--lr", str(supernet["lr"]), "--head-lr-scale", str(supernet["head_lr_scale"]),
              "--batch-size", str(supernet["batch_size"]),
              "--precision", supernet["precision"],
+             "--prompt-init", supernet.get("prompt_init", "paper"),
              "--supernet-scope", "budget" if supernet.get("budget_gb") else "full",
-             "--supernet-from", str(args.run), "--out", str(random_run), "--quiet",
+             "--supernet-from", str(search_run), "--out", str(random_run), "--quiet",
              "--resume"])
     from autopmf.space import load_space
 
     space = load_space(space_name)
     reference, reference_gb, reference_arch = reference_that_fits(space, budget)
     common = ["--epochs", str(args.epochs), "--threads", "1", "--quiet", "--no-baselines",
+              "--prompt-init", supernet.get("prompt_init", "paper"),
               "--resume", "--data-seed", str(config["seed"])]
     designs = {
-        "search": ["retrain", "--arch", str(args.run / "best_arch.yaml")],
+        "search": ["retrain", "--arch", str(search_run / "best_arch.yaml")],
         "random": ["retrain", "--arch", str(random_run / "best_arch.yaml")],
         "reference": ["train", "--space", space_name, "--data", data, "--arch", reference],
     }
-    archs = {"search": read_yaml(args.run / "best_arch.yaml")["arch"],
+    archs = {"search": read_yaml(search_run / "best_arch.yaml")["arch"],
              "random": read_yaml(random_run / "best_arch.yaml")["arch"],
              "reference": reference_arch}
     # A design that is the same architecture as an earlier one (the random search often
@@ -117,7 +176,7 @@ def main() -> None:
     for name in designs:
         runs = [json.loads((out_dir(name, seed) / "metrics.json").read_text())
                 for seed in range(args.seeds)]
-        source = {"search": args.run, "random": random_run}.get(name)
+        source = {"search": search_run, "random": random_run}.get(name)
         inherited = read_yaml(source / "best_arch.yaml") if source else {}
         rows[name] = {"arch": runs[0]["arch"], "fused_slots": runs[0]["fused_slots"],
                       "retrained_as": trained_as[name],
@@ -135,7 +194,7 @@ def main() -> None:
         same = "" if row["retrained_as"] == name else f" (= {row['retrained_as']})"
         print(f"| {name}{same} | {slots} | {row['mem_gb']:.3f} | {inherited} | "
               f"{mean_and_range(row['val'])} | {mean_and_range(row['test'])} |")
-    print(json.dumps(rows))
+    return {"budget_gb": budget, "trials": trials, "data": data, "space": space, "rows": rows}
 
 
 if __name__ == "__main__":
