@@ -11,6 +11,7 @@ import torch
 from autopmf.build import build_backbone, build_pmf
 from autopmf.errors import AutopmfError
 from autopmf.files import load_tensors
+from autopmf.layout import ARCH, METRICS, WEIGHTS
 from autopmf.metrics import MULTILABEL_METRICS
 from autopmf.space import load_arch
 
@@ -38,7 +39,7 @@ def load_image(path: str | Path) -> np.ndarray:
 def predict(run: Path, images: list[np.ndarray], texts: list[str]) -> list[dict]:
     """Class probabilities for each (image, text) pair, from `run`'s arch and weights."""
     run = Path(run)
-    needed = [run / n for n in ("arch.yaml", "weights.safetensors", "metrics.json")]
+    needed = [run / n for n in (ARCH, WEIGHTS, METRICS)]
     missing = [p for p in needed if not p.exists()]
     if missing:
         raise AutopmfError(f"{missing[0]} is missing: point --run at a finished `autopmf train` "
@@ -46,16 +47,16 @@ def predict(run: Path, images: list[np.ndarray], texts: list[str]) -> list[dict]
     if len(images) != len(texts):
         raise AutopmfError(f"got {len(images)} images and {len(texts)} texts; give one --text "
                            "per --image")
-    space, arch = load_arch(run / "arch.yaml")
-    metrics = json.loads((run / "metrics.json").read_text())
+    space, arch = load_arch(run / ARCH)
+    metrics = json.loads((run / METRICS).read_text())
     label_names = metrics["label_names"]
     multilabel = metrics["metric"] in MULTILABEL_METRICS  # a set of labels per pair, not one
     backbone = build_backbone(space)
     model = build_pmf(space, arch, backbone, len(label_names))
     try:
-        model.load_trainable_state_dict(load_tensors(run / "weights.safetensors"))
+        model.load_trainable_state_dict(load_tensors(run / WEIGHTS))
     except ValueError as exc:
-        raise AutopmfError(f"{run / 'weights.safetensors'} does not fit {run / 'arch.yaml'} "
+        raise AutopmfError(f"{run / WEIGHTS} does not fit {run / ARCH} "
                            f"({exc}); retrain the run with --force") from None
     model.eval()
     batch = dict(backbone.text.tokenize(texts, space.max_text_len),
@@ -65,7 +66,7 @@ def predict(run: Path, images: list[np.ndarray], texts: list[str]) -> list[dict]
         logits = model(batch)
     probs = logits.sigmoid() if multilabel else logits.softmax(dim=-1)
     if not torch.isfinite(probs).all():
-        raise AutopmfError(f"{run / 'weights.safetensors'} gives NaN scores (its weights are "
+        raise AutopmfError(f"{run / WEIGHTS} gives NaN scores (its weights are "
                            "not finite); retrain the run with --force")
     return [{"text": text,
              "label": ([n for n, v in zip(label_names, p) if v > 0.5] if multilabel

@@ -6,7 +6,6 @@ imports torch, so `autopmf log` stays fast even while a search is still running.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -17,59 +16,16 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from autopmf.errors import AutopmfError
+from autopmf.layout import (CONFIG, PLOT_BEST_SO_FAR, PLOT_SCORE_VS_MEMORY, PLOT_SLOT_FUSION,
+                            PLOTS, SEARCH_LOG)
+from autopmf.search_log import SearchLog, brief, is_scored, pareto_front
 
-LOG_NAME = "search_log.jsonl"
-CONFIG_NAME = "config.yaml"
-STATUSES = ("scored", "duplicate", "failed")
-_REQUIRED = ("trial", "arch", "mem_gb", "status")
-
-
-# ----- reading -------------------------------------------------------------------------------
-def read_search_log(path: str | Path) -> list[dict]:
-    """Parse `search_log.jsonl`, one candidate per line, in file order.
-
-    A half-written LAST line is what a killed search leaves behind: it is skipped with a
-    warning. Any other bad line means the file was damaged, so it is an error naming the line.
-    """
-    path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    entries = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if i == last:
-                print(f"autopmf: warning: {path}: ignoring the half-written last line {i + 1} "
-                      "(the search was interrupted?)", file=sys.stderr)
-                break
-            raise AutopmfError(f"{path} line {i + 1} is not valid JSON ({exc.msg}): the log "
-                               "is damaged; delete that line or rerun the search") from None
-        entries.append(_check_entry(entry, path, i + 1))
-    return entries
-
-
-def _check_entry(entry: Any, path: Path, lineno: int) -> dict:
-    where = f"{path} line {lineno}"
-    if not isinstance(entry, dict):
-        raise AutopmfError(f"{where} is not a JSON object: the log is damaged; delete that "
-                           "line or rerun the search")
-    missing = [k for k in _REQUIRED if k not in entry]
-    if missing:
-        raise AutopmfError(f"{where} has no {missing[0]!r}: is this a log written by "
-                           "`autopmf search`?")
-    if entry["status"] not in STATUSES:
-        raise AutopmfError(f"{where}: unknown status {entry['status']!r} (expected one of "
-                           f"{', '.join(STATUSES)})")
-    return entry
 
 
 def _read_config(run: Path) -> dict:
-    config = yaml.safe_load((run / CONFIG_NAME).read_text(encoding="utf-8"))
+    config = yaml.safe_load((run / CONFIG).read_text(encoding="utf-8"))
     if not isinstance(config, dict) or not isinstance(config.get("budget_gb"), (int, float)):
-        raise AutopmfError(f"{run / CONFIG_NAME} has no numeric 'budget_gb': is this a run "
+        raise AutopmfError(f"{run / CONFIG} has no numeric 'budget_gb': is this a run "
                            "written by `autopmf search`?")
     return config
 
@@ -79,7 +35,7 @@ def _check_run(run: str | Path) -> Path:
     if not run.is_dir():
         raise AutopmfError(f"run directory {run} does not exist: run "
                            f"`autopmf search --out {run}` first")
-    for name in (LOG_NAME, CONFIG_NAME):
+    for name in (SEARCH_LOG, CONFIG):
         if not (run / name).is_file():
             raise AutopmfError(f"{run} is not a search run (no {name}): run "
                                f"`autopmf search --out {run}` first")
@@ -87,32 +43,6 @@ def _check_run(run: str | Path) -> Path:
 
 
 # ----- analysis ------------------------------------------------------------------------------
-def _is_scored(e: Mapping) -> bool:
-    # A duplicate may repeat its twin's score; counting it again would double-list one arch.
-    s = e.get("score")
-    return (e["status"] == "scored" and isinstance(s, (int, float))
-            and math.isfinite(s))
-
-
-def _brief(e: Mapping) -> dict:
-    return {"trial": e["trial"], "arch": e["arch"], "mem_gb": e["mem_gb"], "score": e["score"]}
-
-
-def pareto_front(entries: Iterable[Mapping]) -> list[dict]:
-    """Scored entries no other entry beats on both memory (lower) and score (higher).
-
-    Sweeping in order of (memory, -score, trial) keeps an entry only if it scores strictly
-    more than everything cheaper, so of exact ties only the earliest trial survives.
-    """
-    front, best = [], -math.inf
-    for e in sorted((e for e in entries if _is_scored(e)),
-                    key=lambda e: (e["mem_gb"], -e["score"], e["trial"])):
-        if e["score"] > best:
-            front.append(_brief(e))
-            best = e["score"]
-    return front
-
-
 def _slots_of(arch: Mapping[str, Any]) -> list[int]:
     return sorted(int(k.split("_", 1)[1]) for k in arch if k.startswith("fusion_"))
 
@@ -140,11 +70,12 @@ def summarize(run: str | Path, top_k: int = 5) -> dict:
     """Everything `autopmf log` shows, as plain JSON-able data."""
     run = _check_run(run)
     config = _read_config(run)
-    entries = sorted(read_search_log(run / LOG_NAME), key=lambda e: e["trial"])
+    log = SearchLog.read(run / SEARCH_LOG)
+    entries = sorted(log.entries, key=lambda e: e["trial"])
     budget = float(config["budget_gb"])
-    scored = [e for e in entries if _is_scored(e)]
+    scored = [e for e in entries if is_scored(e)]
     feasible = [e for e in scored if e["mem_gb"] <= budget]
-    ranked = sorted(feasible, key=lambda e: (-e["score"], e["mem_gb"], e["trial"]))
+    ranked = log.ranked(budget)  # its first is the search's best_arch.yaml
 
     best_so_far, best = [], -math.inf
     for e in feasible:  # already in trial order
@@ -164,14 +95,14 @@ def summarize(run: str | Path, top_k: int = 5) -> dict:
         "failed": sum(e["status"] == "failed" for e in entries),
         "feasible": len(feasible),
         "over_budget": len(scored) - len(feasible),
-        "best": _brief(ranked[0]) if ranked else None,
-        "top": [_brief(e) for e in ranked[:top_k]],
+        "best": brief(ranked[0]) if ranked else None,
+        "top": [brief(e) for e in ranked[:top_k]],
         "best_so_far": best_so_far,
         "pareto": pareto_front(entries),
         "seconds": float(sum(e.get("seconds") or 0.0 for e in entries)),
         "metric": config.get("metric", "score"),
         "fusable_slots": list(slots),
-        "all_scored": [_brief(e) for e in scored],  # for the plots
+        "all_scored": [brief(e) for e in scored],  # for the plots
     }
 
 
@@ -243,7 +174,7 @@ def write_plots(run: str | Path, summary: Mapping) -> list[Path]:
     matplotlib.use("Agg")  # no display needed; must precede the pyplot import
     import matplotlib.pyplot as plt
 
-    out = Path(run) / "plots"
+    out = Path(run) / PLOTS
     out.mkdir(parents=True, exist_ok=True)
     metric, budget = summary["metric"], summary["budget_gb"]
     paths = []
@@ -270,7 +201,7 @@ def write_plots(run: str | Path, summary: Mapping) -> list[Path]:
            title=f"{metric} vs memory")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    paths.append(_save_png(fig, out / "score_vs_memory.png"))
+    paths.append(_save_png(fig, Path(run) / PLOT_SCORE_VS_MEMORY))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
@@ -279,7 +210,7 @@ def write_plots(run: str | Path, summary: Mapping) -> list[Path]:
         ax.step([t for t, _ in curve], [b for _, b in curve], where="post", marker=".")
     ax.set(xlabel="trial", ylabel=f"best feasible {metric}", title="best so far")
     ax.grid(alpha=0.3)
-    paths.append(_save_png(fig, out / "best_so_far.png"))
+    paths.append(_save_png(fig, Path(run) / PLOT_BEST_SO_FAR))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
@@ -290,6 +221,6 @@ def write_plots(run: str | Path, summary: Mapping) -> list[Path]:
     ax.set(xlabel="fusable slot", ylabel="times fused",
            title=f"slot fusion among the top {len(top)} feasible")
     ax.yaxis.get_major_locator().set_params(integer=True)
-    paths.append(_save_png(fig, out / "slot_fusion_frequency.png"))
+    paths.append(_save_png(fig, Path(run) / PLOT_SLOT_FUSION))
     plt.close(fig)
     return paths

@@ -29,17 +29,8 @@ import yaml
 
 from autopmf.checkpoint import CHECKPOINTS, checkpoint_dirs, remove_checkpoints
 from autopmf.errors import AutopmfError
+from autopmf.layout import CONFIG, LOCK, PLOTS, RUN_FILES  # the layout: one module
 
-CONFIG = "config.yaml"
-LOCK = ".autopmf.lock"
-# Every file an autopmf command writes at the top of a run folder, whatever the command
-# (search, supernet, train, retrain, log --plot): --force removes these and the checkpoint
-# folders, so no file of an older run of any kind passes for part of the new one, and it
-# removes nothing else.
-RUN_FILES = (CONFIG, "search_log.jsonl", "best_arch.yaml", "pareto.json",
-             "supernet.safetensors", "supernet_metrics.json", "metrics.json",
-             "weights.safetensors", "arch.yaml", "plots/score_vs_memory.png",
-             "plots/best_so_far.png", "plots/slot_fusion_frequency.png")
 VERSIONED_PACKAGES = ("autopmf", "torch", "transformers", "timm", "nni", "numpy", "safetensors")
 
 
@@ -158,7 +149,7 @@ def remove_run_files(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
     remove_checkpoints(out)
     with contextlib.suppress(OSError):
-        (out / "plots").rmdir()  # only if nothing else is left in it
+        (out / PLOTS).rmdir()  # only if nothing else is left in it
 
 
 # ----- one writer per run folder ---------------------------------------------------------

@@ -23,22 +23,21 @@ from autopmf.budget import Budget, device_kind
 from autopmf.data.registry import load_dataset
 from autopmf.errors import AutopmfError
 from autopmf.features import SlotCaches
-from autopmf.files import atomic_copy, atomic_write_json, atomic_write_text, load_tensors
+from autopmf.files import atomic_copy, atomic_write_json, load_tensors
 from autopmf.memory import GIB
 from autopmf.progress import Progress, announce_budget, announce_data
-from autopmf.report import describe_arch, pareto_front, read_search_log
+from autopmf.layout import BEST_ARCH as BEST
+from autopmf.layout import PARETO
+from autopmf.layout import SEARCH_LOG as LOG
+from autopmf.layout import SUPERNET_METRICS, SUPERNET_WEIGHTS
+from autopmf.report import describe_arch
 from autopmf.run_dir import claim_run_dir, holds_run_lock, run_settings
+from autopmf.search_log import SearchLog, status_for
 from autopmf.space import SearchSpace, save_arch
 from autopmf.units import gib
-from autopmf.supernet_train import METRICS as SUPERNET_METRICS
-from autopmf.supernet_train import WEIGHTS as SUPERNET_WEIGHTS
 from autopmf.supernet_train import (SupernetConfig, inherited_score, supernet_fingerprint,
                                     train_supernet)
 from supernet.supernet import Supernet
-
-LOG = "search_log.jsonl"
-BEST = "best_arch.yaml"
-PARETO = "pareto.json"
 
 
 @dataclass
@@ -55,21 +54,6 @@ class SearchConfig:
     # Another search run whose trained supernet to reuse (same space, data and supernet
     # settings, checked by fingerprint): e.g. evolution vs random search on one supernet.
     supernet_from: Path | None = None
-
-
-# ----- the log ---------------------------------------------------------------------------
-class SearchLog:
-    def __init__(self, path: Path, entries: list[dict]):
-        self.path = path
-        self.entries = entries
-        # Rewrite without any dropped half line, so appends start on a clean line.
-        atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in entries))
-
-    def append(self, entry: dict) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
-            f.flush()
-        self.entries.append(entry)
 
 
 # ----- scoring ---------------------------------------------------------------------------
@@ -112,37 +96,31 @@ class CandidateScorer:
             if key in self.scored:
                 score, status = self.scored[key], "duplicate"
             else:
-                score, status = self.scorer(arch), "scored"
+                score = self.scorer(arch)
+                status = status_for(score)  # no finite score: "failed", never a best
             entry = {"trial": self.trial, "arch": arch, "mem_gb": round(mem_gb, 6),
                      "score": score, "status": status,
                      "seconds": round(time.perf_counter() - started, 4)}
             self.log.append(entry)
         self.scored[key] = entry["score"]
-        _show_candidate(self.bar, entry, self.log.entries, self.space,
+        _show_candidate(self.bar, entry, self.log, self.space,
                         replayed=self.trial <= len(self.replay))
         return entry["score"]
 
 
-def _show_candidate(bar: Progress, entry: dict, entries: list[dict], space: SearchSpace,
+def _show_candidate(bar: Progress, entry: dict, log: SearchLog, space: SearchSpace,
                     replayed: bool) -> None:
     """The bar's best so far; in a log file (or --verbose), a line for this candidate."""
-    best = best_entry(entries)
+    best = log.best()
     shown = {} if best is None else {"best": f"{best['score']:.4f}",
                                      "mem": f"{gib(best['mem_gb'])} GiB"}
     bar.update(1, **shown)
     note = " (from the log)" if replayed else " (duplicate)" if entry["status"] == "duplicate" \
-        else ""
+        else " (failed: no finite score)" if entry["status"] == "failed" else ""
     bar.item(f"trial {entry['trial']} {describe_arch(entry['arch'], space.fusable_slots)}, "
              f"{gib(entry['mem_gb'])} GiB, score {entry['score']:.4f}{note}"
              + ("" if best is None else
                 f"; best {best['score']:.4f} (trial {best['trial']}, {gib(best['mem_gb'])} GiB)"))
-
-
-def best_entry(entries: list[dict], budget_gb: float | None = None) -> dict | None:
-    """Best score among scored candidates within budget; ties: less memory, earlier trial."""
-    ok = [e for e in entries if e.get("score") is not None
-          and (budget_gb is None or e["mem_gb"] <= budget_gb)]
-    return min(ok, key=lambda e: (-e["score"], e["mem_gb"], e["trial"]), default=None)
 
 
 # ----- the run directory -----------------------------------------------------------------
@@ -213,8 +191,8 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
                          budget=budget if same_budget else None)
     scorer = InheritedScorer(run.supernet, run.val_slots, cfg.supernet, run.metric)
 
-    replay = read_search_log(out / LOG) if resume and (out / LOG).exists() else []
-    log = SearchLog(out / LOG, list(replay))
+    log = SearchLog.start(out / LOG, resume)
+    replay = list(log.entries)
     # Random search is evolution whose initial (random, repaired) population is every trial.
     population = cfg.trials if cfg.strategy == "random" else min(cfg.population, cfg.trials)
     bar = Progress("search", cfg.trials, unit="candidate", enabled=cfg.progress)
@@ -226,11 +204,11 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
                   seed=cfg.seed)
     bar.close()
 
-    best = best_entry(log.entries, cfg.budget_gb)
+    best = log.best(cfg.budget_gb)
     if best is None:
         raise AutopmfError("the search scored no architecture within the budget; raise "
                            "--budget-gb or --trials")
-    front = pareto_front(log.entries)
+    front = log.pareto()
     atomic_write_json(out / PARETO, front)
     save_arch(out / BEST, space, best["arch"], score=best["score"], mem_gb=best["mem_gb"],
               trial=best["trial"], budget_gb=cfg.budget_gb, data=data_spec,

@@ -25,6 +25,8 @@ from autopmf.errors import AutopmfError
 from autopmf.feature_store import feature_caches
 from autopmf.features import FeatureCache, SlotCaches
 from autopmf.files import atomic_write_json, load_tensors, save_tensors
+from autopmf.layout import SUPERNET_METRICS as METRICS
+from autopmf.layout import SUPERNET_WEIGHTS as WEIGHTS
 from autopmf.memory import GIB
 from autopmf.metrics import loss_fn
 from autopmf.progress import (Progress, announce_budget, announce_data, announce_encoders,
@@ -37,9 +39,6 @@ from supernet.optim import step_used_only
 from supernet.weights import load_trainable_state
 from supernet.sampling import ArchSampler, reference_subnets
 from supernet.supernet import Supernet
-
-WEIGHTS = "supernet.safetensors"
-METRICS = "supernet_metrics.json"
 
 
 @dataclass

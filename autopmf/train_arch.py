@@ -20,22 +20,23 @@ from autopmf.data.registry import load_dataset
 from autopmf.errors import AutopmfError
 from autopmf.features import advance_feature_cache, build_feature_cache, encode_split
 from autopmf.files import atomic_write_json, save_tensors
+from autopmf.layout import ARCH, CONFIG, METRICS, TRAIN_OUTPUTS, WEIGHTS
 from autopmf.metrics import metrics_for, score
 from autopmf.progress import (announce_cache, announce_cache_start, announce_data,
                               announce_encoders, duration, say)
-from autopmf.run_dir import (CONFIG, claim_run_dir, fingerprint, holds_run_lock, run_settings,
+from autopmf.run_dir import (claim_run_dir, fingerprint, holds_run_lock, run_settings,
                              tensors_digest)
 from autopmf.space import SearchSpace, save_arch
 from autopmf.train import TrainConfig, fit, predict
 from autopmf.units import gib
 
 SPLITS = ("train", "val", "test")
-OUTPUTS = ("metrics.json", "weights.safetensors", "arch.yaml")
+OUTPUTS = TRAIN_OUTPUTS
 
 
 def prepare_out_dir(out: Path, force: bool) -> None:
     """Refuse to overwrite a finished run unless told to."""
-    if (out / "metrics.json").exists() and not force:
+    if (out / METRICS).exists() and not force:
         raise AutopmfError(f"{out} already holds a finished run (metrics.json); choose another "
                            "--out or pass --force to overwrite it")
     out.mkdir(parents=True, exist_ok=True)
@@ -54,8 +55,8 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
     identity = run_identity(space, arch, data_spec, cfg, init_weights, baselines)
     claim = claim_run_dir(out, identity, resume=resume, force=force, what="training run",
                           outputs=OUTPUTS)
-    if resume and (out / CONFIG).exists() and (out / "metrics.json").exists():
-        return json.loads((out / "metrics.json").read_text())
+    if resume and (out / CONFIG).exists() and (out / METRICS).exists():
+        return json.loads((out / METRICS).read_text())
     prepare_out_dir(out, force)
     started = time.perf_counter()
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
@@ -132,10 +133,10 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
                                      len(dataset.label_names)))
     metrics["seconds"]["total"] = time.perf_counter() - started
 
-    save_arch(out / "arch.yaml", space, arch)
-    save_tensors(out / "weights.safetensors", model.trainable_state_dict(),
+    save_arch(out / ARCH, space, arch)
+    save_tensors(out / WEIGHTS, model.trainable_state_dict(),
                  metadata={"arch": json.dumps(arch), "space": space.name})
-    atomic_write_json(out / "metrics.json", metrics)  # last: its presence marks the run done
+    atomic_write_json(out / METRICS, metrics)  # last: its presence marks the run done
     remove_checkpoints(out)  # finished: nothing left to resume
     return metrics
 

@@ -29,7 +29,8 @@ import yaml
 from autopmf.errors import AutopmfError
 from autopmf.ranking import (average_ranks, correlation_ci, kendall_tau_b, regret,
                              seed_agreement, spearman_rho, top_k_hit)
-from autopmf.report import CONFIG_NAME, describe_arch, summarize
+from autopmf.layout import CONFIG as CONFIG_NAME
+from autopmf.report import describe_arch, summarize
 from autopmf.space import space_from_dict
 
 SUBDIR = "validate"

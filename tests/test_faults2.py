@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -470,13 +471,15 @@ def test_a_value_listed_twice_in_a_space_is_refused(key, values, twice, tmp_path
 def test_force_knows_every_file_a_command_writes():
     """RUN_FILES (what --force removes) names each command's outputs: a file added to one
     command and not there would survive --force as part of the next run."""
-    from autopmf import search, supernet_train, train_arch
+    from autopmf import layout, search, supernet_train, train_arch
     from autopmf.run_dir import CONFIG, RUN_FILES
 
     written = {CONFIG, search.LOG, search.BEST, search.PARETO, supernet_train.WEIGHTS,
                supernet_train.METRICS, *train_arch.OUTPUTS}
     assert written <= set(RUN_FILES)
-    plots = [name for name in RUN_FILES if name.startswith("plots/")]
+    plots = [name for name in RUN_FILES if name.startswith(f"{layout.PLOTS}/")]
     source = (REPO / "autopmf" / "report.py").read_text()
-    assert all(f'"{Path(name).name}"' in source for name in plots)
-    assert source.count('.png"') == len(plots)
+    # report.write_plots writes each plot under its layout name, and no other PNG
+    assert all(re.search(rf"/ {key}\b", source) for key in dir(layout) if key.startswith("PLOT_"))
+    assert len(plots) == sum(key.startswith("PLOT_") for key in dir(layout))
+    assert '.png"' not in source

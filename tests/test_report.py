@@ -9,7 +9,8 @@ import yaml
 from PIL import Image
 
 from autopmf.errors import AutopmfError
-from autopmf.report import describe_arch, pareto_front, read_search_log, summarize
+from autopmf.report import describe_arch, summarize
+from autopmf.search_log import pareto_front, read_search_log
 from autopmf.report_cli import add_log_parser
 
 BUDGET = 2.0

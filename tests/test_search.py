@@ -1,6 +1,7 @@
 """`autopmf search` on tiny encoders: budget respected, best = best logged, resume, errors."""
 
 import json
+import math
 
 import pytest
 import yaml
@@ -9,6 +10,7 @@ from autopmf import search as search_mod
 from autopmf.budget import repair
 from autopmf.cli import main
 from autopmf.errors import AutopmfError
+from autopmf.report import summarize
 from autopmf.memory import GIB, estimate_bytes, load_profile, max_memory_arch, min_memory_arch
 from autopmf.search import SearchConfig, run_search
 from autopmf.space import load_arch
@@ -135,6 +137,33 @@ def test_killed_and_resumed_search_equals_uninterrupted(finished, space, budget_
     assert strip == clean and not_all_alike(clean)  # scores that tell weights apart
     assert len(scored_again) == 14 - 8  # logged candidates were not scored again
     assert (tmp_path / "best_arch.yaml").read_text() == (clean_out / "best_arch.yaml").read_text()
+
+
+def test_a_candidate_with_no_finite_score_is_logged_failed_and_never_best(
+        finished, space, budget_gb, tmp_path, monkeypatch):
+    """A subnet whose inherited score is NaN (diverged) is logged "failed": kept for replay,
+    counted by `autopmf log`, never best_arch.yaml nor on the Pareto front."""
+    out, _ = finished
+    best_trial = {e["trial"]: e for e in log_of(out)}
+    real_call = search_mod.InheritedScorer.__call__
+    calls = {"n": 0}
+
+    def nan_first(self, arch):
+        calls["n"] += 1
+        return float("nan") if calls["n"] == 1 else real_call(self, arch)
+
+    monkeypatch.setattr(search_mod.InheritedScorer, "__call__", nan_first)
+    cfg = config(budget_gb, trials=6)
+    cfg.supernet_from = out
+    result = run_search(space, DATA, tmp_path, cfg)
+    log = log_of(tmp_path)
+    assert log[0]["status"] == "failed" and math.isnan(log[0]["score"])
+    assert best_trial[1]["score"] > 0  # it had a real score: only the NaN made it failed
+    assert result["best"]["trial"] != 1 and math.isfinite(result["best"]["score"])
+    assert 1 not in [e["trial"] for e in result["pareto"]]
+    summary = summarize(tmp_path)
+    assert summary["failed"] == 1 and summary["best"]["trial"] == result["best"]["trial"]
+    assert load_arch(tmp_path / "best_arch.yaml")[1] == result["best"]["arch"]
 
 
 def test_a_different_search_in_the_same_directory_is_refused(finished, space, budget_gb):
