@@ -14,6 +14,7 @@ LOCK = ".autopmf.lock"  # one writer per run folder (run_dir.run_lock)
 SEARCH_LOG = "search_log.jsonl"  # one line per candidate, as scored (search_log.SearchLog)
 BEST_ARCH = "best_arch.yaml"
 PARETO = "pareto.json"
+REFERENCE = "reference.json"  # the PMF paper's design within the budget, inherited score
 
 # autopmf supernet (and the search's supernet)
 SUPERNET_WEIGHTS = "supernet.safetensors"
@@ -30,10 +31,14 @@ PLOTS = "plots"
 PLOT_SCORE_VS_MEMORY = f"{PLOTS}/score_vs_memory.png"
 PLOT_BEST_SO_FAR = f"{PLOTS}/best_so_far.png"
 PLOT_SLOT_FUSION = f"{PLOTS}/slot_fusion_frequency.png"
+# Each plot's data, beside it (report._save_plot): what scripts and tests read.
+PLOTS_DATA = tuple(p.removesuffix(".png") + ".json"
+                  for p in (PLOT_SCORE_VS_MEMORY, PLOT_BEST_SO_FAR, PLOT_SLOT_FUSION))
 
 # Every file an autopmf command writes at the top of a run folder, whatever the command
 # (search, supernet, train, retrain, log --plot): --force removes these and the checkpoint
 # folders, so no file of an older run of any kind passes for part of the new one, and it
 # removes nothing else.
-RUN_FILES = (CONFIG, SEARCH_LOG, BEST_ARCH, PARETO, SUPERNET_WEIGHTS, SUPERNET_METRICS,
-             *TRAIN_OUTPUTS, PLOT_SCORE_VS_MEMORY, PLOT_BEST_SO_FAR, PLOT_SLOT_FUSION)
+RUN_FILES = (CONFIG, SEARCH_LOG, BEST_ARCH, PARETO, REFERENCE, SUPERNET_WEIGHTS,
+             SUPERNET_METRICS, *TRAIN_OUTPUTS, PLOT_SCORE_VS_MEMORY, PLOT_BEST_SO_FAR,
+             PLOT_SLOT_FUSION, *PLOTS_DATA)

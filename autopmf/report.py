@@ -6,6 +6,7 @@ imports torch, so `autopmf log` stays fast even while a search is still running.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -17,9 +18,9 @@ import yaml
 
 from autopmf.errors import AutopmfError
 from autopmf.layout import (CONFIG, PLOT_BEST_SO_FAR, PLOT_SCORE_VS_MEMORY, PLOT_SLOT_FUSION,
-                            PLOTS, SEARCH_LOG)
+                            PLOTS, REFERENCE, SEARCH_LOG)
 from autopmf.search_log import SearchLog, brief, is_scored, pareto_front
-
+from autopmf.units import gib
 
 
 def _read_config(run: Path) -> dict:
@@ -86,6 +87,7 @@ def summarize(run: str | Path, top_k: int = 5) -> dict:
     slots = space.get("fusable_slots")
     if slots is None:  # an older config: recover the slots from the logged choices
         slots = sorted({j for e in entries for j in _slots_of(e["arch"])})
+    winner = ranked[0] if ranked else None
     return {
         "budget_gb": budget,
         "trials": len(entries),
@@ -103,7 +105,51 @@ def summarize(run: str | Path, top_k: int = 5) -> dict:
         "metric": config.get("metric", "score"),
         "fusable_slots": list(slots),
         "all_scored": [brief(e) for e in scored],  # for the plots
+        "tie_break": _tie_break(winner, feasible),
+        "reference": _reference(run, slots),
     }
+
+
+def _tie_break(winner: Mapping | None, feasible: list[dict]) -> dict | None:
+    """When the winner is not the first candidate to reach the best score: which one was,
+    and why the winner beats it (the log's ranking: less memory, then the earlier trial)."""
+    if winner is None:
+        return None
+    first = next(e for e in feasible if e["score"] == winner["score"])
+    if first["trial"] == winner["trial"]:
+        return None
+    return {"first_trial": first["trial"], "first_mem_gb": first["mem_gb"],
+            "winner_trial": winner["trial"], "winner_mem_gb": winner["mem_gb"],
+            "rule": "equal score: less predicted memory wins, then the earlier trial"}
+
+
+RETRAIN_DIRS = ("retrain", "reference")  # where a retrained PMF reference may be found
+
+
+def _reference(run: Path, slots) -> dict | None:
+    """The PMF reference design that fits the budget (written by the search), with its score:
+    the validation score of a standalone retraining of that very design in RUN/retrain or
+    RUN/reference if there is one, else its inherited score."""
+    try:
+        record = json.loads((run / REFERENCE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("arch"), dict):
+        return None
+    ref = dict(record, score=record.get("inherited_score"), score_kind="inherited",
+               label=f"PMF reference (top {record.get('n_fused')} at M{record.get('prompt_len')})")
+    design = describe_arch(record["arch"], slots)
+    for name in RETRAIN_DIRS:
+        try:
+            metrics = json.loads((run / name / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if (isinstance(metrics, dict) and isinstance(metrics.get("arch"), dict)
+                and describe_arch(metrics["arch"], slots) == design):
+            ref.update(score=metrics.get("val_score"), score_kind="retrained",
+                       retrained_in=str(run / name))
+            break
+    return ref
 
 
 # ----- text ----------------------------------------------------------------------------------
@@ -112,14 +158,9 @@ def _table(rows: list[dict], slots, metric: str, rank: bool, budget: float) -> l
     out = [head]
     for i, e in enumerate(rows, 1):
         out.append((f"{i:>4} " if rank else "") + f"{e['trial']:>5} {e['score']:>10.4f} "
-                   f"{e['mem_gb']:>7.3f}  {describe_arch(e['arch'], slots)}"
+                   f"{gib(e['mem_gb']):>7}  {describe_arch(e['arch'], slots)}"
                    + ("  (over budget)" if e["mem_gb"] > budget else ""))
     return out
-
-
-def _as_given(gib: float) -> str:
-    """Two decimals, or as many as the value has: .2f showed a 0.004 GiB budget as 0.00."""
-    return f"{gib:.2f}" if round(gib, 2) == gib else f"{gib:g}"
 
 
 def print_summary(summary: Mapping, space_slots: Iterable[int] | None = None,
@@ -128,10 +169,10 @@ def print_summary(summary: Mapping, space_slots: Iterable[int] | None = None,
     file = file or sys.stdout
     s, metric = summary, summary["metric"]
     slots = list(space_slots) if space_slots is not None else s.get("fusable_slots")
-    lines = [f"budget {_as_given(s['budget_gb'])} GiB | {s['trials']} trials "
+    lines = [f"budget {gib(s['budget_gb'], exact=True)} GiB | {s['trials']} trials "
              f"({s['scored']} scored, {s['duplicates']} duplicate, {s['failed']} failed) | "
              f"{s['feasible']} feasible | "
-             + (f"best {metric} {s['best']['score']:.4f} at {s['best']['mem_gb']:.3f} GiB "
+             + (f"best {metric} {s['best']['score']:.4f} at {gib(s['best']['mem_gb'])} GiB "
                 f"(trial {s['best']['trial']})" if s["best"] else "no feasible candidate yet")
              + f" | {s['seconds']:.0f} s"]
     if s["over_budget"]:
@@ -147,6 +188,20 @@ def print_summary(summary: Mapping, space_slots: Iterable[int] | None = None,
                 steps.append(f"{trial}:{best:.4f}")
                 prev = best
         lines += ["", "best so far (trial:" + metric + "): " + "  ".join(steps)]
+        tie = s.get("tie_break")
+        if tie:
+            lines.append(f"the winner, trial {tie['winner_trial']}, ties trial "
+                         f"{tie['first_trial']}'s {metric} and wins the tie on memory "
+                         f"({gib(tie['winner_mem_gb'])} vs {gib(tie['first_mem_gb'])} GiB)")
+    ref = s.get("reference")
+    if ref and ref.get("score") is not None:
+        versus = ""
+        if s["best"] and ref.get("inherited_score") is not None:
+            versus = (f"; the winner's inherited {metric} "
+                      f"{s['best']['score'] - ref['inherited_score']:+.4f} against it")
+        lines += ["", f"{ref['label']}: {describe_arch(ref['arch'], slots)}, "
+                  f"{gib(ref['mem_gb'])} GiB, {ref['score_kind']} {metric} {ref['score']:.4f}"
+                  + versus]
     if s["pareto"]:
         lines += ["", f"Pareto front ({metric} vs memory):"]
         lines += _table(s["pareto"], slots, metric, False, s["budget_gb"])
@@ -167,8 +222,23 @@ def _save_png(fig, path: Path) -> Path:
     return path
 
 
+def _save_plot(fig, path: Path, data: Mapping) -> Path:
+    """The PNG and, beside it (same name, .json), the data it draws: what a script or a test
+    reads instead of the pixels. Both written to a temporary name and renamed."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(dict(data), f, indent=1)
+        os.replace(tmp, path.with_suffix(".json"))
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return _save_png(fig, path)
+
+
 def write_plots(run: str | Path, summary: Mapping) -> list[Path]:
-    """score_vs_memory.png, best_so_far.png, slot_fusion_frequency.png under RUN/plots/."""
+    """score_vs_memory.png, best_so_far.png, slot_fusion_frequency.png under RUN/plots/, each
+    with the data it draws beside it (.json)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed; must precede the pyplot import
@@ -192,16 +262,23 @@ def write_plots(run: str | Path, summary: Mapping) -> list[Path]:
         front = summary["pareto"]
         ax.step([p["mem_gb"] for p in front], [p["score"] for p in front], where="post",
                 color="tab:orange", marker="o", ms=4, label="Pareto front")
-    ax.axvline(budget, color="tab:red", ls="--", label=f"budget {budget:g} GiB")
+    ax.axvline(budget, color="tab:red", ls="--", label=f"budget {gib(budget, exact=True)} GiB")
     if summary["best"]:
         b = summary["best"]
         ax.scatter([b["mem_gb"]], [b["score"]], s=160, marker="*", color="gold",
                    edgecolors="black", zorder=5, label=f"best (trial {b['trial']})")
+    ref = summary.get("reference")
+    if ref and ref.get("score") is not None:
+        ax.scatter([ref["mem_gb"]], [ref["score"]], s=110, marker="D", color="tab:purple",
+                   edgecolors="black", zorder=6,
+                   label=f"{ref['label']}, {ref['score_kind']} {ref['score']:.4f}")
     ax.set(xlabel="predicted peak training memory (GiB)", ylabel=f"validation {metric}",
            title=f"{metric} vs memory")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    paths.append(_save_png(fig, Path(run) / PLOT_SCORE_VS_MEMORY))
+    paths.append(_save_plot(fig, Path(run) / PLOT_SCORE_VS_MEMORY, {
+        "metric": metric, "budget_gb": budget, "scored": pts, "pareto": summary["pareto"],
+        "best": summary["best"], "reference": ref}))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
@@ -210,17 +287,20 @@ def write_plots(run: str | Path, summary: Mapping) -> list[Path]:
         ax.step([t for t, _ in curve], [b for _, b in curve], where="post", marker=".")
     ax.set(xlabel="trial", ylabel=f"best feasible {metric}", title="best so far")
     ax.grid(alpha=0.3)
-    paths.append(_save_png(fig, Path(run) / PLOT_BEST_SO_FAR))
+    paths.append(_save_plot(fig, Path(run) / PLOT_BEST_SO_FAR,
+                            {"metric": metric, "best_so_far": curve,
+                             "tie_break": summary.get("tie_break")}))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     slots, top = summary["fusable_slots"], summary["top"]
     counts = [sum(1 for e in top if e["arch"].get(f"fusion_{j}")) for j in slots]
     ax.bar([str(j) for j in slots], counts, color="tab:green")
-    ax.set_ylim(0, max(len(top), 1))
+    ax.set_ylim(0, max(len(top), 1) * 1.15)  # headroom: the tallest bar clears the frame
     ax.set(xlabel="fusable slot", ylabel="times fused",
            title=f"slot fusion among the top {len(top)} feasible")
     ax.yaxis.get_major_locator().set_params(integer=True)
-    paths.append(_save_png(fig, Path(run) / PLOT_SLOT_FUSION))
+    paths.append(_save_plot(fig, Path(run) / PLOT_SLOT_FUSION,
+                            {"slots": list(slots), "times_fused": counts, "top": len(top)}))
     plt.close(fig)
     return paths

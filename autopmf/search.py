@@ -27,7 +27,7 @@ from autopmf.files import atomic_copy, atomic_write_json, load_tensors
 from autopmf.memory import GIB
 from autopmf.progress import Progress, announce_budget, announce_data
 from autopmf.layout import BEST_ARCH as BEST
-from autopmf.layout import PARETO
+from autopmf.layout import PARETO, REFERENCE
 from autopmf.layout import SEARCH_LOG as LOG
 from autopmf.layout import SUPERNET_METRICS, SUPERNET_WEIGHTS
 from autopmf.report import describe_arch
@@ -38,6 +38,7 @@ from autopmf.units import gib
 from autopmf.supernet_train import (SupernetConfig, inherited_score, supernet_fingerprint,
                                     train_supernet)
 from supernet.supernet import Supernet
+
 
 
 @dataclass
@@ -123,6 +124,22 @@ def _show_candidate(bar: Progress, entry: dict, log: SearchLog, space: SearchSpa
                 f"; best {best['score']:.4f} (trial {best['trial']}, {gib(best['mem_gb'])} GiB)"))
 
 
+def pmf_reference_record(budget: Budget, scorer, entries: list[dict]) -> dict | None:
+    """The PMF paper's design that fits the budget (`Budget.pmf_reference`) with its inherited
+    score (its logged one if the search scored it): what the winner has to beat."""
+    found = budget.pmf_reference()
+    if found is None:
+        return None
+    n, m, arch = found
+    space = budget.space
+    logged = next((e for e in entries if e["status"] == "scored"
+                   and space.canonical(e["arch"]) == space.canonical(arch)), None)
+    return {"n_fused": n, "prompt_len": m, "arch": arch,
+            "mem_gb": round(budget.estimate(arch) / GIB, 6),
+            "inherited_score": logged["score"] if logged else scorer(arch),
+            "trial": logged["trial"] if logged else None}
+
+
 # ----- the run directory -----------------------------------------------------------------
 def _check_supernet_source(source: Path, expected_fingerprint: str) -> None:
     """--supernet-from: refuse, before anything is written, a run with no finished supernet
@@ -170,7 +187,8 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     out = Path(out)
     identity = _run_identity(space, data_spec, cfg)
     claim = claim_run_dir(out, identity, resume=resume, force=force, what="search",
-                          outputs=(LOG, BEST, PARETO, SUPERNET_METRICS, SUPERNET_WEIGHTS))
+                          outputs=(LOG, BEST, PARETO, REFERENCE, SUPERNET_METRICS,
+                                   SUPERNET_WEIGHTS))
     dataset = load_dataset(data_spec, seed=cfg.supernet.seed, image_size=space.image_size)
     num_classes, dataset_metric = len(dataset.label_names), dataset.metric
     budget = Budget.load(space, cfg.budget_gb, num_classes, cfg.supernet.device)
@@ -210,6 +228,9 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
                            "--budget-gb or --trials")
     front = log.pareto()
     atomic_write_json(out / PARETO, front)
+    reference = pmf_reference_record(budget, scorer, log.entries)
+    if reference is not None:
+        atomic_write_json(out / REFERENCE, reference)
     save_arch(out / BEST, space, best["arch"], score=best["score"], mem_gb=best["mem_gb"],
               trial=best["trial"], budget_gb=cfg.budget_gb, data=data_spec,
               metric=run.metric)

@@ -474,10 +474,14 @@ def test_force_knows_every_file_a_command_writes():
     from autopmf import layout, search, supernet_train, train_arch
     from autopmf.run_dir import CONFIG, RUN_FILES
 
-    written = {CONFIG, search.LOG, search.BEST, search.PARETO, supernet_train.WEIGHTS,
+    written = {CONFIG, search.LOG, search.BEST, search.PARETO, search.REFERENCE,
+               supernet_train.WEIGHTS,
                supernet_train.METRICS, *train_arch.OUTPUTS}
     assert written <= set(RUN_FILES)
-    plots = [name for name in RUN_FILES if name.startswith(f"{layout.PLOTS}/")]
+    plots = [name for name in RUN_FILES
+             if name.startswith(f"{layout.PLOTS}/") and name.endswith(".png")]
+    # ... and each plot's data beside it (issue 20)
+    assert {name.removesuffix(".png") + ".json" for name in plots} <= set(RUN_FILES)
     source = (REPO / "autopmf" / "report.py").read_text()
     # report.write_plots writes each plot under its layout name, and no other PNG
     assert all(re.search(rf"/ {key}\b", source) for key in dir(layout) if key.startswith("PLOT_"))
