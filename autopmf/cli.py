@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import sys
 from pathlib import Path
 
+from autopmf import __version__
+from autopmf.choices import DEVICES, RETRAIN_INITS, STRATEGIES, SUPERNET_SCOPES
 from autopmf.errors import AutopmfError
 from autopmf.units import gib
 
@@ -40,10 +44,11 @@ def cmd_train(args) -> int:
     from autopmf.space import parse_arch_option
 
     space, arch = parse_arch_option(args.arch, args.space)
-    metrics = train_architecture(space, arch, _data_spec(args, args.data), Path(args.out),
-                                 _train_config(args, space), baselines=not args.no_baselines,
-                                 force=args.force, resume=args.resume, measure_memory=True)
-    _print_train_summary(metrics, Path(args.out))
+    with _results_only(args):
+        metrics = train_architecture(space, arch, _data_spec(args, args.data), Path(args.out),
+                                     _train_config(args, space), baselines=not args.no_baselines,
+                                     force=args.force, resume=args.resume, measure_memory=True)
+    _print_train_summary(metrics, Path(args.out), as_json=args.json)
     return 0
 
 
@@ -60,10 +65,11 @@ def cmd_retrain(args) -> int:
     if args.init == "supernet":
         init = _inherited_weights(Path(args.arch).parent, space, arch, data, args)
     out = Path(args.out) if args.out else Path(args.arch).parent / "retrain"
-    metrics = train_architecture(space, arch, data, out, _train_config(args, space),
-                                 baselines=not args.no_baselines, force=args.force,
-                                 init_weights=init, measure_memory=True, resume=args.resume)
-    _print_train_summary(metrics, out)
+    with _results_only(args):
+        metrics = train_architecture(space, arch, data, out, _train_config(args, space),
+                                     baselines=not args.no_baselines, force=args.force,
+                                     init_weights=init, measure_memory=True, resume=args.resume)
+    _print_train_summary(metrics, out, as_json=args.json)
     return 0
 
 
@@ -179,8 +185,12 @@ def cmd_search(args) -> int:
                        population=args.population, strategy=args.strategy, seed=args.seed,
                        progress=not args.quiet, supernet_from=args.supernet_from,
                        supernet=_supernet_config(args, space))
-    result = run_search(space, _data_spec(args, args.data), Path(args.out), cfg,
-                        resume=args.resume, force=args.force)
+    with _results_only(args):
+        result = run_search(space, _data_spec(args, args.data), Path(args.out), cfg,
+                            resume=args.resume, force=args.force)
+    if args.json:
+        print(json.dumps(dict(result, out=str(args.out))))
+        return 0
     best = result["best"]
     print(f"best of {result['trials']} candidates: {result['metric']} {best['score']:.4f} at "
           f"{gib(best['mem_gb'])} GiB (budget {gib(args.budget_gb, exact=True)} GiB), fused slots "
@@ -235,7 +245,21 @@ def _data_spec(args, spec: str) -> str:
     return with_options(spec, metric=args.metric, strict=1 if args.strict else None)
 
 
-def _print_train_summary(metrics: dict, out: Path) -> None:
+@contextlib.contextmanager
+def _results_only(args):
+    """With --json, stdout holds the one JSON result: the run's start-up and progress lines
+    go to stderr meanwhile."""
+    if not getattr(args, "json", False):
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def _print_train_summary(metrics: dict, out: Path, as_json: bool = False) -> None:
+    if as_json:
+        print(json.dumps(dict(metrics, out=str(out))))
+        return
     m = metrics["metric"]
     print(f"\n{m}: val {metrics['val_score']:.4f}  test {metrics['test_score']:.4f}  "
           f"(fused slots {metrics['fused_slots']}, {metrics['trainable_params']:,} trainable of "
@@ -255,20 +279,53 @@ def _print_train_summary(metrics: dict, out: Path) -> None:
 
 
 def _add_train_options(p: argparse.ArgumentParser, epochs: int) -> None:
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--lr", type=float, default=3e-3, help="prompts and mappings")
+    from autopmf.space import PRECISIONS
+
+    p.add_argument("--epochs", type=int, default=epochs, help="training epochs")
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate of the prompts and mappings")
     p.add_argument("--head-lr-scale", type=float, default=0.01,
                    help="the heads' learning rate is lr times this")
     p.add_argument("--batch-size", type=int, default=None,
                    help="default: the search space's batch size")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="default: the search space's precision")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the weights, the data split and the sampling")
     _add_prompt_init_option(p)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    _add_device_options(p)
+    p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
+
+
+def _add_device_options(p: argparse.ArgumentParser) -> None:
+    """--device and --threads, alike on every command that runs a model."""
+    p.add_argument("--device", default=None,
+                   help=f"{' or '.join(DEVICES)} (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: all cores)")
-    p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
+
+
+def _add_json_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print the result as one JSON object on stdout (progress goes to "
+                   "stderr)")
+
+
+def add_run_argument(p: argparse.ArgumentParser, help: str) -> None:
+    """RUN, the run folder a command reads, given positionally (`--run RUN` is accepted
+    too, as older versions spelled it); `resolve_run` checks that one was given."""
+    p.add_argument("run", nargs="?", metavar="RUN", help=help)
+    p.add_argument("--run", dest="run_option", metavar="RUN", help=argparse.SUPPRESS)
+
+
+def resolve_run(args) -> None:
+    if not hasattr(args, "run_option"):
+        return
+    given = [v for v in (args.run, args.run_option) if v is not None]
+    if not given:
+        raise AutopmfError(f"name the run folder: autopmf {args.command} RUN ...")
+    if len(set(given)) > 1:
+        raise AutopmfError(f"two run folders given ({given[0]} and --run {given[1]}); name one")
+    args.run = given[0]
 
 
 def _add_prompt_init_option(p: argparse.ArgumentParser) -> None:
@@ -291,7 +348,7 @@ def _add_run_inputs(p: argparse.ArgumentParser, space_required: bool = True) -> 
     p.add_argument("--space", required=space_required, default=None,
                    help="search space YAML or built-in name")
     p.add_argument("--data", default=DEMO_DATA, help="dataset spec, e.g. digits or easyvqa")
-    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory to write")
     _add_data_options(p)
 
 
@@ -304,14 +361,20 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_supernet_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sampling", choices=("uniform", "sandwich"), default="sandwich",
-                   help="supernet training: which subnet trains at each step")
-    p.add_argument("--supernet-scope", choices=("budget", "full"), default="budget",
-                   help="supernet training: only subnets that fit --budget-gb (repaired into "
-                   "it like the search's candidates), or the whole space")
+    _add_sampling_options(p)
     _add_warmup_option(p)
     _add_resume_option(p)
     _add_train_options(p, epochs=10)
+
+
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    from supernet.sampling import SAMPLING_RULES
+
+    p.add_argument("--sampling", choices=SAMPLING_RULES, default="sandwich",
+                   help="supernet training: which subnet trains at each step")
+    p.add_argument("--supernet-scope", choices=SUPERNET_SCOPES, default="budget",
+                   help="supernet training: only subnets that fit --budget-gb (repaired into "
+                   "it like the search's candidates), or the whole space")
 
 
 def _add_warmup_option(p: argparse.ArgumentParser) -> None:
@@ -335,9 +398,10 @@ def _add_resume_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="autopmf", description="Neural architecture search for prompt-based multimodal "
-        "fusion over frozen pretrained encoders.")
+        "fusion over frozen pretrained encoders.", formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"autopmf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one fixed architecture standalone")
@@ -349,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_resume_option(p)
     _add_train_options(p, epochs=8)
     _add_data_seed_option(p)
+    _add_json_option(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("search", help="find the best architecture within a memory budget")
@@ -357,34 +422,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="peak training memory allowed (GiB) at the space's batch size")
     p.add_argument("--trials", type=int, default=60, help="candidates to score")
     p.add_argument("--population", type=int, default=16, help="evolution population size")
-    p.add_argument("--strategy", choices=("evolution", "random"), default="evolution",
+    p.add_argument("--strategy", choices=STRATEGIES, default="evolution",
                    help="random: the baseline, same budget repair, no mutation")
     p.add_argument("--supernet-from", default=None, metavar="RUN",
                    help="reuse RUN's trained supernet (same space, data and supernet settings)")
     _add_supernet_options(p)
+    _add_json_option(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("retrain", help="retrain a searched architecture standalone")
     p.add_argument("--arch", required=True, help="RUN/best_arch.yaml (or any arch file)")
-    p.add_argument("--out", default=None, help="default: retrain/ beside the arch file")
+    p.add_argument("--out", default=None, metavar="RUN",
+                   help="run directory to write (default: retrain/ beside the arch file)")
     p.add_argument("--data", default=None, help="default: the data the search used")
     _add_data_options(p)
-    p.add_argument("--init", choices=("scratch", "supernet"), default="scratch",
+    p.add_argument("--init", choices=RETRAIN_INITS, default="scratch",
                    help="start from fresh weights or from the supernet's")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the image-only and text-only baselines")
     _add_resume_option(p)
     _add_train_options(p, epochs=8)
     _add_data_seed_option(p)
+    _add_json_option(p)
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("predict", help="classify image/text pairs with a trained run")
-    p.add_argument("--run", required=True, help="an `autopmf train` or `retrain` directory")
+    add_run_argument(p, "an `autopmf train` or `retrain` run directory")
     p.add_argument("--image", action="append", required=True, help="image file (repeat)")
     p.add_argument("--text", action="append", required=True, help="text (one per --image)")
     p.add_argument("--json", action="store_true", help="one JSON object per pair")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu")
+    _add_device_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("supernet", help="train the weight-sharing supernet of a space")
@@ -403,13 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_validate_parser(sub)
 
     p = sub.add_parser("demo", help="the embedded default, end to end")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default="runs/demo", metavar="RUN", help="run directory to write")
     # 24 candidates and 5 retrain epochs keep the demo within 15 minutes on 2 CPU cores
     # (BENCHMARKS.md); there the winner was found at trial 8, with 30 trials as with 24.
     p.add_argument("--trials", type=int, default=24, help="candidates to score")
-    p.add_argument("--retrain-epochs", type=int, default=5)
-    p.add_argument("--sampling", choices=("uniform", "sandwich"), default="sandwich")
-    p.add_argument("--supernet-scope", choices=("budget", "full"), default="budget")
+    p.add_argument("--retrain-epochs", type=int, default=5,
+                   help="epochs of the winner's standalone retraining")
+    _add_sampling_options(p)
     _add_warmup_option(p)
     _add_train_options(p, epochs=6)
     p.set_defaults(func=cmd_demo)
@@ -417,7 +484,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     for command in sub.choices.values():  # the same pair, meaning the same, on every command
         add_verbosity_options(command)
+        command.formatter_class = _HelpFormatter
     return parser
+
+
+class _UsageError(Exception):
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog, self.message = prog, message
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors reach `main` (which prints one line and returns 2)
+    instead of exiting from inside argparse; its subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        raise _UsageError(self.prog, message)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default, unless it has none (None, a flag) or its help already
+    says what the default is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (not action.option_strings or "default" in text or action.default is None
+                or action.default is False or action.default is argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _setup_runtime(args) -> None:
@@ -480,11 +574,18 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at run time
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:  # one line, no traceback, no usage block
+        print(f"autopmf: error: {exc.message} (see {exc.prog} --help)", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else 0
     from autopmf.progress import set_verbosity, verbosity_of
 
     set_verbosity(verbosity_of(args))
     try:
+        resolve_run(args)
         check_settings(args)
         _setup_runtime(args)
         return args.func(args)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Mapping
 
 from autopmf.budget import Budget, device_kind
+from autopmf.choices import STRATEGIES
 from autopmf.data.registry import load_dataset
 from autopmf.errors import AutopmfError
 from autopmf.features import SlotCaches
@@ -182,8 +183,8 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
         raise AutopmfError(f"--budget-gb must be a positive number of GiB, got {cfg.budget_gb}")
     if cfg.trials < 1 or cfg.population < 1:
         raise AutopmfError("--trials and --population must be at least 1")
-    if cfg.strategy not in ("evolution", "random"):
-        raise AutopmfError(f"--strategy {cfg.strategy!r}: use evolution or random")
+    if cfg.strategy not in STRATEGIES:
+        raise AutopmfError(f"--strategy {cfg.strategy!r}: use {' or '.join(STRATEGIES)}")
     out = Path(out)
     identity = _run_identity(space, data_spec, cfg)
     claim = claim_run_dir(out, identity, resume=resume, force=force, what="search",

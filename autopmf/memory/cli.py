@@ -27,7 +27,7 @@ def add_measure_parser(subparsers) -> None:
                        help="architecture YAML, or reference:N:M (top N slots fused, length M)")
     which.add_argument("--samples", type=int, default=20,
                        help="random architectures, stratified by first fused slot (default 20)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the sampled architectures")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

@@ -1,0 +1,7 @@
+"""The words an option may take, named once for the library and the CLI (torch-free, so the
+CLI can build its parser without loading a model)."""
+
+STRATEGIES = ("evolution", "random")  # search: mutate a population, or sample only
+SUPERNET_SCOPES = ("budget", "full")  # supernet training: subnets within the budget, or all
+RETRAIN_INITS = ("scratch", "supernet")  # retrain: fresh weights, or the supernet's
+DEVICES = ("cpu", "cuda")  # `cuda:N` names one GPU of several
