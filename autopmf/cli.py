@@ -12,6 +12,8 @@ from pathlib import Path
 from autopmf import __version__
 from autopmf.choices import DEVICES, RETRAIN_INITS, STRATEGIES, SUPERNET_SCOPES
 from autopmf.errors import AutopmfError
+from autopmf.layout import (BEST_ARCH, PARETO, SEARCH_LOG, SUPERNET_METRICS, SUPERNET_WEIGHTS,
+                            TRAIN_OUTPUTS)
 from autopmf.units import gib
 
 DEMO_SPACE = "demo"
@@ -144,7 +146,7 @@ def cmd_supernet(args) -> int:
         last = run.metrics["history"][-1]["val"]
         print("reference subnets, val " + run.metric + ": "
               + "  ".join(f"{k} {v:.4f}" for k, v in last.items()))
-    print(f"wrote {args.out}/supernet.safetensors, {args.out}/supernet_metrics.json")
+    _print_wrote(args.out, SUPERNET_WEIGHTS, SUPERNET_METRICS)
     return 0
 
 
@@ -195,7 +197,7 @@ def cmd_search(args) -> int:
     print(f"best of {result['trials']} candidates: {result['metric']} {best['score']:.4f} at "
           f"{gib(best['mem_gb'])} GiB (budget {gib(args.budget_gb, exact=True)} GiB), fused slots "
           f"{space.fused_slots(best['arch'])}")
-    print(f"wrote {args.out}/best_arch.yaml, {args.out}/search_log.jsonl, {args.out}/pareto.json")
+    _print_wrote(args.out, BEST_ARCH, SEARCH_LOG, PARETO)
     return 0
 
 
@@ -217,7 +219,7 @@ def cmd_demo(args) -> int:
     cfg = SearchConfig(budget_gb=DEMO_BUDGET_GB, trials=args.trials, seed=args.seed,
                        progress=not args.quiet, supernet=_supernet_config(args, space))
     run_search(space, DEMO_DATA, out, cfg, resume=not args.force, force=args.force)
-    _, arch = load_arch(out / "best_arch.yaml")
+    _, arch = load_arch(out / BEST_ARCH)
     say(f"\nretraining the winner standalone ({args.retrain_epochs} epochs)")
     train_cfg = _train_config(args, space)  # lr defaults as for `autopmf train`
     train_cfg.epochs = args.retrain_epochs
@@ -243,6 +245,10 @@ def _data_spec(args, spec: str) -> str:
     from autopmf.data.registry import with_options
 
     return with_options(spec, metric=args.metric, strict=1 if args.strict else None)
+
+
+def _print_wrote(out, *names: str) -> None:
+    print("wrote " + ", ".join(f"{out}/{name}" for name in names))
 
 
 @contextlib.contextmanager
@@ -275,7 +281,7 @@ def _print_train_summary(metrics: dict, out: Path, as_json: bool = False) -> Non
     if "mem_gb_measured" in metrics:  # a run resumed from before train measured has none
         print(f"peak training memory: measured {gib(metrics['mem_gb_measured'])} GiB, "
               f"predicted {gib(metrics['mem_gb_predicted'])} GiB ({metrics['memory_device']})")
-    print(f"wrote {out}/metrics.json, {out}/weights.safetensors, {out}/arch.yaml")
+    _print_wrote(out, *TRAIN_OUTPUTS)
 
 
 def _add_train_options(p: argparse.ArgumentParser, epochs: int) -> None:

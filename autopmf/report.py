@@ -17,8 +17,8 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from autopmf.errors import AutopmfError
-from autopmf.layout import (CONFIG, PLOT_BEST_SO_FAR, PLOT_SCORE_VS_MEMORY, PLOT_SLOT_FUSION,
-                            PLOTS, REFERENCE, SEARCH_LOG)
+from autopmf.layout import (CONFIG, METRICS, PLOT_BEST_SO_FAR, PLOT_SCORE_VS_MEMORY,
+                            PLOT_SLOT_FUSION, PLOTS, REFERENCE, SEARCH_LOG)
 from autopmf.search_log import SearchLog, brief, is_scored, pareto_front
 from autopmf.units import gib
 
@@ -141,7 +141,7 @@ def _reference(run: Path, slots) -> dict | None:
     design = describe_arch(record["arch"], slots)
     for name in RETRAIN_DIRS:
         try:
-            metrics = json.loads((run / name / "metrics.json").read_text(encoding="utf-8"))
+            metrics = json.loads((run / name / METRICS).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         if (isinstance(metrics, dict) and isinstance(metrics.get("arch"), dict)

@@ -87,12 +87,14 @@ class RunClaim:
 
 
 def claim_run_dir(out: Path, identity: dict, *, resume: bool, force: bool, what: str,
-                  outputs: Iterable[str] = ()) -> RunClaim:
+                  outputs: Iterable[str] = (), finished: str | None = None) -> RunClaim:
     """Check that `out` may take the run `identity`; nothing is changed on disk yet.
 
     With `force`, `out` must be empty of run files or hold an autopmf run: the caller calls
     `start` once every input has been checked, so a refused command deletes nothing.
-    (`outputs`, the run's own files, are all in RUN_FILES.)"""
+    (`outputs`, the run's own files, are all in RUN_FILES.) `finished`, the file that marks
+    a finished run of this kind: found with no config.yaml to identify its run, it is
+    refused without `force`."""
     out = Path(out)
     config = out / CONFIG
     if force:
@@ -103,6 +105,9 @@ def claim_run_dir(out: Path, identity: dict, *, resume: bool, force: bool, what:
                                "an autopmf run, so choose another --out")
         return RunClaim(out, identity, replace=bool(present))
     if not config.exists():
+        if finished is not None and (out / finished).exists():
+            raise AutopmfError(f"{out} already holds a finished run ({finished}); choose "
+                               "another --out or pass --force to overwrite it")
         return RunClaim(out, identity, replace=False)
     try:
         previous = yaml.safe_load(config.read_text(encoding="utf-8")) or {}

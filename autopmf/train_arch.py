@@ -17,7 +17,6 @@ from autopmf.baselines import frozen_feature_baselines, late_fusion_verdict
 from autopmf.build import build_backbone, build_pmf, initialise_fusion
 from autopmf.checkpoint import EpochCheckpoints, remove_checkpoints
 from autopmf.data.registry import load_dataset
-from autopmf.errors import AutopmfError
 from autopmf.features import advance_feature_cache, build_feature_cache, encode_split
 from autopmf.files import atomic_write_json, save_tensors
 from autopmf.layout import ARCH, CONFIG, METRICS, TRAIN_OUTPUTS, WEIGHTS
@@ -34,14 +33,6 @@ SPLITS = ("train", "val", "test")
 OUTPUTS = TRAIN_OUTPUTS
 
 
-def prepare_out_dir(out: Path, force: bool) -> None:
-    """Refuse to overwrite a finished run unless told to."""
-    if (out / METRICS).exists() and not force:
-        raise AutopmfError(f"{out} already holds a finished run (metrics.json); choose another "
-                           "--out or pass --force to overwrite it")
-    out.mkdir(parents=True, exist_ok=True)
-
-
 @holds_run_lock
 def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: str, out: Path,
                        cfg: TrainConfig, baselines: bool = True, force: bool = False,
@@ -54,10 +45,10 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
     arch = space.validate(arch)
     identity = run_identity(space, arch, data_spec, cfg, init_weights, baselines)
     claim = claim_run_dir(out, identity, resume=resume, force=force, what="training run",
-                          outputs=OUTPUTS)
+                          outputs=OUTPUTS, finished=METRICS)
     if resume and (out / CONFIG).exists() and (out / METRICS).exists():
         return json.loads((out / METRICS).read_text())
-    prepare_out_dir(out, force)
+    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
     dataset = load_dataset(data_spec, seed=data_seed, image_size=space.image_size)
