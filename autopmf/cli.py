@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -46,10 +45,9 @@ def cmd_train(args) -> int:
     from autopmf.space import parse_arch_option
 
     space, arch = parse_arch_option(args.arch, args.space)
-    with _results_only(args):
-        metrics = train_architecture(space, arch, _data_spec(args, args.data), Path(args.out),
-                                     _train_config(args, space), baselines=not args.no_baselines,
-                                     force=args.force, resume=args.resume, measure_memory=True)
+    metrics = train_architecture(space, arch, _data_spec(args, args.data), Path(args.out),
+                                 _train_config(args, space), baselines=not args.no_baselines,
+                                 force=args.force, resume=args.resume, measure_memory=True)
     _print_train_summary(metrics, Path(args.out), as_json=args.json)
     return 0
 
@@ -67,10 +65,9 @@ def cmd_retrain(args) -> int:
     if args.init == "supernet":
         init = _inherited_weights(Path(args.arch).parent, space, arch, data, args)
     out = Path(args.out) if args.out else Path(args.arch).parent / "retrain"
-    with _results_only(args):
-        metrics = train_architecture(space, arch, data, out, _train_config(args, space),
-                                     baselines=not args.no_baselines, force=args.force,
-                                     init_weights=init, measure_memory=True, resume=args.resume)
+    metrics = train_architecture(space, arch, data, out, _train_config(args, space),
+                                 baselines=not args.no_baselines, force=args.force,
+                                 init_weights=init, measure_memory=True, resume=args.resume)
     _print_train_summary(metrics, out, as_json=args.json)
     return 0
 
@@ -187,9 +184,8 @@ def cmd_search(args) -> int:
                        population=args.population, strategy=args.strategy, seed=args.seed,
                        progress=not args.quiet, supernet_from=args.supernet_from,
                        supernet=_supernet_config(args, space))
-    with _results_only(args):
-        result = run_search(space, _data_spec(args, args.data), Path(args.out), cfg,
-                            resume=args.resume, force=args.force)
+    result = run_search(space, _data_spec(args, args.data), Path(args.out), cfg,
+                        resume=args.resume, force=args.force)
     if args.json:
         print(json.dumps(dict(result, out=str(args.out))))
         return 0
@@ -249,17 +245,6 @@ def _data_spec(args, spec: str) -> str:
 
 def _print_wrote(out, *names: str) -> None:
     print("wrote " + ", ".join(f"{out}/{name}" for name in names))
-
-
-@contextlib.contextmanager
-def _results_only(args):
-    """With --json, stdout holds the one JSON result: the run's start-up and progress lines
-    go to stderr meanwhile."""
-    if not getattr(args, "json", False):
-        yield
-        return
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
 
 
 def _print_train_summary(metrics: dict, out: Path, as_json: bool = False) -> None:
@@ -587,9 +572,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
-    from autopmf.progress import set_verbosity, verbosity_of
+    from autopmf.progress import send_lines_to_stderr, set_verbosity, verbosity_of
 
     set_verbosity(verbosity_of(args))
+    # Every --json command (search, train, retrain, log, validate, measure, predict): stdout
+    # holds the result alone.
+    send_lines_to_stderr(bool(getattr(args, "json", False)))
     try:
         resolve_run(args)
         check_settings(args)

@@ -27,6 +27,7 @@ INTERVAL_S = 30.0  # a plain progress line at most this often (seconds)
 
 _level = NORMAL
 _said: set[str] = set()
+_lines_to_stderr = False  # --json: stdout holds the result alone
 
 
 def set_verbosity(level: int) -> None:
@@ -38,6 +39,12 @@ def set_verbosity(level: int) -> None:
 
 def verbosity() -> int:
     return _level
+
+
+def send_lines_to_stderr(on: bool) -> None:
+    """With --json, stdout holds the one JSON result: the lines go to stderr instead."""
+    global _lines_to_stderr
+    _lines_to_stderr = on
 
 
 def add_verbosity_options(parser) -> None:
@@ -76,8 +83,9 @@ def detail(line: str) -> None:
 
 
 def _write(line: str) -> None:
-    tqdm.write(line, file=sys.stdout)  # above any live bar, not through it
-    sys.stdout.flush()
+    stream = sys.stderr if _lines_to_stderr else sys.stdout
+    tqdm.write(line, file=stream)  # above any live bar, not through it
+    stream.flush()
 
 
 def duration(seconds: float) -> str:
