@@ -88,20 +88,44 @@ def standardiser(train_x: torch.Tensor):
     return lambda x: (x - mean) / std
 
 
+@dataclass
+class Probe:
+    """A fitted linear probe on raw features: logits = x @ weight.T + bias (the training
+    split's standardisation folded in)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    c: float
+    val: float
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return x.double() @ self.weight.T + self.bias
+
+
+def select_probe(train_x: torch.Tensor, train_labels: torch.Tensor, val_x: torch.Tensor,
+                 val_labels: torch.Tensor, num_classes: int, metric: str,
+                 c_grid: Sequence[float] = C_GRID) -> Probe:
+    """Fit on standardised train features for each C; keep the best on val (first on ties)."""
+    train_x, val_x = train_x.double(), val_x.double()
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-8)
+    best = None
+    for c in c_grid:
+        weight, bias = fit_logistic((train_x - mean) / std, train_labels, num_classes, c)
+        probe = Probe(weight / std, bias - (weight / std) @ mean, c, 0.0)
+        probe.val = score(metric, probe.logits(val_x), val_labels)
+        if best is None or probe.val > best.val:
+            best = probe
+    return best
+
+
 def linear_probe(features: dict[str, ClsFeatures], which: str, num_classes: int, metric: str,
                  c_grid: Sequence[float] = C_GRID) -> dict[str, float]:
     """Fit on train for each C, keep the best on val; -> {"val", "test", "C"}."""
-    scale = standardiser(features["train"].view(which))
-    x = {split: scale(f.view(which)) for split, f in features.items()}
-    best = None
-    for c in c_grid:
-        weight, bias = fit_logistic(x["train"], features["train"].labels, num_classes, c)
-        val = score(metric, x["val"] @ weight.T + bias, features["val"].labels)
-        if best is None or val > best[0]:
-            best = (val, c, weight, bias)
-    val, c, weight, bias = best
-    return {"val": val, "test": score(metric, x["test"] @ weight.T + bias,
-                                      features["test"].labels), "C": c}
+    train, val, test = features["train"], features["val"], features["test"]
+    probe = select_probe(train.view(which), train.labels, val.view(which), val.labels,
+                         num_classes, metric, c_grid)
+    return {"val": probe.val, "C": probe.c,
+            "test": score(metric, probe.logits(test.view(which)), test.labels)}
 
 
 BASELINES = {"text_only": "text", "image_only": "image", "late_fusion": "late_fusion"}

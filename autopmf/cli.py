@@ -35,7 +35,8 @@ def _train_config(args, space):
                        seed=args.seed, data_seed=getattr(args, "data_seed", None),
                        batch_size=args.batch_size or space.batch_size,
                        precision=args.precision or space.precision,
-                       prompt_init=args.prompt_init, device=args.device,
+                       prompt_init=args.prompt_init, head_init=args.head_init,
+                       device=args.device,
                        progress=not args.quiet)
 
 
@@ -153,7 +154,8 @@ def _supernet_config(args, space):
     return SupernetConfig(epochs=args.epochs, lr=args.lr, head_lr_scale=args.head_lr_scale,
                           seed=args.seed, batch_size=args.batch_size or space.batch_size,
                           precision=args.precision or space.precision,
-                          prompt_init=args.prompt_init, device=args.device,
+                          prompt_init=args.prompt_init, head_init=args.head_init,
+                       device=args.device,
                           progress=not args.quiet, sampling=args.sampling,
                           budget_gb=_supernet_budget(args),
                           warmup_epochs=_warmup_epochs(args), warmup=args.warmup)
@@ -320,12 +322,19 @@ def resolve_run(args) -> None:
 
 
 def _add_prompt_init_option(p: argparse.ArgumentParser) -> None:
+    """--prompt-init and --head-init: where training starts (`paper` for both is exactly the
+    PMF paper's initialisation)."""
+    from autopmf.head_init import HEAD_INITS
     from supernet.init import PROMPT_INITS
 
     p.add_argument("--prompt-init", choices=PROMPT_INITS, default=PROMPT_INITS[0],
                    help="how fused slots start: exactly the PMF paper's ('paper'), or "
                         "with mappings centred on the training data ('centred') "
                         "(default: %(default)s)")
+    p.add_argument("--head-init", choices=HEAD_INITS, default=HEAD_INITS[0],
+                   help="how the heads start: fitted as a linear probe of the untrained "
+                        "model's [CLS] features ('probe'), or the paper's random init "
+                        "('paper') (default: %(default)s)")
 
 
 def _add_data_seed_option(p: argparse.ArgumentParser) -> None:

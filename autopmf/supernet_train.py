@@ -25,6 +25,7 @@ from autopmf.errors import AutopmfError
 from autopmf.feature_store import feature_caches
 from autopmf.features import FeatureCache, SlotCaches
 from autopmf.files import atomic_write_json, load_tensors, save_tensors
+from autopmf.head_init import fit_heads
 from autopmf.layout import SUPERNET_METRICS as METRICS
 from autopmf.layout import SUPERNET_WEIGHTS as WEIGHTS
 from autopmf.memory import GIB
@@ -140,6 +141,18 @@ def warmup_references(space: SearchSpace, references: dict, warmup_archs) -> dic
     return named
 
 
+def fit_shared_heads(supernet: Supernet, arch, train: SlotCaches, val: SlotCaches,
+                     cfg: SupernetConfig, num_classes: int, metric: str) -> None:
+    """`--head-init probe` for the supernet: its heads are shared, so they are fitted on the
+    [CLS] pair of the subnet its training starts with (the warm-up subnet, or the sandwich's
+    largest)."""
+    start = min(supernet.space.fused_slots(arch), default=supernet.backbone.num_slots)
+    fit_heads(supernet.heads,
+              lambda cache, rows: supernet.features(cache.streams(rows, cfg.device),
+                                                    cache.slot, arch),
+              train.at(start), val.at(start), num_classes, metric)
+
+
 def _train_epoch(model, supernet: Supernet, sampler: ArchSampler, train: SlotCaches,
                  optimizer, schedule, cfg: SupernetConfig, metric: str, epoch: int,
                  dist: DistContext) -> float:
@@ -248,6 +261,9 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
     warmup_refs = (warmup_references(space, references, sampler.warmup_archs)
                    if cfg.warmup_epochs else {})
     references.update(warmup_refs)
+    if checkpoint is None and cfg.head_init == "probe":
+        fit_shared_heads(supernet, sampler.sample(0), train_slots, val_slots, cfg,
+                         len(dataset.label_names), dataset.metric)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         loss = _train_epoch(model, supernet, sampler, train_slots, optimizer, schedule, cfg,

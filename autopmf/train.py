@@ -52,6 +52,9 @@ class TrainConfig:
     # How fused slots start (supernet.init.PROMPT_INITS): exactly the paper's, or "centred"
     # mappings (BENCHMARKS.md "Fusion that learns from the first epoch").
     prompt_init: str = "paper"
+    # How the heads start (autopmf.head_init.HEAD_INITS): fitted as a linear probe of the
+    # untrained model's [CLS] pair, or the paper's random init.
+    head_init: str = "paper"
     device: str = "cpu"
     progress: bool = True
 

@@ -19,6 +19,7 @@ from autopmf.checkpoint import EpochCheckpoints, remove_checkpoints
 from autopmf.data.registry import load_dataset
 from autopmf.features import advance_feature_cache, build_feature_cache, encode_split
 from autopmf.files import atomic_write_json, save_tensors
+from autopmf.head_init import fit_heads
 from autopmf.layout import ARCH, CONFIG, METRICS, TRAIN_OUTPUTS, WEIGHTS
 from autopmf.metrics import metrics_for, score
 from autopmf.progress import (announce_cache, announce_cache_start, announce_data,
@@ -77,6 +78,12 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
     if init_weights is None:
         initialise_fusion({j: model.fusion[str(j)] for j in model.slot_configs}, backbone,
                           caches["train"], cfg.prompt_init, cfg.seed, cfg.device)
+        if cfg.head_init == "probe":
+            fit_heads(model.heads,
+                      lambda cache, rows: model.features_from(cache.streams(rows, cfg.device),
+                                                              cache.slot),
+                      caches["train"], caches["val"], len(dataset.label_names),
+                      dataset.metric)
 
     def forward(cache, rows):
         return model.forward_from(cache.streams(rows, cfg.device), cache.slot)

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from autopmf.build import build_backbone, build_pmf, initialise_fusion  # noqa: E402
 from autopmf.data.registry import load_dataset  # noqa: E402
 from autopmf.features import SlotCaches, build_feature_cache, encode_split  # noqa: E402
+from autopmf.head_init import fit_heads  # noqa: E402
 from autopmf.memory import GIB, estimate_bytes, load_profile  # noqa: E402
 from autopmf.ranking import summarize_designs  # noqa: E402
 from autopmf.report import describe_arch  # noqa: E402
@@ -58,8 +59,8 @@ def parse_design(space, spec: str) -> dict:
 
 
 def settings_key(args) -> dict:
-    return {k: getattr(args, k) for k in ("space", "data", "epochs", "prompt_init", "threads",
-                                          "lr", "data_seed")}
+    return {k: getattr(args, k) for k in ("space", "data", "epochs", "prompt_init",
+                                          "head_init", "threads", "lr", "data_seed")}
 
 
 def load_done(log: Path, key: dict) -> dict:
@@ -84,7 +85,8 @@ def main() -> None:
                         help="comma-separated designs, each slot:M pairs joined by +")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--prompt-init", default="centred")
+    parser.add_argument("--prompt-init", default="paper")
+    parser.add_argument("--head-init", default="probe")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -138,6 +140,7 @@ def main() -> None:
             for i, d in enumerate(designs)]
     result = {"task": args.data, "space": args.space, "designs": len(designs),
               "seeds": args.seeds, "epochs": args.epochs, "prompt_init": args.prompt_init,
+              "head_init": args.head_init,
               "score": f"val {dataset.metric}",
               "seed_tau": summary["seed_tau"], "seed_tau_ci": summary["seed_tau_ci"],
               "spread": summary["spread"], "mean_seed_std": summary["mean_seed_std"],
@@ -160,15 +163,21 @@ def train_once(space, arch, backbone, slots, num_classes, metric, seed, args) ->
     caches = {name: s.at(start) for name, s in slots.items()}
     initialise_fusion({j: model.fusion[str(j)] for j in model.slot_configs}, backbone,
                       caches["train"], args.prompt_init, seed)
+    if args.head_init == "probe":
+        fit_heads(model.heads, lambda cache, rows: model.features_from(cache.streams(rows),
+                                                                       cache.slot),
+                  caches["train"], caches["val"], num_classes, metric)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=seed, batch_size=space.batch_size,
                       precision=space.precision, prompt_init=args.prompt_init,
-                      progress=False)
+                      head_init=args.head_init, progress=False)
 
     def forward(cache, rows):
         return model.forward_from(cache.streams(rows), cache.slot)
+    initial = evaluate(forward, caches["val"], cfg, metric)
     result = fit(model, forward, caches["train"], caches["val"], cfg, metric)
     model.eval()
     return {"val": result.best_val, "test": evaluate(forward, caches["test"], cfg, metric),
+            "val_at_start": initial,
             "history": [h[f"val_{metric}"] for h in result.history],
             "seconds": result.seconds}
 

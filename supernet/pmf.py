@@ -18,9 +18,11 @@ from supernet.fusion import FusionSlot, Streams
 from supernet.weights import load_trainable_state, trainable_state
 
 
-def run_slots(backbone: FrozenBackbone, heads: TwoHeads, streams: Streams, start_slot: int,
-              fused: Mapping[int, tuple[FusionSlot, SlotConfig]]) -> torch.Tensor:
-    """Run slots start_slot..top on `streams` (fused where `fused` says so) and the heads.
+def run_slots(backbone: FrozenBackbone, heads: TwoHeads | None, streams: Streams,
+              start_slot: int, fused: Mapping[int, tuple[FusionSlot, SlotConfig]]
+              ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Run slots start_slot..top on `streams` (fused where `fused` says so) and the heads
+    (heads None: the (text, image) [CLS] features the heads would read).
 
     Shared by the standalone model and the supernet: they differ only in where `fused`'s
     modules come from (own parameters vs. shared banks sliced to the active lengths).
@@ -37,7 +39,8 @@ def run_slots(backbone: FrozenBackbone, heads: TwoHeads, streams: Streams, start
                                  backbone.image_layer_fn(slot), active, keep)
             else:
                 streams = backbone.run_plain_slot(slot, streams, keep)
-    return heads(*backbone.cls_features(streams))
+    features = backbone.cls_features(streams)
+    return features if heads is None else heads(*features)
 
 
 class PMFModel(nn.Module):
@@ -66,11 +69,19 @@ class PMFModel(nn.Module):
 
     def forward_from(self, streams: Streams, start_slot: int) -> torch.Tensor:
         """Logits from streams that already went through every layer below `start_slot`."""
+        return self._run_from(streams, start_slot, self.heads)
+
+    def features_from(self, streams: Streams, start_slot: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (text, image) [CLS] features the heads read, from such streams."""
+        return self._run_from(streams, start_slot, None)
+
+    def _run_from(self, streams: Streams, start_slot: int, heads: TwoHeads | None):
         if start_slot > self.first_fused_slot:
             raise ValueError(f"streams start at slot {start_slot}, above the first fused "
                              f"slot {self.first_fused_slot}")
         fused = {j: (self.fusion[str(j)], cfg) for j, cfg in self.slot_configs.items()}
-        return run_slots(self.backbone, self.heads, streams, start_slot, fused)
+        return run_slots(self.backbone, heads, streams, start_slot, fused)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return trainable_state(self)

@@ -52,10 +52,19 @@ class Supernet(nn.Module):
                 ) -> torch.Tensor:
         """Logits of subnet `arch` from streams that went through every layer below
         `start_slot` (at most the arch's first fused slot)."""
+        return self._run(streams, start_slot, arch, self.heads)
+
+    def features(self, streams: Streams, start_slot: int, arch: Mapping[str, int]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (text, image) [CLS] features the shared heads read, for subnet `arch`."""
+        return self._run(streams, start_slot, arch, None)
+
+    def _run(self, streams: Streams, start_slot: int, arch: Mapping[str, int],
+             heads: TwoHeads | None):
         fused = {j: (self.fusion[str(j)], cfg) for j, cfg in self.active_slots(arch).items()}
         if fused and start_slot > min(fused):
             raise ValueError(f"streams start at slot {start_slot}, above fused slot {min(fused)}")
-        return run_slots(self.backbone, self.heads, streams, start_slot, fused)
+        return run_slots(self.backbone, heads, streams, start_slot, fused)
 
     def forward_batch(self, batch: dict[str, torch.Tensor], arch: Mapping[str, int]
                       ) -> torch.Tensor:

@@ -317,14 +317,14 @@ def test_cli_warmup_defaults_to_three_epochs_but_at_most_half():
 
 
 def test_cli_warmup_rule_reaches_the_supernet_config():
-    from autopmf.cli import _supernet_config, build_parser
+    from autopmf.cli import _supernet_config, _UsageError, build_parser
 
     def config(*extra):
         args = build_parser().parse_args(["search", "--space", "tiny", "--data", "digits",
                                           "--budget-gb", "1", "--out", "x", *extra])
         return _supernet_config(args, tiny_space())
     assert config().warmup == "lowest" and config("--warmup", "cover").warmup == "cover"
-    with pytest.raises(SystemExit):
+    with pytest.raises(_UsageError, match="invalid choice: 'widest'"):
         config("--warmup", "widest")
 
 
