@@ -25,7 +25,7 @@ from autopmf.baselines import Probe, select_probe
 from autopmf.features import FeatureCache
 from supernet.backbone import TwoHeads
 
-HEAD_INITS = ("paper", "probe")  # the first is the default
+HEAD_INITS = ("probe", "paper")  # the first is the default
 
 # (cache, rows) -> the (text, image) [CLS] features the heads read for those examples
 Features = Callable[[FeatureCache, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

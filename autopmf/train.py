@@ -54,7 +54,7 @@ class TrainConfig:
     prompt_init: str = "paper"
     # How the heads start (autopmf.head_init.HEAD_INITS): fitted as a linear probe of the
     # untrained model's [CLS] pair, or the paper's random init.
-    head_init: str = "paper"
+    head_init: str = "probe"
     device: str = "cpu"
     progress: bool = True
 
@@ -62,9 +62,10 @@ class TrainConfig:
 @dataclass
 class FitResult:
     best_val: float
-    best_epoch: int
+    best_epoch: int  # 0: the weights training started from
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    start_val: float | None = None  # the validation score before training, when measured
 
 
 def autocast(precision: str, device: str):
@@ -140,6 +141,15 @@ def fit(model: nn.Module, forward: Forward, train: Examples, val: Examples, cfg:
         start_epoch, best_state, saved = restored
         result.history, result.best_val, result.best_epoch = (
             saved["history"], saved["best_val"], saved["best_epoch"])
+        result.start_val = saved.get("start_val")
+    elif cfg.head_init == "probe":
+        # Fitted heads make the untrained model a real candidate ("epoch 0"): on a task
+        # that only fusion solves, it already reads the task's signal, and the first steps
+        # of training can lose it before they improve on it.
+        model.eval()
+        result.start_val = result.best_val = evaluate(forward, val, cfg, metric)
+        result.best_epoch = 0
+        best_state = [p.detach().clone() for p in trainable]
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         order = torch.randperm(len(train), generator=generator)
@@ -172,7 +182,8 @@ def fit(model: nn.Module, forward: Forward, train: Examples, val: Examples, cfg:
         if checkpoints:
             checkpoints.save(epoch + 1, model, optimizer, schedule, generator, best_state,
                              {"history": result.history, "best_val": result.best_val,
-                              "best_epoch": result.best_epoch})
+                              "best_epoch": result.best_epoch,
+                              "start_val": result.start_val})
     if best_state is not None:
         with torch.no_grad():
             for p, best in zip(trainable, best_state):

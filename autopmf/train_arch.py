@@ -106,6 +106,7 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
         "val_score": scores["val"][dataset.metric],
         "test_score": scores["test"][dataset.metric], "scores": scores,
         "best_epoch": result.best_epoch, "history": result.history,
+        "val_at_start": result.start_val,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_params": sum(p.numel() for p in model.parameters()),
         "examples": {name: len(split) for name, split in dataset.splits().items()},

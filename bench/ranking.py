@@ -7,8 +7,8 @@ spread (best mean - worst mean), the mean seed standard deviation, and the seeds
 the mean pairwise Kendall tau-b between the seeds' rankings, with a bootstrap 90% interval
 over designs. A supernet can rank designs no better than the seeds agree.
 
-    python bench/ranking.py                                  # demo task, 12 designs x 3 seeds
-    python bench/ranking.py --epochs 2 --seeds 3 --prompt-init paper --out bench/results/x.json
+    python bench/ranking.py                          # demo task, 10 designs x 3 seeds, 1 epoch
+    python bench/ranking.py --epochs 2 --head-init paper --out /tmp/ranking-paper.json
 
 Encoders, data and the frozen-feature caches load once for all trainings. Each finished
 training is appended to a log beside the result (`NAME.runs.jsonl`), so an interrupted
@@ -42,11 +42,12 @@ from autopmf.report import describe_arch  # noqa: E402
 from autopmf.space import load_space  # noqa: E402
 from autopmf.train import TrainConfig, evaluate, fit  # noqa: E402
 
-# Designs of the demo space that fit its 0.285 GiB budget, from one fused slot to four, low
-# slots and high, short prompts and long; the last is the PMF reference that fits the budget
-# (the top four slots at M = 2). "slot:M" pairs joined by "+".
-DEMO_DESIGNS = ("5:1", "3:1", "2:2", "0:2", "0:1+1:1", "0:4+1:1", "3:8+4:8", "1:2+2:1+4:2",
-                "0:1+2:1+3:1", "1:8+4:1+5:2", "1:4+2:4+4:2", "2:2+3:2+4:2+5:2")
+# Ten designs of the demo space, all within its 0.285 GiB budget: one fused slot to four, low
+# slots and high, short prompts and long, with the PMF paper's reference:2:4 (4:M4 5:M4) and
+# the largest PMF reference that fits the budget (the top four slots at M = 2, last).
+# "slot:M" pairs joined by "+".
+DEMO_DESIGNS = ("5:1", "2:2", "0:2", "0:1+1:1", "3:8+4:8", "1:2+2:1+4:2", "0:1+2:1+3:1",
+                "1:8+4:1+5:2", "4:4+5:4", "2:2+3:2+4:2+5:2")
 
 
 def parse_design(space, spec: str) -> dict:
@@ -83,7 +84,7 @@ def main() -> None:
     parser.add_argument("--data", default="digits")
     parser.add_argument("--designs", default=",".join(DEMO_DESIGNS),
                         help="comma-separated designs, each slot:M pairs joined by +")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--prompt-init", default="paper")
     parser.add_argument("--head-init", default="probe")
