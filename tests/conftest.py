@@ -26,6 +26,16 @@ def tiny_space(**overrides):
     return space_from_dict(spec)
 
 
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One feature/profile cache per test module, shared with its child processes (a module
+    may override it, e.g. with one per test)."""
+    path = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUTOPMF_CACHE", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def space():
     return tiny_space()

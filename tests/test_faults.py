@@ -43,15 +43,6 @@ COMPLETE = ("config.yaml", "best_arch.yaml", "pareto.json", "search_log.jsonl",
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """One feature/profile cache for this module, shared with the child processes."""
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AUTOPMF_CACHE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
 def search_cmd(cache_dir) -> list[str]:
     """SEARCH with a budget that the largest architecture of the space does not fit."""
     from autopmf.memory import GIB, load_profile, max_memory_arch, min_memory_arch

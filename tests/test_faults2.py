@@ -34,14 +34,6 @@ QUICK = ["--epochs", "1", "--batch-size", "16", "--seed", "1", "--threads", "1",
 NO_DATA = "jsonl:/nonexistent-autopmf-data"  # fails fast, after every option is checked
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AUTOPMF_CACHE", str(path))
-        yield path
-
-
 def search_argv(out: Path, *extra: str, space: str | Path = "tiny", data: str = DATA
                 ) -> list[str]:
     return ["search", "--space", str(space), "--data", data, "--budget-gb", BUDGET,
