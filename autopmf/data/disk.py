@@ -100,6 +100,7 @@ class BadExamples:
         self.dataset, self.split, self.strict = dataset, split, strict
         self.counts: Counter[str] = Counter()
         self.first = ""
+        self.first_missing = ""  # the first image path that does not exist, and its file:line
 
     def skip(self, where: str, kind: str, detail: str = "") -> None:
         """One bad example: `kind` ("missing text", ...) is what the warning counts."""
@@ -169,6 +170,8 @@ def _build_split(examples: list[Example], num_classes: int, multilabel: bool,
             row_of[ex.image] = None
             reason = "missing image" if not ex.image.exists() else "unreadable image"
             bad.skip(ex.where, reason, f"{ex.image}: {exc.__class__.__name__}")
+            if reason == "missing image" and not bad.first_missing:
+                bad.first_missing = f"{ex.image} (from {ex.where})"
     kept = [ex for ex in examples if row_of[ex.image] is not None]
     if multilabel:
         labels = np.zeros((len(kept), num_classes), dtype=np.float32)
@@ -191,6 +194,29 @@ def split_by_image(examples: list[Example], fraction: float, rng: np.random.Gene
     picked = {images[i] for i in rng.permutation(len(images))[:round(fraction * len(images))]}
     return ([ex for ex in examples if ex.image in picked],
             [ex for ex in examples if ex.image not in picked])
+
+
+def _split_counts(splits: dict[str, Split], bad: dict[str, BadExamples]) -> str:
+    """"train+val: 12 found, 12 skipped (missing image: 12), 0 kept; test: ..." for an error
+    line; val and train share one count when val was cut from train."""
+    parts = []
+    for report in {id(b): b for b in bad.values()}.values():
+        names = [k for k in splits if bad[k] is report]
+        kept = sum(len(splits[k]) for k in names)
+        skipped = sum(report.counts.values())
+        kinds = ", ".join(f"{kind}: {n}" for kind, n in report.counts.most_common())
+        parts.append(f"{'+'.join(names)}: {kept + skipped} found, {skipped} skipped"
+                     + (f" ({kinds})" if kinds else "") + f", {kept} kept")
+    return "; ".join(parts)
+
+
+def _first_problem(reports) -> str:
+    """"; first missing image: PATH (from file:line)", else the first skipped example."""
+    missing = next((r.first_missing for r in reports if r.first_missing), "")
+    if missing:
+        return f"; first missing image: {missing}"
+    first = next((r.first for r in reports if r.first), "")
+    return f"; first skipped: {first}" if first else ""
 
 
 def build_dataset(name: str, examples: dict[str, list[Example]], labels: LabelList,
@@ -217,10 +243,12 @@ def build_dataset(name: str, examples: dict[str, list[Example]], labels: LabelLi
             chosen = split_by_image(chosen, image_fraction, rng)[0]
         splits[split] = _build_split(chosen, len(labels.names), multilabel, image_size,
                                      bad[split])
-        if len(splits[split]) == 0:
-            raise AutopmfError(f"{name}: the {split} split has no usable example; check the "
-                               "data (and image_fraction)")
     reports = {id(b): b for b in bad.values()}.values()
+    empty = [split for split, s in splits.items() if len(s) == 0]
+    if empty:
+        raise AutopmfError(f"{name}: the {empty[0]} split has no usable example "
+                           f"({_split_counts(splits, bad)}){_first_problem(reports)}; check the "
+                           "image folder and the paths in the split files (and image_fraction)")
     for report in reports:
         report.warn(sum(len(s) for k, s in splits.items() if bad[k] is report))
     return Dataset(name=name, label_names=labels.names, metric=metric, **splits,
