@@ -1,11 +1,15 @@
 """Issue 19 item 6: defects found when the on-disk loaders met the datasets' published files.
 One regression test each (the fixtures are test_datasets.py's)."""
 
+import csv
+import json
+
+import numpy as np
 import pytest
 
 from autopmf.data.registry import load_dataset
 from autopmf.errors import AutopmfError
-from tests.test_datasets import SIZE, make_food101
+from tests.test_datasets import SIZE, make_food101, make_jsonl, save_image
 
 
 def test_no_usable_example_names_the_counts_and_the_first_missing_path(tmp_path):
@@ -21,4 +25,40 @@ def test_no_usable_example_names_the_counts_and_the_first_missing_path(tmp_path)
     assert "train+val: 12 found, 12 skipped (missing image: 12), 0 kept" in message
     assert "test: 6 found, 0 skipped, 6 kept" in message
     first = root / "images" / "train" / "apple_pie" / "apple_pie_0.jpg"
-    assert f"first missing image: {first} (from {root / 'texts' / 'train_titles.csv'}:1)" in message
+    titles = root / "texts" / "train_titles.csv"
+    assert f"first missing image: {first} (from {titles}:1)" in message
+
+
+def rewrite_jsonl(root, change):
+    """Every JSONL file under root, each record passed through change(record)."""
+    for path in root.glob("*.jsonl"):
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        path.write_text("".join(json.dumps(change(r)) + "\n" for r in records))
+
+
+def test_jsonl_accepts_mmbts_img_key_and_names_the_keys_found(tmp_path):
+    root = make_jsonl(tmp_path / "j")
+    plain = load_dataset(f"jsonl:{root},image_size={SIZE}")
+    rewrite_jsonl(root, lambda r: {"img": r["image"], "text": r["text"], "label": r["label"]})
+    mmbt = load_dataset(f"jsonl:{root},image_size={SIZE}")
+    assert np.array_equal(mmbt.train.images, plain.train.images)
+    assert mmbt.train.texts == plain.train.texts
+
+    rewrite_jsonl(root, lambda r: {"picture": r["img"], "text": r["text"], "label": r["label"]})
+    with pytest.raises(AutopmfError, match=r"train\.jsonl:1: no image path \(keys found: "
+                                           r"picture, text, label\); every line needs image "
+                                           r"\(or img\), text, label"):
+        load_dataset(f"jsonl:{root},image_size={SIZE}")
+
+
+def test_csv_accepts_an_img_column(tmp_path):
+    root = tmp_path / "c"
+    for split in ("train", "test"):
+        rows = [["img", "text", "label"]]
+        for i in range(4):
+            save_image(root / f"{split}{i}.png", seed=i)
+            rows.append([f"{split}{i}.png", f"text {i}", "xy"[i % 2]])
+        with open(root / f"{split}.csv", "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+    data = load_dataset(f"csv:{root},val_fraction=0.25,image_size={SIZE}")
+    assert data.test.texts == [f"text {i}" for i in range(4)]

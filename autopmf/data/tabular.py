@@ -3,7 +3,8 @@
 Layout (ROOT given as `jsonl:ROOT` or `csv:ROOT`):
     ROOT/train.jsonl, ROOT/test.jsonl, optional ROOT/val.jsonl (or dev.jsonl)
     ROOT/labels.txt   optional: the label list, one name per line (default: train's labels)
-JSONL lines: {"image": "images/1.jpg", "text": "...", "label": "cat"}; multi-label
+JSONL lines: {"image": "images/1.jpg", "text": "...", "label": "cat"} ("img" for "image"
+also, as in MMBT's files); multi-label
 (`multilabel=1`): "label": ["comedy", "drama"]. CSV: a header row with image,text,label;
 multi-label labels are joined by "|". Image paths are relative to ROOT (or absolute).
 """
@@ -23,6 +24,7 @@ from autopmf.errors import AutopmfError
 
 OPTIONS = ("root", "multilabel", "val_fraction") + COMMON_OPTIONS
 FIELDS = ("image", "text", "label")
+IMAGE_KEYS = ("image", "img")  # "img": MMBT's Food-101 and MM-IMDB JSONL files
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
@@ -33,10 +35,13 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
 def _csv_rows(path: Path) -> Iterator[tuple[str, dict]]:
     with open(path, encoding="utf-8", errors=TEXT_ERRORS, newline="") as file:
         reader = csv.DictReader(file)
-        missing = [f for f in FIELDS if f not in (reader.fieldnames or [])]
+        found = reader.fieldnames or []
+        missing = [f for f in FIELDS if f not in found
+                   and not (f == "image" and any(k in found for k in IMAGE_KEYS))]
         if missing:
-            raise AutopmfError(f"{path}:1: the header has no {missing[0]!r} column; the first "
-                               "row must name the columns image,text,label")
+            raise AutopmfError(f"{path}:1: the header has no {missing[0]!r} column (found: "
+                               f"{','.join(found) or 'none'}); the first row must name the "
+                               "columns image,text,label")
         for row in reader:
             yield f"{path}:{reader.line_num}", row
 
@@ -61,12 +66,15 @@ def _parse(root: Path, rows: Iterator[tuple[str, dict]], multilabel: bool, bad: 
     """[(example without label ids yet, its label names)]."""
     parsed = []
     for where, row in rows:
-        if not row.get("image"):
-            raise AutopmfError(f"{where}: no image path; every line needs image, text, label")
+        key = next((k for k in IMAGE_KEYS if row.get(k)), None)
+        if key is None:
+            raise AutopmfError(f"{where}: no image path (keys found: "
+                               f"{', '.join(map(str, row)) or 'none'}); every line needs image "
+                               "(or img), text, label")
         text = usable_text(row.get("text"), where, bad)
         if text is None:
             continue
-        image = Path(str(row["image"]))
+        image = Path(str(row[key]))
         parsed.append((Example(image if image.is_absolute() else root / image, text, (),
                                where), _label_names(row.get("label"), multilabel, where)))
     return parsed
