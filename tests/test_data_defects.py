@@ -62,3 +62,15 @@ def test_csv_accepts_an_img_column(tmp_path):
             csv.writer(f).writerows(rows)
     data = load_dataset(f"csv:{root},val_fraction=0.25,image_size={SIZE}")
     assert data.test.texts == [f"text {i}" for i in range(4)]
+
+
+def test_food101_title_with_unquoted_commas_is_kept_whole(tmp_path):
+    root = make_food101(tmp_path / "food")
+    titles = root / "texts" / "test_titles.csv"
+    lines = titles.read_text().splitlines()
+    lines[0] = "apple_pie_0.jpg,Apple pie, with cinnamon, and cream,apple_pie"
+    lines[1] = 'apple_pie_1.jpg,"Apple pie, quoted",apple_pie'
+    titles.write_text("\n".join(lines) + "\n")
+    data = load_dataset(f"food101:{root},image_size={SIZE}")
+    assert data.test.texts[:2] == ["Apple pie, with cinnamon, and cream", "Apple pie, quoted"]
+    assert data.test.labels[:2].tolist() == [0, 0]

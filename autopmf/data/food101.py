@@ -4,7 +4,8 @@ scored by accuracy.
 Published layout (ROOT given as `food101:ROOT`):
     ROOT/images/train/<class>/<file>.jpg, ROOT/images/test/<class>/<file>.jpg
     ROOT/texts/train_titles.csv, ROOT/texts/test_titles.csv
-CSV rows are `file name, text, class` without a header (a header row is tolerated). The label
+CSV rows are `file name, text, class` without a header (a header row is tolerated); the text
+is everything between the first and the last comma, as titles are not quoted. The label
 list is the class folders under images/train. There is no published val split: val is
 `val_fraction` of the train images (by seed).
 """
@@ -40,7 +41,9 @@ def _read_titles(csv_path: Path, image_dir: Path, labels: LabelList, bad: BadExa
             if len(row) < 3:
                 raise AutopmfError(f"{where}: expected 3 columns (file name, text, class), got "
                                    f"{len(row)}")
-            file_name, text, class_name = row[0].strip(), row[1], row[-1].strip()
+            # The text is everything between the first and the last comma: UPMC's titles
+            # are not quoted, and some hold commas.
+            file_name, text, class_name = row[0].strip(), ",".join(row[1:-1]), row[-1].strip()
             label = labels.id(class_name, where)
             text = usable_text(text, where, bad)
             if text is None:
