@@ -9,7 +9,7 @@ import pytest
 
 from autopmf.data.registry import load_dataset
 from autopmf.errors import AutopmfError
-from tests.test_datasets import SIZE, make_food101, make_jsonl, save_image
+from tests.test_datasets import SIZE, make_food101, make_jsonl, make_mmimdb, save_image
 
 
 def test_no_usable_example_names_the_counts_and_the_first_missing_path(tmp_path):
@@ -74,3 +74,43 @@ def test_food101_title_with_unquoted_commas_is_kept_whole(tmp_path):
     data = load_dataset(f"food101:{root},image_size={SIZE}")
     assert data.test.texts[:2] == ["Apple pie, with cinnamon, and cream", "Apple pie, quoted"]
     assert data.test.labels[:2].tolist() == [0, 0]
+
+
+BOM = "\ufeff"
+
+
+def with_bom(path):
+    path.write_text(BOM + path.read_text(encoding="utf-8"), encoding="utf-8")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
+    food = make_food101(tmp_path / "food")
+    plain = load_dataset(f"food101:{food},image_size={SIZE}")
+    for split in ("train", "test"):
+        with_bom(food / "texts" / f"{split}_titles.csv")
+    marked = load_dataset(f"food101:{food},image_size={SIZE},strict=1")
+    assert marked.test.texts == plain.test.texts and marked.skipped == 0
+
+    root = make_jsonl(tmp_path / "j")  # JSONL, labels.txt
+    for path in (*root.glob("*.jsonl"), root / "labels.txt"):
+        with_bom(path)
+    data = load_dataset(f"jsonl:{root},image_size={SIZE},strict=1")
+    assert data.label_names == ["cat", "dog", "bird"] and len(data.train) == 24
+
+    movies = make_mmimdb(tmp_path / "mmimdb")  # split.json and the movie records
+    for path in (movies / "split.json", *(movies / "dataset").glob("*.json")):
+        with_bom(path)
+    data = load_dataset(f"mmimdb:{movies},image_size={SIZE},strict=1")
+    assert [len(s) for s in data.splits().values()] == [6, 2, 2]
+
+    table = tmp_path / "c"  # a CSV header
+    for split in ("train", "test"):
+        rows = [["image", "text", "label"]]
+        for i in range(4):
+            save_image(table / f"{split}{i}.png", seed=i)
+            rows.append([f"{split}{i}.png", f"text {i}", "xy"[i % 2]])
+        with open(table / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            f.write(BOM)
+            csv.writer(f).writerows(rows)
+    data = load_dataset(f"csv:{table},val_fraction=0.25,image_size={SIZE},strict=1")
+    assert data.test.texts == [f"text {i}" for i in range(4)]

@@ -32,6 +32,9 @@ DEFAULT_IMAGE_SIZE = 224  # ViT-B/16's input; smaller spaces may load smaller to
 # surrogate U+DC80..U+DCFF, which decoded UTF-8 never holds. Its example is then skipped and
 # counted (one bad byte must not stop a large dataset) instead of being trained on as garbage.
 TEXT_ERRORS = "surrogateescape"
+# "utf-8-sig": a byte-order mark at the start of a file (as Windows tools write) is dropped,
+# instead of becoming part of the first row's image path or JSON.
+ENCODING = "utf-8-sig"
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
 NOT_UTF8 = "text not UTF-8"
 
@@ -62,7 +65,7 @@ def data_folder(root: str | None, dataset: str, layout: str) -> Path:
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line; a bad line is an error naming it."""
-    with open(path, encoding="utf-8", errors=TEXT_ERRORS) as file:
+    with open(path, encoding=ENCODING, errors=TEXT_ERRORS) as file:
         for lineno, line in enumerate(file, 1):
             if not line.strip():
                 continue
@@ -124,7 +127,7 @@ def read_utf8(path: Path) -> str:
     """A whole file that must be UTF-8 (a label list, a split file): anything else is an
     error naming the file and the first bad byte."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding=ENCODING)
     except UnicodeDecodeError as exc:
         raise AutopmfError(f"{path}: not UTF-8 text (bad byte at offset {exc.start}); re-save "
                            "it as UTF-8") from None

@@ -122,7 +122,8 @@ def load(
         )
 
     rng = np.random.default_rng(seed)
-    label_names = sorted(line.strip() for line in open(data_root / "answers.txt") if line.strip())
+    answers = read_utf8(data_root / "answers.txt").splitlines()
+    label_names = sorted(line.strip() for line in answers if line.strip())
     label_of = {answer: label for label, answer in enumerate(label_names)}
 
     def image_subset(ids: list[int]) -> list[int]:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from autopmf.data.disk import (COMMON_OPTIONS, DEFAULT_IMAGE_SIZE, TEXT_ERRORS, BadExamples,
-                               Example, LabelList, build_dataset, data_folder, require,
-                               usable_text)
+from autopmf.data.disk import (COMMON_OPTIONS, DEFAULT_IMAGE_SIZE, ENCODING, TEXT_ERRORS,
+                               BadExamples, Example, LabelList, build_dataset, data_folder,
+                               require, usable_text)
 from autopmf.data.types import Dataset
 from autopmf.errors import AutopmfError
 
@@ -30,7 +30,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 def _read_titles(csv_path: Path, image_dir: Path, labels: LabelList, bad: BadExamples
                  ) -> list[Example]:
     examples = []
-    with open(csv_path, encoding="utf-8", errors=TEXT_ERRORS, newline="") as file:
+    with open(csv_path, encoding=ENCODING, errors=TEXT_ERRORS, newline="") as file:
         reader = csv.reader(file)
         for row in reader:
             where = f"{csv_path}:{reader.line_num}"

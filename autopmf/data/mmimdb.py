@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from autopmf.data.disk import (COMMON_OPTIONS, DEFAULT_IMAGE_SIZE, TEXT_ERRORS, BadExamples,
-                               Example, LabelList, build_dataset, data_folder, read_utf8,
-                               require, usable_text)
+from autopmf.data.disk import (COMMON_OPTIONS, DEFAULT_IMAGE_SIZE, ENCODING, TEXT_ERRORS,
+                               BadExamples, Example, LabelList, build_dataset, data_folder,
+                               read_utf8, require, usable_text)
 from autopmf.data.types import Dataset
 from autopmf.errors import AutopmfError
 
@@ -33,7 +33,7 @@ def _movie(record_path: Path, bad: BadExamples) -> Example | None:
     """One movie, or None (counted in `bad`) when its record or plot is missing."""
     where = str(record_path)
     try:
-        record = json.loads(record_path.read_text(encoding="utf-8", errors=TEXT_ERRORS))
+        record = json.loads(record_path.read_text(encoding=ENCODING, errors=TEXT_ERRORS))
     except (OSError, ValueError) as exc:  # missing, not JSON
         bad.skip(where, "missing text", exc.__class__.__name__)
         return None

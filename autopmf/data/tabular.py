@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from autopmf.data.disk import (COMMON_OPTIONS, DEFAULT_IMAGE_SIZE, TEXT_ERRORS, BadExamples,
-                               Example, LabelList, build_dataset, data_folder, read_jsonl,
-                               read_utf8, require, usable_text)
+from autopmf.data.disk import (COMMON_OPTIONS, DEFAULT_IMAGE_SIZE, ENCODING, TEXT_ERRORS,
+                               BadExamples, Example, LabelList, build_dataset, data_folder,
+                               read_jsonl, read_utf8, require, usable_text)
 from autopmf.data.types import Dataset
 from autopmf.errors import AutopmfError
 
@@ -33,7 +33,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8", errors=TEXT_ERRORS, newline="") as file:
+    with open(path, encoding=ENCODING, errors=TEXT_ERRORS, newline="") as file:
         reader = csv.DictReader(file)
         found = reader.fieldnames or []
         missing = [f for f in FIELDS if f not in found
