@@ -114,3 +114,26 @@ def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
             csv.writer(f).writerows(rows)
     data = load_dataset(f"csv:{table},val_fraction=0.25,image_size={SIZE},strict=1")
     assert data.test.texts == [f"text {i}" for i in range(4)]
+
+
+def test_html_entities_are_unescaped_by_default_and_kept_with_unescape_0(tmp_path):
+    root = make_food101(tmp_path / "food")
+    titles = root / "texts" / "test_titles.csv"
+    lines = titles.read_text().splitlines()
+    lines[0] = "apple_pie_0.jpg,Mom&#8217;s Apple Pie &amp; Cream,apple_pie"
+    titles.write_text("\n".join(lines) + "\n")
+    assert load_dataset(f"food101:{root},image_size={SIZE}").test.texts[0] == \
+        "Mom\u2019s Apple Pie & Cream"
+    assert load_dataset(f"food101:{root},image_size={SIZE},unescape=1").test.texts[0] == \
+        "Mom\u2019s Apple Pie & Cream"
+    assert load_dataset(f"food101:{root},image_size={SIZE},unescape=0").test.texts[0] == \
+        "Mom&#8217;s Apple Pie &amp; Cream"
+
+    jsonl = make_jsonl(tmp_path / "j")  # every on-disk loader takes the option
+    rewrite_jsonl(jsonl, lambda r: dict(r, text=r["text"] + " &lt;3"))
+    texts = load_dataset(f"jsonl:{jsonl},image_size={SIZE}").test.texts
+    assert texts[:2] == ["a photo of a cat <3", "a photo of a dog <3"]
+    texts = load_dataset(f"jsonl:{jsonl},image_size={SIZE},unescape=0").test.texts
+    assert texts[:2] == ["a photo of a cat &lt;3", "a photo of a dog &lt;3"]
+    with pytest.raises(AutopmfError, match="unescape must be 1 .* or 0"):
+        load_dataset(f"jsonl:{jsonl},image_size={SIZE},unescape=2")

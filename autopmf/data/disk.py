@@ -10,11 +10,12 @@ eat), and kept as uint8: 224 px costs 150 KB an image, so bounding memory is a m
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -25,7 +26,7 @@ from autopmf.errors import AutopmfError
 
 # Options every on-disk loader accepts (beyond its root; those without a published val split
 # add val_fraction).
-COMMON_OPTIONS = ("image_size", "image_fraction", "strict")
+COMMON_OPTIONS = ("image_size", "image_fraction", "strict", "unescape")
 DEFAULT_IMAGE_SIZE = 224  # ViT-B/16's input; smaller spaces may load smaller to save memory
 
 # Text files are read with errors="surrogateescape": a byte that is not UTF-8 becomes a lone
@@ -224,18 +225,26 @@ def _first_problem(reports) -> str:
 
 def build_dataset(name: str, examples: dict[str, list[Example]], labels: LabelList,
                   bad: dict[str, BadExamples], *, multilabel: bool, metric: str, seed: int,
-                  image_size: int, image_fraction: float, val_fraction: float = 0.1
-                  ) -> Dataset:
+                  image_size: int, image_fraction: float, val_fraction: float = 0.1,
+                  unescape: int = 1) -> Dataset:
     """The Dataset of parsed examples. Without a "val" entry, val is `val_fraction` of the
-    train images (by seed); `image_fraction` < 1 keeps that share of every split's images."""
+    train images (by seed); `image_fraction` < 1 keeps that share of every split's images;
+    `unescape` (the default) turns HTML entities in the texts (&amp;, &#8217;, as Food-101's
+    titles hold) into the characters they stand for, 0 keeps the texts as written."""
     if not 0 < val_fraction < 1:
         raise AutopmfError(f"{name}: val_fraction must be in (0, 1), got {val_fraction}")
     if not 0 < image_fraction <= 1:
         raise AutopmfError(f"{name}: image_fraction must be in (0, 1], got {image_fraction}")
     if not isinstance(image_size, int) or image_size < 8:
         raise AutopmfError(f"{name}: image_size must be an integer >= 8, got {image_size}")
+    if unescape not in (0, 1):
+        raise AutopmfError(f"{name}: unescape must be 1 (HTML entities become characters) or "
+                           f"0 (texts kept as written), got {unescape}")
     rng = np.random.default_rng(seed)
     examples = dict(examples)
+    if unescape:
+        examples = {split: [replace(ex, text=html.unescape(ex.text)) for ex in rows]
+                    for split, rows in examples.items()}
     if "val" not in examples:
         examples["val"], examples["train"] = split_by_image(examples["train"], val_fraction, rng)
         bad = dict(bad, val=bad["train"])

@@ -54,7 +54,8 @@ def _read_titles(csv_path: Path, image_dir: Path, labels: LabelList, bad: BadExa
 
 
 def load(seed: int = 0, root: str | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
-         val_fraction: float = 0.1, image_fraction: float = 1.0, strict: int = 0) -> Dataset:
+         val_fraction: float = 0.1, image_fraction: float = 1.0, strict: int = 0,
+         unescape: int = 1) -> Dataset:
     base = data_folder(root, "food101", LAYOUT)
     train_images = require(base / "images" / "train", "image folder", "food101", LAYOUT)
     classes = sorted(p.name for p in train_images.iterdir() if p.is_dir())
@@ -68,4 +69,4 @@ def load(seed: int = 0, root: str | None = None, image_size: int = DEFAULT_IMAGE
         examples[split] = _read_titles(titles, image_dir, labels, bad[split])
     return build_dataset("food101", examples, labels, bad, multilabel=False, metric="accuracy",
                          seed=seed, image_size=image_size, val_fraction=val_fraction,
-                         image_fraction=image_fraction)
+                         image_fraction=image_fraction, unescape=unescape)

@@ -46,7 +46,7 @@ def _movie(record_path: Path, bad: BadExamples) -> Example | None:
 
 
 def load(seed: int = 0, root: str | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
-         image_fraction: float = 1.0, strict: int = 0) -> Dataset:
+         image_fraction: float = 1.0, strict: int = 0, unescape: int = 1) -> Dataset:
     base = data_folder(root, "mmimdb", LAYOUT)
     if not (base / "split.json").exists() and (base / "mmimdb" / "split.json").exists():
         base = base / "mmimdb"  # the archive's parent folder was given
@@ -69,4 +69,4 @@ def load(seed: int = 0, root: str | None = None, image_size: int = DEFAULT_IMAGE
         examples[split] = [movie for movie in movies if movie is not None]
     return build_dataset("mmimdb", examples, LabelList(GENRES, "the 23 MM-IMDB genres"), bad,
                          multilabel=True, metric="f1_macro", seed=seed, image_size=image_size,
-                         image_fraction=image_fraction)
+                         image_fraction=image_fraction, unescape=unescape)

@@ -51,8 +51,8 @@ def _read(path: Path, images: Path, labels: LabelList, bad: BadExamples) -> list
 
 
 def load(seed: int = 0, root: str | None = None, images: str | None = None,
-         image_size: int = DEFAULT_IMAGE_SIZE, image_fraction: float = 1.0, strict: int = 0
-         ) -> Dataset:
+         image_size: int = DEFAULT_IMAGE_SIZE, image_fraction: float = 1.0, strict: int = 0,
+         unescape: int = 1) -> Dataset:
     base = data_folder(root, "snlive", LAYOUT)
     image_dir = require(Path(images) if images else base / "flickr30k_images",
                         "Flickr30k image folder", "snlive", LAYOUT + " (or images=PATH)")
@@ -62,4 +62,5 @@ def load(seed: int = 0, root: str | None = None, images: str | None = None,
         bad[split] = BadExamples("snlive", split, bool(strict))
         examples[split] = _read(_annotations(base, published), image_dir, labels, bad[split])
     return build_dataset("snlive", examples, labels, bad, multilabel=False, metric="accuracy",
-                         seed=seed, image_size=image_size, image_fraction=image_fraction)
+                         seed=seed, image_size=image_size, image_fraction=image_fraction,
+                         unescape=unescape)

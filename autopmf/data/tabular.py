@@ -89,7 +89,7 @@ class TableFormat:
 
     def load(self, seed: int = 0, root: str | None = None, multilabel: int = 0,
              image_size: int = DEFAULT_IMAGE_SIZE, val_fraction: float = 0.1,
-             image_fraction: float = 1.0, strict: int = 0) -> Dataset:
+             image_fraction: float = 1.0, strict: int = 0, unescape: int = 1) -> Dataset:
         name = self.suffix
         layout = (f"{name}:ROOT with train.{name} and test.{name} (val.{name} optional) and "
                   "optionally labels.txt")
@@ -123,7 +123,7 @@ class TableFormat:
         return build_dataset(name, examples, labels, bad, multilabel=bool(multilabel),
                              metric="f1_macro" if multilabel else "accuracy", seed=seed,
                              image_size=image_size, val_fraction=val_fraction,
-                             image_fraction=image_fraction)
+                             image_fraction=image_fraction, unescape=unescape)
 
 
 JSONL = TableFormat("jsonl")
