@@ -7,7 +7,12 @@ import hashlib
 import torch
 from transformers import BertConfig, BertModel
 
+from autopmf.encoders.compat import require_layer_parts
 from supernet.encoder import TextEncoder, attend, first_tensor
+
+# What run_layer's row path calls in a BertLayer.
+BERT_PARTS = ("attention.self.query", "attention.self.key", "attention.self.value",
+              "attention.output", "intermediate", "output")
 
 
 class BertTextEncoder(TextEncoder):
@@ -26,6 +31,7 @@ class BertTextEncoder(TextEncoder):
         # its tokenizer supports (transformers sets model_max_length huge when unknown).
         limit = getattr(tokenizer, "model_max_length", None) or cfg.max_position_embeddings
         self.max_positions = min(cfg.max_position_embeddings, limit)
+        require_layer_parts(model.encoder.layer, BERT_PARTS, name)
         self.freeze()
 
     def tokenize(self, texts: list[str], max_len: int) -> dict[str, torch.Tensor]:

@@ -11,12 +11,18 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import Dinov2Config, Dinov2Model
 
+from autopmf.encoders.compat import require_layer_parts
 from supernet.encoder import ImageEncoder, attend, first_tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # PIL resampling codes in Hugging Face preprocessor configs -> torch interpolate modes.
 PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+# What run_layer's row path calls in a transformers 5 ViTLayer / Dinov2Layer.
+ATTENTION_PARTS = ("attention.q_proj", "attention.k_proj", "attention.v_proj",
+                   "attention.o_proj", "mlp")
+VIT_PARTS = ("layernorm_before", "layernorm_after") + ATTENTION_PARTS
+DINOV2_PARTS = ("norm1", "norm2", "layer_scale1", "layer_scale2") + ATTENTION_PARTS
 
 
 class HFVisionEncoder(ImageEncoder):
@@ -34,6 +40,8 @@ class HFVisionEncoder(ImageEncoder):
         self.patch_size = cfg.patch_size
         self.mean, self.std = tuple(mean), tuple(std)
         self.interpolation = interpolation
+        require_layer_parts(self._layers(), DINOV2_PARTS if isinstance(model, Dinov2Model)
+                            else VIT_PARTS, name)
         self.freeze()
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
