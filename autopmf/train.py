@@ -50,7 +50,7 @@ class TrainConfig:
     data_seed: int | None = None
     precision: str = "fp32"
     # How fused slots start (supernet.init.PROMPT_INITS): exactly the paper's, or "centred"
-    # mappings (BENCHMARKS.md "Fusion that learns from the first epoch").
+    # mappings (BENCHMARKS.md, "Fusion that learns from the first step").
     prompt_init: str = "paper"
     # How the heads start (autopmf.head_init.HEAD_INITS): fitted as a linear probe of the
     # untrained model's [CLS] pair, or the paper's random init.
