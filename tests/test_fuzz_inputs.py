@@ -17,7 +17,7 @@ import yaml
 
 from autopmf.cli import main
 from tests.test_faults import REPO, complete_looking
-from tests.test_faults2 import cache_dir, digit_png  # noqa: F401  (fixtures)
+from tests.test_faults2 import digit_png  # noqa: F401  (a fixture)
 from tests.test_faults2 import NO_DATA, QUICK, predict_argv, train_argv
 
 SEED = 17
