@@ -51,26 +51,40 @@ def test_jsonl_accepts_mmbts_img_key_and_names_the_keys_found(tmp_path):
         load_dataset(f"jsonl:{root},image_size={SIZE}")
 
 
-def test_csv_accepts_an_img_column(tmp_path):
-    root = tmp_path / "c"
+def write_csv_dataset(root, image_column: str, prefix: str = "") -> None:
+    """train.csv and test.csv of 4 rows each (header image_column,text,label), each file
+    starting with `prefix` (e.g. a byte-order mark)."""
     for split in ("train", "test"):
-        rows = [["img", "text", "label"]]
+        rows = [[image_column, "text", "label"]]
         for i in range(4):
             save_image(root / f"{split}{i}.png", seed=i)
             rows.append([f"{split}{i}.png", f"text {i}", "xy"[i % 2]])
-        with open(root / f"{split}.csv", "w", newline="") as f:
+        with open(root / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            f.write(prefix)
             csv.writer(f).writerows(rows)
+
+
+def test_csv_accepts_an_img_column(tmp_path):
+    root = tmp_path / "c"
+    write_csv_dataset(root, "img")
     data = load_dataset(f"csv:{root},val_fraction=0.25,image_size={SIZE}")
     assert data.test.texts == [f"text {i}" for i in range(4)]
 
 
-def test_food101_title_with_unquoted_commas_is_kept_whole(tmp_path):
-    root = make_food101(tmp_path / "food")
+def food101_with_test_titles(path, *first_rows: str):
+    """A Food-101 tree whose test titles file starts with `first_rows` instead."""
+    root = make_food101(path)
     titles = root / "texts" / "test_titles.csv"
     lines = titles.read_text().splitlines()
-    lines[0] = "apple_pie_0.jpg,Apple pie, with cinnamon, and cream,apple_pie"
-    lines[1] = 'apple_pie_1.jpg,"Apple pie, quoted",apple_pie'
+    lines[:len(first_rows)] = first_rows
     titles.write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_food101_title_with_unquoted_commas_is_kept_whole(tmp_path):
+    root = food101_with_test_titles(
+        tmp_path / "food", "apple_pie_0.jpg,Apple pie, with cinnamon, and cream,apple_pie",
+        'apple_pie_1.jpg,"Apple pie, quoted",apple_pie')
     data = load_dataset(f"food101:{root},image_size={SIZE}")
     assert data.test.texts[:2] == ["Apple pie, with cinnamon, and cream", "Apple pie, quoted"]
     assert data.test.labels[:2].tolist() == [0, 0]
@@ -104,24 +118,14 @@ def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
     assert [len(s) for s in data.splits().values()] == [6, 2, 2]
 
     table = tmp_path / "c"  # a CSV header
-    for split in ("train", "test"):
-        rows = [["image", "text", "label"]]
-        for i in range(4):
-            save_image(table / f"{split}{i}.png", seed=i)
-            rows.append([f"{split}{i}.png", f"text {i}", "xy"[i % 2]])
-        with open(table / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
-            f.write(BOM)
-            csv.writer(f).writerows(rows)
+    write_csv_dataset(table, "image", prefix=BOM)
     data = load_dataset(f"csv:{table},val_fraction=0.25,image_size={SIZE},strict=1")
     assert data.test.texts == [f"text {i}" for i in range(4)]
 
 
 def test_html_entities_are_unescaped_by_default_and_kept_with_unescape_0(tmp_path):
-    root = make_food101(tmp_path / "food")
-    titles = root / "texts" / "test_titles.csv"
-    lines = titles.read_text().splitlines()
-    lines[0] = "apple_pie_0.jpg,Mom&#8217;s Apple Pie &amp; Cream,apple_pie"
-    titles.write_text("\n".join(lines) + "\n")
+    root = food101_with_test_titles(
+        tmp_path / "food", "apple_pie_0.jpg,Mom&#8217;s Apple Pie &amp; Cream,apple_pie")
     assert load_dataset(f"food101:{root},image_size={SIZE}").test.texts[0] == \
         "Mom\u2019s Apple Pie & Cream"
     assert load_dataset(f"food101:{root},image_size={SIZE},unescape=1").test.texts[0] == \
