@@ -17,7 +17,8 @@ from autopmf.baselines import frozen_feature_baselines, late_fusion_verdict
 from autopmf.build import build_backbone, build_pmf, initialise_fusion
 from autopmf.checkpoint import EpochCheckpoints, remove_checkpoints
 from autopmf.data.registry import load_dataset
-from autopmf.features import advance_feature_cache, build_feature_cache, encode_split
+from autopmf.features import (FeatureCache, advance_feature_cache, build_feature_cache,
+                              encode_split)
 from autopmf.files import atomic_write_json, save_tensors
 from autopmf.head_init import fit_heads
 from autopmf.layout import ARCH, CONFIG, METRICS, TRAIN_OUTPUTS, WEIGHTS
@@ -29,6 +30,8 @@ from autopmf.run_dir import (claim_run_dir, fingerprint, holds_run_lock, run_set
 from autopmf.space import SearchSpace, save_arch
 from autopmf.train import TrainConfig, fit, predict
 from autopmf.units import gib
+from supernet.backbone import FrozenBackbone
+from supernet.pmf import PMFModel
 
 SPLITS = ("train", "val", "test")
 OUTPUTS = TRAIN_OUTPUTS
@@ -76,14 +79,8 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
     cache_seconds = time.perf_counter() - t0
     announce_cache(True, model.first_fused_slot, caches, cache_seconds, "kept in memory")
     if init_weights is None:
-        initialise_fusion({j: model.fusion[str(j)] for j in model.slot_configs}, backbone,
-                          caches["train"], cfg.prompt_init, cfg.seed, cfg.device)
-        if cfg.head_init == "probe":
-            fit_heads(model.heads,
-                      lambda cache, rows: model.features_from(cache.streams(rows, cfg.device),
-                                                              cache.slot),
-                      caches["train"], caches["val"], len(dataset.label_names),
-                      dataset.metric)
+        initialise_training(model, backbone, caches["train"], caches["val"], cfg,
+                            len(dataset.label_names), dataset.metric)
 
     def forward(cache, rows):
         return model.forward_from(cache.streams(rows, cfg.device), cache.slot)
@@ -138,6 +135,20 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
     atomic_write_json(out / METRICS, metrics)  # last: its presence marks the run done
     remove_checkpoints(out)  # finished: nothing left to resume
     return metrics
+
+
+def initialise_training(model: PMFModel, backbone: FrozenBackbone, train: FeatureCache,
+                        val: FeatureCache, cfg: TrainConfig, num_classes: int,
+                        metric: str) -> None:
+    """A freshly built model's starting point, by cfg.prompt_init and cfg.head_init (the
+    caches must start at or below the model's first fused slot)."""
+    initialise_fusion({j: model.fusion[str(j)] for j in model.slot_configs}, backbone, train,
+                      cfg.prompt_init, cfg.seed, cfg.device)
+    if cfg.head_init == "probe":
+        fit_heads(model.heads,
+                  lambda cache, rows: model.features_from(cache.streams(rows, cfg.device),
+                                                          cache.slot),
+                  train, val, num_classes, metric)
 
 
 def run_identity(space: SearchSpace, arch: Mapping[str, int], data_spec: str,

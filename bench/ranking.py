@@ -32,15 +32,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autopmf.build import build_backbone, build_pmf, initialise_fusion  # noqa: E402
+from autopmf.build import build_backbone, build_pmf  # noqa: E402
 from autopmf.data.registry import load_dataset  # noqa: E402
 from autopmf.features import SlotCaches, build_feature_cache, encode_split  # noqa: E402
-from autopmf.head_init import fit_heads  # noqa: E402
 from autopmf.memory import GIB, estimate_bytes, load_profile  # noqa: E402
 from autopmf.ranking import summarize_designs  # noqa: E402
 from autopmf.report import describe_arch  # noqa: E402
 from autopmf.space import load_space  # noqa: E402
 from autopmf.train import TrainConfig, evaluate, fit  # noqa: E402
+from autopmf.train_arch import initialise_training  # noqa: E402
 
 # Ten designs of the demo space, all within its 0.285 GiB budget: one fused slot to four, low
 # slots and high, short prompts and long, with the PMF paper's reference:2:4 (4:M4 5:M4) and
@@ -162,20 +162,20 @@ def train_once(space, arch, backbone, slots, num_classes, metric, seed, args) ->
     model = build_pmf(space, arch, backbone, num_classes)
     start = model.first_fused_slot
     caches = {name: s.at(start) for name, s in slots.items()}
-    initialise_fusion({j: model.fusion[str(j)] for j in model.slot_configs}, backbone,
-                      caches["train"], args.prompt_init, seed)
-    if args.head_init == "probe":
-        fit_heads(model.heads, lambda cache, rows: model.features_from(cache.streams(rows),
-                                                                       cache.slot),
-                  caches["train"], caches["val"], num_classes, metric)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=seed, batch_size=space.batch_size,
                       precision=space.precision, prompt_init=args.prompt_init,
                       head_init=args.head_init, progress=False)
+    initialise_training(model, backbone, caches["train"], caches["val"], cfg, num_classes,
+                        metric)
 
     def forward(cache, rows):
         return model.forward_from(cache.streams(rows), cache.slot)
-    initial = evaluate(forward, caches["val"], cfg, metric)
+    # With fitted heads, fit scores the start itself (epoch 0); otherwise score it here.
+    initial = None if args.head_init == "probe" else evaluate(forward, caches["val"], cfg,
+                                                              metric)
     result = fit(model, forward, caches["train"], caches["val"], cfg, metric)
+    if initial is None:
+        initial = result.start_val
     model.eval()
     return {"val": result.best_val, "test": evaluate(forward, caches["test"], cfg, metric),
             "val_at_start": initial,
