@@ -1,19 +1,24 @@
 """Encoder inputs and the frozen-feature cache.
 
-`EncodedSplit` holds one split ready for the encoders (token ids, normalised pixels). Below the
-first fused slot the model is a pure function of the input, so `FeatureCache` computes the two
-residual streams at a given slot once (image streams once per distinct image) and training
-starts every step from there.
+`EncodedSplit` holds one split ready for the encoders (token ids; images decoded per batch).
+Below the first fused slot the model is a pure function of the input, so `FeatureCache`
+computes the two residual streams at a given slot once (image streams once per distinct
+image) and training starts every step from there. A cache's streams are tensors in memory or
+memory-mapped shards on disk (feature_shards.RowStore), stored in the training precision and
+handed out as float32.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
+from autopmf.data.images import ImageFiles
 from autopmf.data.types import Split
+from autopmf.image_batches import image_batches
 from autopmf.space import SearchSpace
 from supernet.backbone import FrozenBackbone
 from supernet.fusion import Streams
@@ -21,26 +26,48 @@ from supernet.fusion import Streams
 
 @dataclass
 class EncodedSplit:
+    """One split ready for the encoders: its texts tokenised (once), its distinct images
+    still raw (uint8 array or files), decoded and normalised per batch (`pixel_batches`)."""
+
     input_ids: torch.Tensor  # [N, L]
     attention_mask: torch.Tensor  # [N, L]
-    pixels: torch.Tensor  # [n_images, 3, S, S], one row per distinct image
+    images: np.ndarray | ImageFiles  # [n_images, H, W, 3] uint8, one row per distinct image
     image_index: torch.Tensor  # [N]
     labels: torch.Tensor  # [N]
+    image_size: int  # the encoder's input size
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The model's input for examples `rows`."""
-        return {"input_ids": self.input_ids[rows], "attention_mask": self.attention_mask[rows],
-                "pixels": self.pixels[self.image_index[rows]], "labels": self.labels[rows]}
-
 
 def encode_split(split: Split, backbone: FrozenBackbone, space: SearchSpace) -> EncodedSplit:
     tokens = backbone.text.tokenize(split.texts, space.max_text_len)
-    return EncodedSplit(tokens["input_ids"], tokens["attention_mask"],
-                        backbone.image.preprocess(split.images, space.image_size),
-                        torch.from_numpy(split.image_index), torch.from_numpy(split.labels))
+    return EncodedSplit(tokens["input_ids"], tokens["attention_mask"], split.images,
+                        torch.from_numpy(split.image_index), torch.from_numpy(split.labels),
+                        space.image_size)
+
+
+def pixel_batches(encoded: EncodedSplit, backbone: FrozenBackbone, batch_size: int,
+                  start: int = 0, device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+    """Normalised pixels [B, 3, S, S] of images `start`.. in order, one batch at a time."""
+    for raw in image_batches(encoded.images, batch_size, start, device):
+        yield backbone.image.preprocess(raw.numpy(), encoded.image_size)
+
+
+@torch.no_grad()
+def frozen_stream_batches(encoded: EncodedSplit, backbone: FrozenBackbone, slot: int,
+                          batch_size: int = 64, device: torch.device | str = "cpu",
+                          dtype: torch.dtype = torch.float32, text_start: int = 0,
+                          image_start: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+    """("text", streams) for examples text_start.. then ("image", streams) for images
+    image_start.., `batch_size` rows at a time, on the CPU in `dtype`: the frozen encoders
+    run up to `slot` once, texts per example, images per image."""
+    mask = encoded.attention_mask.bool()
+    for r in _row_batches(len(encoded), batch_size, text_start):
+        yield "text", backbone.encode_text_until(encoded.input_ids[r].to(device),
+                                                 mask[r].to(device), slot).to("cpu", dtype)
+    for pixels in pixel_batches(encoded, backbone, batch_size, image_start, device):
+        yield "image", backbone.encode_image_until(pixels.to(device), slot).to("cpu", dtype)
 
 
 @dataclass
@@ -48,43 +75,53 @@ class FeatureCache:
     """The streams entering slot `slot` for every example of one split."""
 
     slot: int
-    text: torch.Tensor  # [N, L, d_text]
+    text: torch.Tensor  # [N, L, d_text] (or a RowStore of it)
     text_mask: torch.Tensor  # [N, L] bool
-    image: torch.Tensor  # [n_images, Nv, d_image]
+    image: torch.Tensor  # [n_images, Nv, d_image] (or a RowStore of it)
     image_index: torch.Tensor  # [N]
     labels: torch.Tensor  # [N]
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def nbytes(self) -> int:
+        """The streams' size as stored (the mask, index and labels are small)."""
+        return sum(_nbytes(t) for t in (self.text, self.text_mask, self.image))
+
     def streams(self, rows: torch.Tensor, device: torch.device | str = "cpu") -> Streams:
-        return Streams(self.text[rows].to(device), self.text_mask[rows].to(device),
-                       self.image[self.image_index[rows]].to(device))
+        return Streams(self.text[rows].to(device, torch.float32),
+                       self.text_mask[rows].to(device),
+                       self.image[self.image_index[rows]].to(device, torch.float32))
 
     def subset(self, rows: torch.Tensor) -> "FeatureCache":
-        """These examples only (their images stay shared, indexed as before)."""
-        return FeatureCache(self.slot, self.text[rows], self.text_mask[rows], self.image,
+        """These examples only (their images stay shared, indexed as before; rows of a
+        store on disk stay there)."""
+        text = self.text.subset(rows) if hasattr(self.text, "subset") else self.text[rows]
+        return FeatureCache(self.slot, text, self.text_mask[rows], self.image,
                             self.image_index[rows], self.labels[rows])
 
 
-@torch.no_grad()
+def _nbytes(t) -> int:
+    return t.nbytes if hasattr(t, "subset") else t.numel() * t.element_size()
+
+
 def build_feature_cache(encoded: EncodedSplit, backbone: FrozenBackbone, slot: int,
-                        batch_size: int = 64, device: torch.device | str = "cpu"
-                        ) -> FeatureCache:
-    """Run the frozen encoders up to `slot` once: texts per example, images per image."""
-    mask = encoded.attention_mask.bool()
-    text = torch.cat([
-        backbone.encode_text_until(encoded.input_ids[r].to(device), mask[r].to(device),
-                                   slot).cpu()
-        for r in _row_batches(len(encoded), batch_size)])
-    image = torch.cat([
-        backbone.encode_image_until(encoded.pixels[r].to(device), slot).cpu()
-        for r in _row_batches(len(encoded.pixels), batch_size)])
-    return FeatureCache(slot, text, mask, image, encoded.image_index, encoded.labels)
+                        batch_size: int = 64, device: torch.device | str = "cpu",
+                        dtype: torch.dtype = torch.float32) -> FeatureCache:
+    """The streams entering `slot`, kept in memory in `dtype` (see frozen_stream_batches)."""
+    parts: dict[str, list[torch.Tensor]] = {"text": [], "image": []}
+    for kind, streams in frozen_stream_batches(encoded, backbone, slot, batch_size, device,
+                                               dtype):
+        parts[kind].append(streams)
+    text, image = (torch.cat(parts[kind]) if parts[kind] else torch.zeros(0)
+                   for kind in ("text", "image"))
+    return FeatureCache(slot, text, encoded.attention_mask.bool(), image, encoded.image_index,
+                        encoded.labels)
 
 
-def _row_batches(n: int, batch_size: int) -> list[slice]:
-    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+def _row_batches(n: int, batch_size: int, start: int = 0) -> list[slice]:
+    return [slice(i, min(i + batch_size, n)) for i in range(start, n, batch_size)]
 
 
 @torch.no_grad()
@@ -95,7 +132,7 @@ def advance_feature_cache(cache: FeatureCache, backbone: FrozenBackbone, slot: i
     def run(tensor, layer_index, run_layer, mask=None):
         parts = []
         for r in _row_batches(len(tensor), batch_size):
-            x = tensor[r]
+            x = tensor[r].float()
             for s in range(cache.slot, slot):
                 x = run_layer(layer_index(s), x, None if mask is None else mask[r])
             parts.append(x)
@@ -120,17 +157,13 @@ class SlotCaches:
         self.max_bytes = max_bytes
         self._by_slot = {lowest.slot: lowest}
 
-    @staticmethod
-    def _nbytes(cache: FeatureCache) -> int:
-        return sum(t.numel() * t.element_size() for t in (cache.text, cache.image))
-
     def at(self, slot: int) -> FeatureCache:
         """The cache to start a subnet whose first fused slot is `slot` from."""
         if slot in self._by_slot:
             return self._by_slot[slot]
         below = self._by_slot[max(s for s in self._by_slot if s < slot)]
-        used = sum(self._nbytes(c) for c in self._by_slot.values())
-        if used + self._nbytes(below) > self.max_bytes:
+        used = sum(c.nbytes for c in self._by_slot.values())
+        if used + below.nbytes > self.max_bytes:
             return below
         self._by_slot[slot] = advance_feature_cache(below, self.backbone, slot)
         return self._by_slot[slot]
@@ -147,8 +180,9 @@ def stream_sampler(cache: FeatureCache, backbone: FrozenBackbone, seed: int,
     rows = torch.randperm(len(cache), generator=torch.Generator().manual_seed(seed))[:n]
     images, image_index = cache.image_index[rows].unique(return_inverse=True)
     by_slot = {cache.slot: FeatureCache(
-        cache.slot, cache.text[rows].to(device), cache.text_mask[rows].to(device),
-        cache.image[images].to(device), image_index.to(device), cache.labels[rows])}
+        cache.slot, cache.text[rows].to(device, torch.float32), cache.text_mask[rows].to(device),
+        cache.image[images].to(device, torch.float32), image_index.to(device),
+        cache.labels[rows])}
 
     def at(slot: int) -> Streams:
         if slot not in by_slot:

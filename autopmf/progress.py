@@ -182,8 +182,7 @@ def announce_cache_start(slot: int, examples: int) -> None:
 
 def announce_cache(built: bool, slot: int, caches: dict, seconds: float, where: str) -> None:
     """feature cache: built or reused, its size, where it is kept."""
-    nbytes = sum(t.numel() * t.element_size() for c in caches.values()
-                 for t in (c.text, c.text_mask, c.image))
+    nbytes = sum(c.nbytes for c in caches.values())
     examples = sum(len(c) for c in caches.values())
     say(f"feature cache: {'built' if built else 'reused'} the streams entering slot {slot} "
         f"for {examples:,} examples, {nbytes / 2**20:,.1f} MiB, in {duration(seconds)}; "

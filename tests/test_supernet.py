@@ -4,6 +4,7 @@ import os
 import random
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -17,7 +18,7 @@ from autopmf.supernet_train import SupernetConfig, train_supernet
 from supernet.optim import step_used_only
 from supernet.sampling import ArchSampler, largest_arch, reference_subnets, smallest_arch
 from supernet.supernet import Supernet
-from tests.conftest import make_batch, tiny_space
+from tests.conftest import TEXTS, make_batch, tiny_space
 
 DATA = "digits:examples_per_image=1"
 
@@ -98,7 +99,7 @@ def test_a_step_moves_only_what_the_subnet_used(setup, images):
 def test_cached_path_gives_the_same_loss_as_the_uncached_path(setup, images):
     space, backbone, supernet = setup
     batch = make_batch(backbone, space, images)
-    encoded = encode_split_from_batch(batch)
+    encoded = encode_split_of(backbone, space, images)
     cache = build_feature_cache(encoded, backbone, supernet.lowest_fusable_slot)
     labels = torch.tensor([0, 1, 2, 0])
     rows = torch.arange(len(labels))
@@ -109,11 +110,13 @@ def test_cached_path_gives_the_same_loss_as_the_uncached_path(setup, images):
         torch.testing.assert_close(cached, direct, atol=1e-6, rtol=1e-6)
 
 
-def encode_split_from_batch(batch):
-    from autopmf.features import EncodedSplit
-    n = len(batch["input_ids"])
-    return EncodedSplit(batch["input_ids"], batch["attention_mask"], batch["pixels"],
-                        torch.arange(n), torch.zeros(n, dtype=torch.long))
+def encode_split_of(backbone, space, images, texts=TEXTS):
+    """The split of `make_batch`'s examples (one image each), encoded as training reads it."""
+    from autopmf.data.types import Split
+    from autopmf.features import encode_split
+    n = len(texts)
+    split = Split(images[:n], np.arange(n), list(texts), np.zeros(n, dtype=np.int64))
+    return encode_split(split, backbone, space)
 
 
 def test_sampler_is_a_function_of_seed_and_step():
@@ -230,7 +233,7 @@ def test_streams_advanced_slot_by_slot_equal_streams_built_at_that_slot(setup, i
     from autopmf.features import SlotCaches, advance_feature_cache
 
     space, backbone, _ = setup
-    encoded = encode_split_from_batch(make_batch(backbone, space, images))
+    encoded = encode_split_of(backbone, space, images)
     low = build_feature_cache(encoded, backbone, 0)
     direct = build_feature_cache(encoded, backbone, 2)
     advanced = advance_feature_cache(low, backbone, 2)

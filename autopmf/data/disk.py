@@ -2,10 +2,10 @@
 image decoding, splitting and subsampling.
 
 A loader parses its published layout into `Example`s (image path, text, label ids, and where
-it came from) and hands them to `build_dataset`. Images are decoded once each, resized so
-their shorter side is `image_size` and centre-cropped to a square (what ViT-style encoders
-eat), and kept as uint8: 224 px costs 150 KB an image, so bounding memory is a matter of
-`image_size` and `image_fraction`, never of the original file sizes.
+it came from) and hands them to `build_dataset`. Each distinct image is checked once (its
+header) at load and decoded only when a batch needs it (images.py: resized so its shorter
+side is `image_size` and centre-cropped to a square, what ViT-style encoders eat): memory
+does not grow with the number of images.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from autopmf.data.images import IMAGE_ERRORS, ImageFiles, check_image
 from autopmf.data.types import Dataset, Split
 from autopmf.errors import AutopmfError
 
@@ -146,31 +147,22 @@ def usable_text(text, where: str, bad: BadExamples) -> str | None:
     return text.strip()
 
 
-def load_image(path: Path, size: int) -> np.ndarray:
-    """uint8 [size, size, 3]: shorter side resized to `size`, centre-cropped. Raises OSError
-    (or ValueError) for a missing, truncated or undecodable file."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as image:
-        image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
-        fitted = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
-        return np.asarray(fitted, dtype=np.uint8)
-
-
 def _build_split(examples: list[Example], num_classes: int, multilabel: bool,
                  image_size: int, bad: BadExamples) -> Split:
-    """Decode each distinct image once; drop the examples whose image cannot be read."""
+    """Check each distinct image once (its header, not its pixels: they are decoded per
+    batch, see images.py); drop the examples whose image cannot be opened."""
     from PIL import Image
 
     row_of: dict[Path, int | None] = {}
-    images = []
+    paths = []
     for ex in examples:
         if ex.image in row_of:
             continue
         try:
-            images.append(load_image(ex.image, image_size))
-            row_of[ex.image] = len(images) - 1
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            check_image(ex.image)
+            paths.append(ex.image)
+            row_of[ex.image] = len(paths) - 1
+        except (*IMAGE_ERRORS, Image.DecompressionBombError) as exc:
             row_of[ex.image] = None
             reason = "missing image" if not ex.image.exists() else "unreadable image"
             bad.skip(ex.where, reason, f"{ex.image}: {exc.__class__.__name__}")
@@ -183,9 +175,7 @@ def _build_split(examples: list[Example], num_classes: int, multilabel: bool,
             labels[row, list(ex.labels)] = 1.0
     else:
         labels = np.array([ex.labels[0] for ex in kept], dtype=np.int64)
-    stacked = (np.stack(images) if images
-               else np.zeros((0, image_size, image_size, 3), dtype=np.uint8))
-    return Split(images=stacked,
+    return Split(images=ImageFiles(paths, image_size),
                  image_index=np.array([row_of[ex.image] for ex in kept], dtype=np.int64),
                  texts=[ex.text for ex in kept], labels=labels)
 

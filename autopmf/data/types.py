@@ -1,7 +1,8 @@
 """Raw multimodal classification data: images, texts and labels, split by image.
 
-Tokenisation and image normalisation belong to the encoders, not here (on-disk loaders only
-shrink images to a common size at load, see disk.py).
+Tokenisation and image normalisation belong to the encoders, not here. A packaged dataset
+holds its images as a uint8 array; an on-disk one as `ImageFiles`, decoded per batch at a
+common size (images.py).
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from autopmf.data.images import ImageFiles
+
 
 @dataclass(frozen=True)
 class Split:
     """One split. Examples share images through `image_index`, so each image is stored once."""
 
-    images: np.ndarray  # uint8 [n_images, H, W, 3] RGB, the distinct images of this split
+    # uint8 [n_images, H, W, 3] RGB, the distinct images of this split: an array, or files
+    # decoded on access (ImageFiles) for on-disk datasets
+    images: np.ndarray | ImageFiles
     image_index: np.ndarray  # int64 [n_examples], row of `images` for each example
     texts: list[str]  # n_examples
     # int64 [n_examples] class ids, or float32 [n_examples, n_classes] multi-hot (multi-label)
@@ -24,7 +29,8 @@ class Split:
 
     def __post_init__(self) -> None:
         # Catch construction bugs early; these are programming errors, not user errors.
-        assert self.images.dtype == np.uint8 and self.images.ndim == 4 and self.images.shape[3] == 3
+        assert self.images.dtype == np.uint8 and len(self.images.shape) == 4
+        assert self.images.shape[3] == 3
         assert self.image_index.dtype == np.int64
         assert (self.labels.dtype == np.int64 and self.labels.ndim == 1) or (
             self.labels.dtype == np.float32 and self.labels.ndim == 2)
@@ -58,7 +64,8 @@ class Dataset:
         return {"train": self.train, "val": self.val, "test": self.test}
 
     def fingerprint(self) -> str:
-        """Short sha256 hex of the full content; a cache key for anything derived from it."""
+        """Short sha256 hex of the full content; a cache key for anything derived from it.
+        Image files count by path, size and modification time (not decoded)."""
         digest = hashlib.sha256()
 
         def add(part: bytes) -> None:
@@ -71,7 +78,8 @@ class Dataset:
         add("\0".join(self.label_names).encode())
         for split in (self.train, self.val, self.test):
             add(str(split.images.shape).encode())
-            add(np.ascontiguousarray(split.images).tobytes())
+            add(split.images.identity() if isinstance(split.images, ImageFiles)
+                else np.ascontiguousarray(split.images).tobytes())
             add(np.ascontiguousarray(split.image_index).tobytes())
             add("\0".join(split.texts).encode())
             add(np.ascontiguousarray(split.labels).tobytes())
