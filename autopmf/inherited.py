@@ -1,0 +1,100 @@
+"""How the search scores a subnet with the supernet's weights (its "inherited" score).
+
+Two ways (`INHERITED_SCORINGS`, the first the default):
+- "probe": the subnet's final [CLS] pair, computed with the supernet's shared prompts and
+  mappings, is read by a linear probe fitted for this subnet alone (on a fixed sample of
+  training examples, C picked on validation), and scored on validation.
+- "heads": the supernet's shared heads read it, as the supernet itself predicts.
+
+Why a probe: the heads are shared by every subnet, but each subnet's features are its own.
+Through shared heads a subnet scores how well its features suit heads that were fitted and
+trained for the mixture, not how much of the task its fused features carry. A subnet's own
+probe asks the second question, and it is where a retrain starts (`--head-init probe` fits
+the winner's heads the same way). It costs one forward pass over the probe's training sample
+per candidate, beside the validation pass that both ways make.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from autopmf.baselines import select_probe
+from autopmf.features import FeatureCache, SlotCaches
+from autopmf.head_init import cls_pairs
+from autopmf.train import TrainConfig, evaluate
+from supernet.supernet import Supernet
+
+INHERITED_SCORINGS = ("probe", "heads")
+PROBE_EXAMPLES = 1024  # training examples a candidate's probe is fitted on
+
+
+def first_slot(supernet: Supernet, arch: Mapping[str, int]) -> int:
+    """Where a subnet's computation starts: its lowest fused slot (the frozen slots below it
+    are read from the cache)."""
+    return min(supernet.space.fused_slots(arch), default=supernet.backbone.num_slots)
+
+
+def heads_score(supernet: Supernet, arch: Mapping[str, int], val: SlotCaches,
+                cfg: TrainConfig, metric: str) -> float:
+    """The subnet's validation score through the supernet's shared heads."""
+    cache = val.at(first_slot(supernet, arch))
+    supernet.eval()
+    return evaluate(lambda c, rows: supernet(c.streams(rows, cfg.device), c.slot, arch),
+                    cache, cfg, metric)
+
+
+def probe_sample(train: FeatureCache, n: int, seed: int) -> torch.Tensor:
+    """The fixed training rows every candidate's probe is fitted on (sorted, seeded)."""
+    if n >= len(train):
+        return torch.arange(len(train))
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    return order[:n].sort().values
+
+
+def probe_score(supernet: Supernet, arch: Mapping[str, int], train: SlotCaches,
+                val: SlotCaches, rows: torch.Tensor, cfg: TrainConfig, metric: str,
+                num_classes: int) -> float:
+    """The best linear probe's validation score on the subnet's own [CLS] pair, fitted on
+    the training examples `rows`."""
+    start = first_slot(supernet, arch)
+    supernet.eval()
+
+    def features(cache, batch_rows):
+        return supernet.features(cache.streams(batch_rows, cfg.device), cache.slot, arch)
+
+    train_cache = train.at(start).subset(rows)
+    val_cache = val.at(start)
+    probe = select_probe(cls_pairs(features, train_cache), train_cache.labels,
+                         cls_pairs(features, val_cache), val_cache.labels, num_classes, metric)
+    return probe.val
+
+
+@dataclass
+class InheritedScorer:
+    """Scores subnets with the supernet's weights on the validation split (`scoring`: one of
+    INHERITED_SCORINGS), each starting from cached streams at its first fused slot."""
+
+    supernet: Supernet
+    train: SlotCaches
+    val: SlotCaches
+    cfg: TrainConfig
+    metric: str
+    num_classes: int
+    scoring: str = INHERITED_SCORINGS[0]
+    probe_examples: int = PROBE_EXAMPLES
+
+    def __post_init__(self):
+        if self.scoring not in INHERITED_SCORINGS:
+            raise ValueError(f"inherited scoring {self.scoring!r} is not one of "
+                             f"{INHERITED_SCORINGS}")
+        lowest = self.train.at(self.supernet.lowest_fusable_slot)
+        self.rows = probe_sample(lowest, self.probe_examples, self.cfg.seed)
+
+    def __call__(self, arch: Mapping[str, int]) -> float:
+        if self.scoring == "heads":
+            return heads_score(self.supernet, arch, self.val, self.cfg, self.metric)
+        return probe_score(self.supernet, arch, self.train, self.val, self.rows, self.cfg,
+                           self.metric, self.num_classes)

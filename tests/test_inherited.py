@@ -1,0 +1,80 @@
+"""Inherited scores: a subnet's own probe on its [CLS] pair, or the supernet's shared heads."""
+
+import pytest
+import torch
+
+from autopmf.baselines import select_probe
+from autopmf.data.registry import load_dataset
+from autopmf.features import SlotCaches, build_feature_cache, encode_split
+from autopmf.head_init import cls_pairs
+from autopmf.inherited import InheritedScorer, probe_sample
+from autopmf.metrics import score
+from autopmf.train import TrainConfig
+from supernet.sampling import largest_arch
+from supernet.supernet import Supernet
+
+DATA = "digits:examples_per_image=1"
+
+
+@pytest.fixture(scope="module")
+def setup(space, backbone):
+    data = load_dataset(DATA, seed=0, image_size=space.image_size)
+    torch.manual_seed(0)
+    supernet = Supernet(space, backbone, num_classes=2)
+    slots = {name: SlotCaches(build_feature_cache(encode_split(split, backbone, space),
+                                                  backbone, supernet.lowest_fusable_slot),
+                              backbone)
+             for name, split in data.splits().items()}
+    return supernet, slots
+
+
+def scorer(setup, scoring, probe_examples=24):
+    supernet, slots = setup
+    return InheritedScorer(supernet, slots["train"], slots["val"], TrainConfig(seed=3),
+                           "accuracy", 2, scoring, probe_examples)
+
+
+def test_probe_score_is_the_best_probe_of_the_subnets_own_features(setup, space):
+    supernet, slots = setup
+    arch = space.validate(space.reference_arch(1, 2))
+    probe = scorer(setup, "probe")
+    start = min(space.fused_slots(arch))
+
+    def features(cache, rows):
+        return supernet.features(cache.streams(rows), cache.slot, arch)
+
+    train = slots["train"].at(start).subset(probe.rows)
+    val = slots["val"].at(start)
+    expected = select_probe(cls_pairs(features, train), train.labels, cls_pairs(features, val),
+                            val.labels, 2, "accuracy")
+    assert probe(arch) == expected.val
+    assert len(probe.rows) == 24 and torch.equal(probe.rows, probe.rows.sort().values)
+
+
+def test_heads_score_is_the_supernets_own_prediction(setup, space):
+    supernet, slots = setup
+    arch = space.validate(largest_arch(space))
+    val = slots["val"].at(min(space.fused_slots(arch)))
+    with torch.no_grad():
+        logits = supernet(val.streams(torch.arange(len(val))), val.slot, arch)
+    assert scorer(setup, "heads")(arch) == pytest.approx(score("accuracy", logits, val.labels))
+
+
+def test_the_two_scorings_differ_where_the_shared_heads_do_not_fit_the_subnet(setup, space):
+    """Random shared heads sit near chance; a probe of the same features does not have to.
+    (Guards against both scorings silently being the same function.)"""
+    arch = space.validate(space.reference_arch(1, 2))
+    assert scorer(setup, "probe")(arch) != scorer(setup, "heads")(arch)
+
+
+def test_probe_sample_is_fixed_by_seed_and_never_larger_than_the_split(setup):
+    supernet, slots = setup
+    train = slots["train"].at(supernet.lowest_fusable_slot)
+    a, b = probe_sample(train, 10, seed=1), probe_sample(train, 10, seed=1)
+    assert torch.equal(a, b) and not torch.equal(a, probe_sample(train, 10, seed=2))
+    assert torch.equal(probe_sample(train, 10**6, seed=1), torch.arange(len(train)))
+
+
+def test_unknown_scoring_is_refused(setup):
+    with pytest.raises(ValueError, match="inherited scoring"):
+        scorer(setup, "oracle")
