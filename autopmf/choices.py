@@ -5,3 +5,6 @@ STRATEGIES = ("evolution", "random")  # search: mutate a population, or sample o
 SUPERNET_SCOPES = ("budget", "full")  # supernet training: subnets within the budget, or all
 RETRAIN_INITS = ("scratch", "supernet")  # retrain: fresh weights, or the supernet's
 DEVICES = ("cpu", "cuda")  # `cuda:N` names one GPU of several
+# The frozen-feature cache: chosen by device and data, on disk (memory-mapped shards), in
+# memory only, or none (the frozen prefix recomputed every batch).
+FEATURE_CACHE_MODES = ("auto", "disk", "memory", "off")

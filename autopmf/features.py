@@ -10,6 +10,7 @@ handed out as float32.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -35,23 +36,36 @@ class EncodedSplit:
     image_index: torch.Tensor  # [N]
     labels: torch.Tensor  # [N]
     image_size: int  # the encoder's input size
+    # uint8 [B, H, W, 3] -> normalised float [B, 3, S, S], as the image encoder was trained
+    preprocess: Callable[[np.ndarray], torch.Tensor]
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised pixels of these distinct images (rows of `images`), decoded now."""
+        return self.preprocess(np.stack([np.asarray(self.images[int(i)]) for i in images]))
+
+    def batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's input for examples `rows` (their images decoded now)."""
+        images, inverse = self.image_index[rows].unique(return_inverse=True)
+        return {"input_ids": self.input_ids[rows], "attention_mask": self.attention_mask[rows],
+                "pixels": self.pixels(images)[inverse], "labels": self.labels[rows]}
 
 
 def encode_split(split: Split, backbone: FrozenBackbone, space: SearchSpace) -> EncodedSplit:
     tokens = backbone.text.tokenize(split.texts, space.max_text_len)
     return EncodedSplit(tokens["input_ids"], tokens["attention_mask"], split.images,
                         torch.from_numpy(split.image_index), torch.from_numpy(split.labels),
-                        space.image_size)
+                        space.image_size,
+                        functools.partial(backbone.image.preprocess, image_size=space.image_size))
 
 
-def pixel_batches(encoded: EncodedSplit, backbone: FrozenBackbone, batch_size: int,
-                  start: int = 0, device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+def pixel_batches(encoded: EncodedSplit, batch_size: int, start: int = 0,
+                  device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
     """Normalised pixels [B, 3, S, S] of images `start`.. in order, one batch at a time."""
     for raw in image_batches(encoded.images, batch_size, start, device):
-        yield backbone.image.preprocess(raw.numpy(), encoded.image_size)
+        yield encoded.preprocess(raw.numpy())
 
 
 @torch.no_grad()
@@ -66,7 +80,7 @@ def frozen_stream_batches(encoded: EncodedSplit, backbone: FrozenBackbone, slot:
     for r in _row_batches(len(encoded), batch_size, text_start):
         yield "text", backbone.encode_text_until(encoded.input_ids[r].to(device),
                                                  mask[r].to(device), slot).to("cpu", dtype)
-    for pixels in pixel_batches(encoded, backbone, batch_size, image_start, device):
+    for pixels in pixel_batches(encoded, batch_size, image_start, device):
         yield "image", backbone.encode_image_until(pixels.to(device), slot).to("cpu", dtype)
 
 
@@ -101,6 +115,14 @@ class FeatureCache:
         return FeatureCache(self.slot, text, self.text_mask[rows], self.image,
                             self.image_index[rows], self.labels[rows])
 
+    def sample(self, rows: torch.Tensor, device: torch.device | str = "cpu") -> "FeatureCache":
+        """These examples and their distinct images in memory (float32, on `device`)."""
+        images, image_index = self.image_index[rows].unique(return_inverse=True)
+        return FeatureCache(self.slot, self.text[rows].to(device, torch.float32),
+                            self.text_mask[rows].to(device),
+                            self.image[images].to(device, torch.float32), image_index.to(device),
+                            self.labels[rows])
+
 
 def _nbytes(t) -> int:
     return t.nbytes if hasattr(t, "subset") else t.numel() * t.element_size()
@@ -128,7 +150,11 @@ def _row_batches(n: int, batch_size: int, start: int = 0) -> list[slice]:
 def advance_feature_cache(cache: FeatureCache, backbone: FrozenBackbone, slot: int,
                           batch_size: int = 256) -> FeatureCache:
     """The same examples' streams entering a higher `slot`, by running the plain slots between
-    (texts per example, images per image, as in `build_feature_cache`)."""
+    (texts per example, images per image, as in `build_feature_cache`); in memory, float32.
+    Without a cache (live_features), they are computed from the inputs."""
+    if getattr(cache, "live", False):
+        return cache.at_slot(slot).sample(torch.arange(len(cache)))
+
     def run(tensor, layer_index, run_layer, mask=None):
         parts = []
         for r in _row_batches(len(tensor), batch_size):
@@ -156,11 +182,15 @@ class SlotCaches:
         self.backbone = backbone
         self.max_bytes = max_bytes
         self._by_slot = {lowest.slot: lowest}
+        self._live = getattr(lowest, "live", False)  # no cache: every slot costs nothing
 
     def at(self, slot: int) -> FeatureCache:
         """The cache to start a subnet whose first fused slot is `slot` from."""
         if slot in self._by_slot:
             return self._by_slot[slot]
+        if self._live:
+            lowest = self._by_slot[min(self._by_slot)]
+            return self._by_slot.setdefault(slot, lowest.at_slot(slot))
         below = self._by_slot[max(s for s in self._by_slot if s < slot)]
         used = sum(c.nbytes for c in self._by_slot.values())
         if used + below.nbytes > self.max_bytes:
@@ -178,11 +208,7 @@ def stream_sampler(cache: FeatureCache, backbone: FrozenBackbone, seed: int,
     """`at(slot)`: the frozen streams entering `slot` (>= cache.slot) for a seeded sample of
     `cache`'s examples; each slot is computed once, from the highest one below it."""
     rows = torch.randperm(len(cache), generator=torch.Generator().manual_seed(seed))[:n]
-    images, image_index = cache.image_index[rows].unique(return_inverse=True)
-    by_slot = {cache.slot: FeatureCache(
-        cache.slot, cache.text[rows].to(device, torch.float32), cache.text_mask[rows].to(device),
-        cache.image[images].to(device, torch.float32), image_index.to(device),
-        cache.labels[rows])}
+    by_slot = {cache.slot: cache.sample(rows, device)}
 
     def at(slot: int) -> Streams:
         if slot not in by_slot:

@@ -57,7 +57,9 @@ class SupernetConfig(TrainConfig):
     # subnets after each epoch: a progress signal, not a ranking, so a third of the demo's
     # split is enough and saves most of a minute an epoch; None uses the whole split.
     reference_val_examples: int | None = 512
-    use_disk_cache: bool = True
+    # Where the frozen streams come from (feature_store.FEATURE_CACHE_MODES): auto, disk,
+    # memory or off (recomputed every batch).
+    feature_cache: str = "auto"
     cache_max_bytes: int = 2 * 2**30  # streams kept per slot (RAM) to skip frozen slots
 
 
@@ -215,10 +217,12 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
 
     slot = supernet.lowest_fusable_slot
     if dist.is_main:  # rank 0 fills the disk cache; the others then read it
-        caches = feature_caches(space, dataset, backbone, slot, cfg.device, cfg.use_disk_cache)
+        caches = feature_caches(space, dataset, backbone, slot, cfg.device, cfg.feature_cache,
+                                cfg.precision)
     dist.barrier()
     if not dist.is_main:
-        caches = feature_caches(space, dataset, backbone, slot, cfg.device, cfg.use_disk_cache)
+        caches = feature_caches(space, dataset, backbone, slot, cfg.device, cfg.feature_cache,
+                                cfg.precision)
     cache_seconds = time.perf_counter() - started
     val_slots = SlotCaches(caches["val"], backbone, cfg.cache_max_bytes)
     reference_val = SlotCaches(reference_examples(caches["val"], cfg), backbone,

@@ -96,7 +96,7 @@ def main() -> None:
     encoded = encode_split(dataset.train, backbone, space)
     t0 = time.perf_counter()
     lowest = feature_caches(space, dataset, backbone, supernet.lowest_fusable_slot,
-                            use_disk=False)["train"]
+                            mode="memory")["train"]
     slots = SlotCaches(lowest, backbone)
     for slot in space.fusable_slots:
         slots.at(slot)

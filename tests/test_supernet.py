@@ -178,7 +178,7 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, cache_dir, m
     clean = train_supernet(space, DATA, tmp_path / "clean", small_config())
     assert len(clean.metrics["history"]) == 2
     assert set(clean.metrics["history"][-1]["val"]) >= {"largest", "smallest", "random_0"}
-    assert list(cache_dir.glob("features/*.safetensors"))  # the feature cache is on disk
+    assert list(cache_dir.glob("features/*/manifest.json"))  # the feature cache is on disk
 
     real_epoch = supernet_train._train_epoch
     calls = {"n": 0}

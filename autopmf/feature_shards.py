@@ -1,0 +1,189 @@
+"""The frozen-feature cache's files: one folder per cache, rows in shards, a manifest last.
+
+Folder layout (`folder` = cache_root()/features/<key>):
+    <split>.text.00000.safetensors ...   rows of the text streams [n, L, d_text]
+    <split>.image.00000.safetensors ...  rows of the image streams [n, Nv, d_image]
+    <split>.index.safetensors            text_mask, image_index, labels
+    manifest.json                        written last: its presence marks the cache complete
+
+Each shard is written atomically (temp file + rename), so a shard that exists is whole; a
+build killed part-way leaves whole shards and no manifest, and the next build keeps the
+shards that hold what it would write (same rows, shape and dtype) and writes the rest. Shards
+are read memory-mapped: only the rows a batch asks for are paged in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from autopmf.files import atomic_write_json, save_tensors
+
+MANIFEST = "manifest.json"
+# Target bytes per shard: large enough that a cache of 100k images is a few hundred files.
+# AUTOPMF_SHARD_BYTES overrides (tests use tiny shards).
+SHARD_BYTES = 256 * 2**20
+ROWS = "rows"  # the one tensor of a shard file
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def shard_bytes() -> int:
+    return int(os.environ.get("AUTOPMF_SHARD_BYTES", SHARD_BYTES))
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """One stream of one split as shards: `rows` rows of `row_shape`, `rows_per_shard` a shard
+    (a multiple of the build's batch size, so a resumed build starts on a batch boundary)."""
+
+    split: str
+    kind: str  # "text" or "image"
+    rows: int
+    row_shape: tuple[int, ...]
+    dtype: torch.dtype
+    rows_per_shard: int
+
+    @classmethod
+    def make(cls, split: str, kind: str, rows: int, row_shape: tuple[int, ...],
+             dtype: torch.dtype, batch_size: int) -> "StreamPlan":
+        per_batch = batch_size * math.prod(row_shape) * dtype.itemsize
+        return cls(split, kind, rows, tuple(row_shape), dtype,
+                   max(1, shard_bytes() // max(1, per_batch)) * batch_size)
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * math.prod(self.row_shape) * self.dtype.itemsize
+
+    @property
+    def shards(self) -> int:
+        return math.ceil(self.rows / self.rows_per_shard)
+
+    def path(self, folder: Path, shard: int) -> Path:
+        return folder / f"{self.split}.{self.kind}.{shard:05d}.safetensors"
+
+    def shard_shape(self, shard: int) -> tuple[int, ...]:
+        rows = min(self.rows_per_shard, self.rows - shard * self.rows_per_shard)
+        return (rows, *self.row_shape)
+
+    def finished(self, folder: Path) -> int:
+        """How many leading shards are already on disk as this plan would write them."""
+        for shard in range(self.shards):
+            if shard_header(self.path(folder, shard)) != (self.dtype, self.shard_shape(shard)):
+                return shard
+        return self.shards
+
+
+class ShardWriter:
+    """Takes a stream's rows in order (from shard `first` on) and writes each full shard."""
+
+    def __init__(self, plan: StreamPlan, folder: Path, first: int = 0):
+        self.plan, self.folder, self.shard = plan, folder, first
+        self.pending: list[torch.Tensor] = []
+        self.pending_rows = 0
+
+    def add(self, rows: torch.Tensor) -> None:
+        self.pending.append(rows)
+        self.pending_rows += len(rows)
+        if self.pending_rows >= self.plan.rows_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        rows = torch.cat(self.pending)
+        assert tuple(rows.shape) == self.plan.shard_shape(self.shard), "rows out of plan"
+        write_shard(self.plan.path(self.folder, self.shard), rows)
+        self.shard += 1
+        self.pending, self.pending_rows = [], 0
+
+
+def write_shard(path: Path, rows: torch.Tensor) -> None:
+    save_tensors(path, {ROWS: rows})
+
+
+def shard_header(path: Path) -> tuple[torch.dtype, tuple[int, ...]] | None:
+    """(dtype, shape) of a shard file's rows, or None if it is missing or not a shard."""
+    try:
+        header, _ = _read_header(path)
+        entry = header[ROWS]
+        return _SAFETENSORS_DTYPES[entry["dtype"]], tuple(entry["shape"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    """(safetensors header, byte offset of the data)."""
+    with open(path, "rb") as file:
+        size = int.from_bytes(file.read(8), "little")
+        if not 0 < size < 2**24:
+            raise ValueError(f"{path}: not a safetensors file")
+        header = json.loads(file.read(size))
+    return header, 8 + size
+
+
+def open_shard(path: Path) -> torch.Tensor:
+    """A shard's rows, memory-mapped from the file (read-only use: writes stay private)."""
+    header, start = _read_header(path)
+    entry = header[ROWS]
+    begin, end = entry["data_offsets"]
+    data = torch.from_file(str(path), shared=False, size=start + end, dtype=torch.uint8)
+    return data[start + begin:start + end].view(_SAFETENSORS_DTYPES[entry["dtype"]]).view(
+        entry["shape"])
+
+
+class RowStore:
+    """Rows of one stream spread over memory-mapped shards, read like a tensor: `store[rows]`
+    gathers those rows into memory; `subset(rows)` is a view that reads nothing."""
+
+    def __init__(self, shards: list[torch.Tensor], rows: torch.Tensor | None = None):
+        self.shards = shards
+        self.starts = torch.tensor([0] + [len(s) for s in shards]).cumsum(0)
+        self.rows = rows  # the global rows this view shows, or None for all of them
+
+    def __len__(self) -> int:
+        return int(self.starts[-1]) if self.rows is None else len(self.rows)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.shards[0].dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.shards[0].shape[1:])
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * math.prod(self.shape[1:]) * self.dtype.itemsize
+
+    def _global(self, index) -> torch.Tensor:
+        local = torch.arange(len(self))[index]
+        return local if self.rows is None else self.rows[local]
+
+    def subset(self, index) -> "RowStore":
+        return RowStore(self.shards, self._global(index))
+
+    def __getitem__(self, index) -> torch.Tensor:
+        rows = self._global(index)
+        flat = rows.reshape(-1)
+        shard_of = torch.searchsorted(self.starts, flat, right=True) - 1
+        out = torch.empty((len(flat), *self.shape[1:]), dtype=self.dtype)
+        for shard in shard_of.unique().tolist():
+            here = shard_of == shard
+            out[here] = self.shards[shard][flat[here] - self.starts[shard]]
+        return out.reshape(*rows.shape, *self.shape[1:])
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    atomic_write_json(folder / MANIFEST, manifest)
+
+
+def read_manifest(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
