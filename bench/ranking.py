@@ -60,8 +60,11 @@ def parse_design(space, spec: str) -> dict:
 
 
 def settings_key(args) -> dict:
-    return {k: getattr(args, k) for k in ("space", "data", "epochs", "prompt_init",
-                                          "head_init", "threads", "lr", "data_seed")}
+    key = {k: getattr(args, k) for k in ("space", "data", "epochs", "prompt_init",
+                                         "head_init", "threads", "lr", "data_seed")}
+    if args.head_lr_scale != TrainConfig.head_lr_scale:  # logs from before the option match
+        key["head_lr_scale"] = args.head_lr_scale
+    return key
 
 
 def load_done(log: Path, key: dict) -> dict:
@@ -89,6 +92,7 @@ def main() -> None:
     parser.add_argument("--prompt-init", default="paper")
     parser.add_argument("--head-init", default="probe")
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--head-lr-scale", type=float, default=TrainConfig.head_lr_scale)
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget-gb", type=float, default=0.285,
@@ -141,7 +145,7 @@ def main() -> None:
             for i, d in enumerate(designs)]
     result = {"task": args.data, "space": args.space, "designs": len(designs),
               "seeds": args.seeds, "epochs": args.epochs, "prompt_init": args.prompt_init,
-              "head_init": args.head_init,
+              "head_init": args.head_init, "lr": args.lr, "head_lr_scale": args.head_lr_scale,
               "score": f"val {dataset.metric}",
               "seed_tau": summary["seed_tau"], "seed_tau_ci": summary["seed_tau_ci"],
               "spread": summary["spread"], "mean_seed_std": summary["mean_seed_std"],
@@ -162,7 +166,8 @@ def train_once(space, arch, backbone, slots, num_classes, metric, seed, args) ->
     model = build_pmf(space, arch, backbone, num_classes)
     start = model.first_fused_slot
     caches = {name: s.at(start) for name, s in slots.items()}
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=seed, batch_size=space.batch_size,
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, head_lr_scale=args.head_lr_scale,
+                      seed=seed, batch_size=space.batch_size,
                       precision=space.precision, prompt_init=args.prompt_init,
                       head_init=args.head_init, progress=False)
     initialise_training(model, backbone, caches["train"], caches["val"], cfg, num_classes,
