@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from autopmf import __version__
-from autopmf.choices import DEVICES, RETRAIN_INITS, STRATEGIES, SUPERNET_SCOPES
+from autopmf.choices import (DEVICES, FEATURE_CACHE_MODES, RETRAIN_INITS, STRATEGIES,
+                             SUPERNET_SCOPES)
 from autopmf.errors import AutopmfError
 from autopmf.layout import (BEST_ARCH, PARETO, SEARCH_LOG, SUPERNET_METRICS, SUPERNET_WEIGHTS,
                             TRAIN_OUTPUTS)
@@ -48,7 +49,8 @@ def cmd_train(args) -> int:
     space, arch = parse_arch_option(args.arch, args.space)
     metrics = train_architecture(space, arch, _data_spec(args, args.data), Path(args.out),
                                  _train_config(args, space), baselines=not args.no_baselines,
-                                 force=args.force, resume=args.resume, measure_memory=True)
+                                 force=args.force, resume=args.resume, measure_memory=True,
+                                 feature_cache=args.feature_cache)
     _print_train_summary(metrics, Path(args.out), as_json=args.json)
     return 0
 
@@ -68,7 +70,8 @@ def cmd_retrain(args) -> int:
     out = Path(args.out) if args.out else Path(args.arch).parent / "retrain"
     metrics = train_architecture(space, arch, data, out, _train_config(args, space),
                                  baselines=not args.no_baselines, force=args.force,
-                                 init_weights=init, measure_memory=True, resume=args.resume)
+                                 init_weights=init, measure_memory=True, resume=args.resume,
+                                 feature_cache=args.feature_cache)
     _print_train_summary(metrics, out, as_json=args.json)
     return 0
 
@@ -158,7 +161,8 @@ def _supernet_config(args, space):
                        device=args.device,
                           progress=not args.quiet, sampling=args.sampling,
                           budget_gb=_supernet_budget(args),
-                          warmup_epochs=_warmup_epochs(args), warmup=args.warmup)
+                          warmup_epochs=_warmup_epochs(args), warmup=args.warmup,
+                          feature_cache=args.feature_cache)
 
 
 def _warmup_epochs(args) -> int:
@@ -223,7 +227,8 @@ def cmd_demo(args) -> int:
     train_cfg.epochs = args.retrain_epochs
     # Like the search: an interrupted (or finished) retrain continues unless --force.
     metrics = train_architecture(space, arch, DEMO_DATA, out / "retrain", train_cfg,
-                                 force=args.force, resume=not args.force, measure_memory=True)
+                                 force=args.force, resume=not args.force, measure_memory=True,
+                                 feature_cache=args.feature_cache)
     summary = summarize(out)
     print()
     print_summary(summary, list(space.fusable_slots))
@@ -286,7 +291,17 @@ def _add_train_options(p: argparse.ArgumentParser, epochs: int) -> None:
                    help="seeds the weights, the data split and the sampling")
     _add_prompt_init_option(p)
     _add_device_options(p)
+    _add_feature_cache_option(p)
     p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
+
+
+def _add_feature_cache_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--feature-cache", choices=FEATURE_CACHE_MODES, default="auto",
+                   help="the frozen encoders' streams below the first fusable slot: computed "
+                   "once and kept on disk (memory-mapped shards in the training precision, "
+                   "reused by later runs), kept in memory for this run, or off (recomputed "
+                   "every batch); auto: disk, except on CUDA for the packaged datasets "
+                   "(whose images are in memory), where it is off (default: %(default)s)")
 
 
 def _add_device_options(p: argparse.ArgumentParser) -> None:

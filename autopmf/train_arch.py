@@ -17,14 +17,13 @@ from autopmf.baselines import frozen_feature_baselines, late_fusion_verdict
 from autopmf.build import build_backbone, build_pmf, initialise_fusion
 from autopmf.checkpoint import EpochCheckpoints, remove_checkpoints
 from autopmf.data.registry import load_dataset
-from autopmf.features import (FeatureCache, advance_feature_cache, build_feature_cache,
-                              encode_split)
+from autopmf.feature_store import feature_caches
+from autopmf.features import FeatureCache, advance_feature_cache
 from autopmf.files import atomic_write_json, save_tensors
 from autopmf.head_init import fit_heads
 from autopmf.layout import ARCH, CONFIG, METRICS, TRAIN_OUTPUTS, WEIGHTS
 from autopmf.metrics import metrics_for, score
-from autopmf.progress import (announce_cache, announce_cache_start, announce_data,
-                              announce_encoders, duration, say)
+from autopmf.progress import announce_data, announce_encoders, duration, say
 from autopmf.run_dir import (claim_run_dir, fingerprint, holds_run_lock, run_settings,
                              tensors_digest)
 from autopmf.space import SearchSpace, save_arch
@@ -41,11 +40,13 @@ OUTPUTS = TRAIN_OUTPUTS
 def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: str, out: Path,
                        cfg: TrainConfig, baselines: bool = True, force: bool = False,
                        init_weights: Mapping[str, torch.Tensor] | None = None,
-                       measure_memory: bool = False, resume: bool = False) -> dict:
+                       measure_memory: bool = False, resume: bool = False,
+                       feature_cache: str = "auto") -> dict:
     """Train `arch` standalone (from `init_weights`, e.g. inherited from a supernet, or from
     scratch) and write its run directory; `measure_memory` adds its measured and predicted
     peak training memory. `resume` continues an interrupted run from its newest epoch
-    checkpoint (a finished one is returned as it is)."""
+    checkpoint (a finished one is returned as it is). `feature_cache`: where the frozen
+    streams come from (feature_store: auto, disk, memory or off)."""
     arch = space.validate(arch)
     identity = run_identity(space, arch, data_spec, cfg, init_weights, baselines)
     claim = claim_run_dir(out, identity, resume=resume, force=force, what="training run",
@@ -71,13 +72,9 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
             f"{space.precision}); measured after training")
 
     t0 = time.perf_counter()
-    announce_cache_start(model.first_fused_slot, sum(map(len, dataset.splits().values())))
-    encoded = {name: encode_split(split, backbone, space)
-               for name, split in dataset.splits().items()}
-    caches = {name: build_feature_cache(enc, backbone, model.first_fused_slot, device=cfg.device)
-              for name, enc in encoded.items()}
+    caches = feature_caches(space, dataset, backbone, model.first_fused_slot, cfg.device,
+                            feature_cache, cfg.precision)
     cache_seconds = time.perf_counter() - t0
-    announce_cache(True, model.first_fused_slot, caches, cache_seconds, "kept in memory")
     if init_weights is None:
         initialise_training(model, backbone, caches["train"], caches["val"], cfg,
                             len(dataset.label_names), dataset.metric)
