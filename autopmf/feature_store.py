@@ -72,6 +72,13 @@ def feature_caches(space: SearchSpace, dataset: Dataset, backbone: FrozenBackbon
     `mode` is off), in `precision` (default: the space's)."""
     mode = resolve_mode(mode, dataset, device)
     dtype = STORAGE_DTYPES[precision or space.precision]
+    folder = cache_root() / "features" / cache_key(space, dataset, slot, dtype)
+    started = time.perf_counter()
+    caches = open_cache(folder, slot) if mode == "disk" else None
+    if caches is not None:
+        announce_cache(False, slot, caches, time.perf_counter() - started,
+                       f"from {folder} ({_dtype_name(dtype)}, memory-mapped)")
+        return caches
     encoded = {name: encode_split(split, backbone, space)  # texts tokenised once
                for name, split in dataset.splits().items()}
     if mode == "off":
@@ -80,23 +87,17 @@ def feature_caches(space: SearchSpace, dataset: Dataset, backbone: FrozenBackbon
         say(f"feature cache: off; the frozen streams entering slot {slot} are recomputed "
             "every batch", once=True)
         return {name: LiveFeatures(enc, backbone, slot) for name, enc in encoded.items()}
-    started = time.perf_counter()
     if mode == "memory":
         announce_cache_start(slot, sum(map(len, encoded.values())))
         caches = {name: build_feature_cache(enc, backbone, slot, BATCH, device, dtype)
                   for name, enc in encoded.items()}
         announce_cache(True, slot, caches, time.perf_counter() - started, "kept in memory")
         return caches
-    folder = cache_root() / "features" / cache_key(space, dataset, slot, dtype)
+    build_cache(folder, encoded, backbone, slot, device, dtype, space.name)
     caches = open_cache(folder, slot)
-    built = caches is None
-    if built:
-        build_cache(folder, encoded, backbone, slot, device, dtype, space.name)
-        caches = open_cache(folder, slot)
-        assert caches is not None, "a finished cache must open"
-    announce_cache(built, slot, caches, time.perf_counter() - started,
-                   f"{'saved to' if built else 'from'} {folder} ({_dtype_name(dtype)}, "
-                   "memory-mapped)")
+    assert caches is not None, "a finished cache must open"
+    announce_cache(True, slot, caches, time.perf_counter() - started,
+                   f"saved to {folder} ({_dtype_name(dtype)}, memory-mapped)")
     return caches
 
 
@@ -124,7 +125,8 @@ def open_cache(folder: Path, slot: int) -> dict[str, FeatureCache] | None:
 def build_cache(folder: Path, encoded: dict[str, EncodedSplit], backbone: FrozenBackbone,
                 slot: int, device: str, dtype: torch.dtype, space_name: str) -> None:
     """Write the cache in one streaming pass, keeping the shards a killed build finished;
-    the manifest last. Says its size first, and fails in one line if the disk lacks room."""
+    the manifest last. Fails in one line, before writing, if the disk lacks room for it;
+    else says its size and starts."""
     plans = {name: stream_plans(name, enc, backbone, slot, dtype, device)
              for name, enc in encoded.items()}
     done = {(p.split, p.kind): p.finished(folder) for pair in plans.values() for p in pair}
@@ -133,11 +135,11 @@ def build_cache(folder: Path, encoded: dict[str, EncodedSplit], backbone: Frozen
                for pair in plans.values() for p in pair)
     shards = sum(p.shards for pair in plans.values() for p in pair)
     kept = sum(done.values())
-    say(f"feature cache: the streams entering slot {slot} take {total / 2**20:,.1f} MiB on "
-        f"disk ({_dtype_name(dtype)}) in {folder}"
-        + (f"; resuming: {kept} of {shards} shards already written" if kept else ""))
     check_room(folder, left)
-    announce_cache_start(slot, sum(map(len, encoded.values())))
+    announce_cache_start(slot, sum(map(len, encoded.values())),
+                         f"{total / 2**20:,.1f} MiB on disk ({_dtype_name(dtype)}) in {folder}"
+                         + (f"; resuming: {kept} of {shards} shards already written"
+                            if kept else ""))
     try:
         for name, enc in encoded.items():
             text_plan, image_plan = plans[name]

@@ -175,9 +175,10 @@ def announce_encoders(space, backbone) -> None:
         f"fusable {list(space.fusable_slots)}", once=True)
 
 
-def announce_cache_start(slot: int, examples: int) -> None:
+def announce_cache_start(slot: int, examples: int, detail: str = "") -> None:
+    """`detail`: what the cache will take, and where (said before it is built)."""
     say(f"feature cache: computing the frozen streams entering slot {slot} for "
-        f"{examples:,} examples (once)", once=True)
+        f"{examples:,} examples (once)" + (f"; {detail}" if detail else ""), once=True)
 
 
 def announce_cache(built: bool, slot: int, caches: dict, seconds: float, where: str) -> None:
