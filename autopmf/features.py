@@ -63,9 +63,10 @@ def encode_split(split: Split, backbone: FrozenBackbone, space: SearchSpace) -> 
 
 def pixel_batches(encoded: EncodedSplit, batch_size: int, start: int = 0,
                   device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
-    """Normalised pixels [B, 3, S, S] of images `start`.. in order, one batch at a time."""
+    """Normalised pixels [B, 3, S, S] of images `start`.. in order, one batch at a time, on
+    `device` (a batch is copied there as uint8, from pinned memory on CUDA, then normalised)."""
     for raw in image_batches(encoded.images, batch_size, start, device):
-        yield encoded.preprocess(raw.numpy())
+        yield encoded.preprocess(raw.to(device, non_blocking=True))
 
 
 @torch.no_grad()

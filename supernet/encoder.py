@@ -65,18 +65,20 @@ class ImageEncoder(FrozenEncoder):
     patch_size: int
     interpolation: str = "bicubic"  # as the encoder's own image processor / timm data config
 
-    def preprocess(self, images: np.ndarray, image_size: int) -> torch.Tensor:
+    def preprocess(self, images: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
         """uint8 [N, H, W, 3] -> float [N, 3, S, S], resized and normalised as the encoder
-        was trained."""
-        # A copy: the inputs may be read-only arrays.
-        pixels = torch.as_tensor(np.array(images, dtype=np.uint8))
+        was trained; on the device a uint8 tensor is on (a batch copied to the GPU is
+        normalised there)."""
+        # A copy of an array: the inputs may be read-only arrays.
+        pixels = (images if isinstance(images, torch.Tensor)
+                  else torch.as_tensor(np.array(images, dtype=np.uint8)))
         x = pixels.permute(0, 3, 1, 2).float() / 255.0
         if x.shape[-1] != image_size or x.shape[-2] != image_size:
             x = nn.functional.interpolate(x, size=(image_size, image_size),
                                           mode=self.interpolation, align_corners=False,
                                           antialias=True).clamp_(0, 1)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
     def num_tokens(self, image_size: int) -> int:
