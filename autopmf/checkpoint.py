@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -18,6 +19,9 @@ from torch import nn
 from autopmf.errors import AutopmfError
 from autopmf.files import load_tensors, save_tensors
 from supernet.weights import load_trainable_state, trainable_state
+
+if TYPE_CHECKING:
+    from autopmf.train import LoopHooks
 
 CHECKPOINTS = "checkpoints"
 
@@ -152,41 +156,50 @@ def _optimizer_state(path: Path, optimizer: torch.optim.Optimizer
 
 
 class EpochCheckpoints:
-    """Per-epoch checkpoints of one `train.fit` loop in `run/checkpoints`: everything the loop
-    carries from one epoch to the next (trainable weights, the best ones so far, optimizer,
-    schedule, the shuffling generator, history), so a resumed fit ends bit-identical."""
+    """Per-epoch checkpoints of one `train.train_loop` in `run/checkpoints`: everything the
+    loop carries from one epoch to the next (trainable weights, optimizer, schedule, history,
+    and its hooks' state, e.g. the shuffling generator and the best weights so far), so a
+    resumed loop ends bit-identical."""
 
     def __init__(self, run: Path, fingerprint: str, resume: bool):
         self.run, self.fingerprint, self.resume = Path(run), fingerprint, resume
 
-    def save(self, epoch: int, model: nn.Module, optimizer, schedule,
-             generator: torch.Generator, best: list[torch.Tensor] | None, state: dict) -> None:
+    def save(self, epoch: int, model: nn.Module, optimizer, schedule, history: list[dict],
+             hooks: LoopHooks) -> None:
+        extra, state = hooks.state_dict()
         tensors = {f"model.{name}": t for name, t in trainable_state(model).items()}
-        tensors.update({f"best.{i}": t for i, t in enumerate(best or [])})
-        tensors["generator"] = generator.get_state()
-        save_checkpoint(self.run, epoch, tensors, optimizer, schedule, state,
-                        fingerprint=self.fingerprint)
+        tensors.update(extra)
+        save_checkpoint(self.run, epoch, tensors, optimizer, schedule,
+                        {"history": history, **state}, fingerprint=self.fingerprint)
 
-    def restore(self, model: nn.Module, optimizer, schedule, generator: torch.Generator
-                ) -> tuple[int, list[torch.Tensor] | None, dict] | None:
-        """(epochs done, best weights so far, saved state), or None to start from scratch."""
+    def check(self) -> None:
+        """Refuse to resume a checkpoint of another run, before the run writes anything."""
+        path = latest_checkpoint(self.run) if self.resume else None
+        if path is not None:
+            check_fingerprint(path, _read_state(path).get("fingerprint"), self.fingerprint)
+
+    def restore(self, model: nn.Module, optimizer, schedule, hooks: LoopHooks
+                ) -> tuple[int, list[dict]] | None:
+        """(epochs done, their history), with the model, optimizer, schedule and hooks
+        restored in place; or None to start from scratch."""
         path = latest_checkpoint(self.run) if self.resume else None
         if path is None:
             return None
         tensors, state = load_checkpoint(path, optimizer, schedule,
                                          fingerprint=self.fingerprint)
+        weights = {name[len("model."):]: t for name, t in tensors.items()
+                   if name.startswith("model.")}
+        if not weights:  # a supernet's from before train_loop: weights under plain names
+            weights, tensors = tensors, {}
         try:
-            load_trainable_state(model, {name[len("model."):]: t
-                                         for name, t in tensors.items()
-                                         if name.startswith("model.")})
-            generator.set_state(tensors["generator"])
-            best = [tensors[f"best.{i}"]
-                    for i in range(sum(k.startswith("best.") for k in tensors))]
-        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            load_trainable_state(model, weights)
+        except (ValueError, TypeError, RuntimeError) as exc:
             raise damaged(path, f"its weights do not fit this model ({exc})") from None
-        if any(b.dtype != p.dtype or b.shape != p.shape
-               for b, p in zip(best, (p for p in model.parameters() if p.requires_grad))):
-            raise damaged(path, "its best-so-far weights do not fit this model")
-        if not {"best_val", "best_epoch"} <= state.keys():
-            raise damaged(path, "state.json lacks the best-so-far score")
-        return state.pop("epoch"), best or None, state
+        try:
+            hooks.load_state_dict({k: t for k, t in tensors.items()
+                                   if not k.startswith("model.")}, state)
+        except ValueError as exc:  # the hooks name what does not fit
+            raise damaged(path, str(exc)) from None
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise damaged(path, f"its training state does not fit this run ({exc})") from None
+        return state["epoch"], state["history"]

@@ -79,37 +79,38 @@ def cmd_retrain(args) -> int:
 def _inherited_weights(run: Path, space, arch, data: str, args):
     """The subnet's weights extracted from the search run's supernet."""
     from autopmf.build import build_backbone
-    from autopmf.data.registry import load_dataset
     from autopmf.files import load_tensors
-    from autopmf.supernet_train import WEIGHTS, load_supernet_weights
+    from autopmf.supernet_train import load_supernet_weights
     from supernet.supernet import Supernet
 
-    if not (run / WEIGHTS).exists():
-        raise AutopmfError(f"--init supernet needs {run / WEIGHTS} (the search run's "
+    if not (run / SUPERNET_WEIGHTS).exists():
+        raise AutopmfError(f"--init supernet needs {run / SUPERNET_WEIGHTS} (the search run's "
                            "supernet); use --init scratch or point --arch into a search run")
-    _check_supernet_is_for(run, space, data)
-    num_classes = len(load_dataset(data, seed=args.seed,
-                                   image_size=space.image_size).label_names)
+    record = _check_supernet_is_for(run, space, data)
+    num_classes = record.get("num_classes")
+    if num_classes is None:  # a supernet from before its record held it: count the classes
+        from autopmf.data.registry import load_dataset
+
+        num_classes = len(load_dataset(data, seed=args.seed,
+                                       image_size=space.image_size).label_names)
     supernet = Supernet(space, build_backbone(space), num_classes)
-    load_supernet_weights(supernet, load_tensors(run / WEIGHTS))
+    load_supernet_weights(supernet, load_tensors(run / SUPERNET_WEIGHTS))
     return supernet.extract(arch).trainable_state_dict()
 
 
-def _check_supernet_is_for(run: Path, space, data: str) -> None:
-    """Refuse to inherit from a supernet trained for another space (encoders, image size,
-    text length, choices) or other data: weights of the same shapes would load silently."""
-    import json
-
-    from autopmf.supernet_train import METRICS
-
+def _check_supernet_is_for(run: Path, space, data: str) -> dict:
+    """The supernet's record (SUPERNET_METRICS); refuse to inherit from a supernet
+    trained for another space (encoders, image size, text length, choices) or other data:
+    weights of the same shapes would load silently."""
     try:
-        record = json.loads((run / METRICS).read_text(encoding="utf-8"))
+        record = json.loads((run / SUPERNET_METRICS).read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
         record = None
     if not isinstance(record, dict):
-        raise AutopmfError(f"--init supernet: {run / METRICS} is missing or unreadable, so the "
-                           "supernet cannot be checked against this architecture; use --init "
-                           "scratch, or point --arch into a finished search run")
+        raise AutopmfError(f"--init supernet: {run / SUPERNET_METRICS} is missing or "
+                           "unreadable, so the supernet cannot be checked against this "
+                           "architecture; use --init scratch, or point --arch into a finished "
+                           "search run")
     trained = record.get("space") if isinstance(record.get("space"), dict) else {}
     differs = sorted(k for k in {*trained, *space.to_dict()}
                      if trained.get(k) != space.to_dict().get(k))
@@ -121,6 +122,7 @@ def _check_supernet_is_for(run: Path, space, data: str) -> None:
         raise AutopmfError(f"--init supernet: the supernet in {run} was trained on "
                            f"{record.get('data')!r}, not {data!r}; retrain with --data "
                            f"{record.get('data')}, or --init scratch")
+    return record
 
 
 def cmd_predict(args) -> int:

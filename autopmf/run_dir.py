@@ -94,7 +94,8 @@ def claim_run_dir(out: Path, identity: dict, *, resume: bool, force: bool, what:
     `start` once every input has been checked, so a refused command deletes nothing.
     (`outputs`, the run's own files, are all in RUN_FILES.) `finished`, the file that marks
     a finished run of this kind: found with no config.yaml to identify its run, it is
-    refused without `force`."""
+    refused without `force`; checkpoints found so are resumed only with `resume` (their
+    fingerprint then decides)."""
     out = Path(out)
     config = out / CONFIG
     if force:
@@ -108,6 +109,10 @@ def claim_run_dir(out: Path, identity: dict, *, resume: bool, force: bool, what:
         if finished is not None and (out / finished).exists():
             raise AutopmfError(f"{out} already holds a finished run ({finished}); choose "
                                "another --out or pass --force to overwrite it")
+        if checkpoint_dirs(out) and not resume:  # its checkpoints identify it when resumed
+            raise AutopmfError(f"{out} holds an interrupted run ({CHECKPOINTS}/); pass "
+                               "--resume to continue it, --force to start over, or choose "
+                               "another --out")
         return RunClaim(out, identity, replace=False)
     try:
         previous = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
@@ -130,8 +135,8 @@ def run_files_in(out: Path) -> list[str]:
 
 def written_by_autopmf(out: Path) -> bool:
     """Whether `out` holds a run autopmf wrote: a config.yaml that records autopmf's version,
-    or (`autopmf supernet`, which writes no config) a supernet record or checkpoint that
-    carries a run fingerprint."""
+    or (a folder of `autopmf supernet` from before it wrote a config) a supernet record or
+    checkpoint that carries a run fingerprint."""
     if (out / CONFIG).exists():
         doc = _read_mapping(out / CONFIG, yaml.safe_load) or {}
         return isinstance(doc.get("versions"), dict) and "autopmf" in doc["versions"]

@@ -37,7 +37,7 @@ from autopmf.search_log import SearchLog, status_for
 from autopmf.space import SearchSpace, save_arch
 from autopmf.units import gib
 from autopmf.supernet_train import (SupernetConfig, inherited_score, supernet_fingerprint,
-                                    train_supernet)
+                                    supernet_of_run)
 from supernet.supernet import Supernet
 
 
@@ -206,8 +206,8 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     if cfg.supernet_from is not None:
         _copy_supernet(Path(cfg.supernet_from), out)
     same_budget = cfg.supernet.budget_gb == cfg.budget_gb  # else the whole space, or another
-    run = train_supernet(space, data_spec, out, cfg.supernet, resume=True,
-                         budget=budget if same_budget else None)
+    run = supernet_of_run(space, data_spec, out, cfg.supernet,
+                          budget=budget if same_budget else None)
     scorer = InheritedScorer(run.supernet, run.val_slots, cfg.supernet, run.metric)
 
     log = SearchLog.start(out / LOG, resume)

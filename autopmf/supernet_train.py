@@ -1,9 +1,11 @@
 """Training the weight-sharing supernet: one sampled subnet per step, from the feature cache.
 
-Flow: data -> frozen encoders -> cached streams at the lowest fusable slot -> per step: sample
-a subnet (same on every rank), forward from the cache, AdamW -> per epoch: validate the fixed
-reference subnets, write an atomic checkpoint. `resume=True` continues from the newest
-checkpoint and ends with the same weights as an uninterrupted run of the same seed.
+Flow: data -> frozen encoders -> cached streams at the lowest fusable slot -> the one training
+loop (train.train_loop) with the supernet's hooks (SupernetSteps): per step, sample a subnet
+(same on every rank), forward from the cache, an AdamW step of the weights it used -> per
+epoch: validate the fixed reference subnets, write an atomic checkpoint. `resume=True`
+continues from the newest checkpoint and ends with the same weights as an uninterrupted run
+of the same seed.
 """
 
 from __future__ import annotations
@@ -12,15 +14,15 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from autopmf.budget import Budget
 from autopmf.build import build_backbone, initialise_fusion
-from autopmf.checkpoint import (check_fingerprint, latest_checkpoint, load_checkpoint,
-                                save_checkpoint)
+from autopmf.checkpoint import EpochCheckpoints, check_fingerprint
 from autopmf.data.registry import load_dataset
-from autopmf.distributed import DistContext, init_distributed
+from autopmf.distributed import init_distributed
 from autopmf.errors import AutopmfError
 from autopmf.feature_store import feature_caches
 from autopmf.features import FeatureCache, SlotCaches
@@ -29,13 +31,11 @@ from autopmf.head_init import fit_heads
 from autopmf.layout import SUPERNET_METRICS as METRICS
 from autopmf.layout import SUPERNET_WEIGHTS as WEIGHTS
 from autopmf.memory import GIB
-from autopmf.metrics import loss_fn
-from autopmf.progress import (Progress, announce_budget, announce_data, announce_encoders,
-                              say)
-from autopmf.run_dir import fingerprint, holds_run_lock, package_versions, run_settings
+from autopmf.progress import announce_budget, announce_data, announce_encoders
+from autopmf.run_dir import (claim_run_dir, fingerprint, holds_run_lock, package_versions,
+                             run_settings)
 from autopmf.space import SearchSpace
-from autopmf.train import (TrainConfig, autocast, check_finite_loss, evaluate, param_groups,
-                           warmup_cosine)
+from autopmf.train import LoopHooks, TrainConfig, batches_per_epoch, evaluate, train_loop
 from supernet.optim import step_used_only
 from supernet.weights import load_trainable_state
 from supernet.sampling import ArchSampler, reference_subnets
@@ -80,11 +80,16 @@ def load_supernet_weights(supernet: Supernet, tensors: dict[str, torch.Tensor]) 
                            "use the space the run was made with, or a new --out") from None
 
 
+def supernet_identity(space: SearchSpace, data_spec: str, cfg: SupernetConfig) -> dict:
+    """What makes two supernet trainings the same run: the same space (encoders included),
+    data and settings. `autopmf supernet` records it in config.yaml; a search's config is
+    another run's."""
+    return {"space": space.to_dict(), "data": data_spec, "settings": run_settings(cfg)}
+
+
 def supernet_fingerprint(space: SearchSpace, data_spec: str, cfg: SupernetConfig) -> str:
-    """What a supernet checkpoint may be resumed into: the same space (encoders included),
-    data and settings."""
-    return fingerprint({"space": space.to_dict(), "data": data_spec,
-                        "settings": run_settings(cfg)})
+    """What a supernet checkpoint may be resumed into, and a finished one reused as."""
+    return fingerprint(supernet_identity(space, data_spec, cfg))
 
 
 def budget_fit(space: SearchSpace, budget_gb: float | None, num_classes: int, device: str,
@@ -155,53 +160,87 @@ def fit_shared_heads(supernet: Supernet, arch, train: SlotCaches, val: SlotCache
               train.at(start), val.at(start), num_classes, metric)
 
 
-def _train_epoch(model, supernet: Supernet, sampler: ArchSampler, train: SlotCaches,
-                 optimizer, schedule, cfg: SupernetConfig, metric: str, epoch: int,
-                 dist: DistContext) -> float:
-    n = len(train.at(supernet.lowest_fusable_slot))
-    steps = n // cfg.batch_size  # full global batches only: ranks stay in step
-    # The order depends only on (seed, epoch), so a resumed epoch sees the same batches.
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(
-        cfg.seed * 100_003 + epoch))
-    bar = Progress(f"supernet {epoch + 1}/{cfg.epochs}", steps,
-                   enabled=cfg.progress and dist.is_main)
-    total = 0.0
-    for step in range(steps):
-        arch = sampler.sample(epoch * steps + step)
-        batch_rows = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        rows = batch_rows[dist.rank::dist.world_size]  # this rank's shard of the batch
-        start = min(supernet.space.fused_slots(arch), default=supernet.backbone.num_slots)
-        cache = train.at(start)  # skip the frozen slots below this subnet's first fusion
-        with autocast(cfg.precision, cfg.device):
-            logits = model(cache.streams(rows, cfg.device), cache.slot, arch)
-        loss = loss_fn(metric, logits, cache.labels[rows].to(logits.device))
-        check_finite_loss(loss.item(), epoch, step, cfg)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        step_used_only(optimizer, supernet, supernet.used_regions(arch))
-        schedule.step()
-        total += loss.item()
-        bar.update(1, loss=f"{total / (step + 1):.4f}")
-    bar.close()
-    return total / max(1, steps)
+@dataclass
+class SupernetSteps(LoopHooks):
+    """The supernet's hooks in the one training loop (train.train_loop): each step trains the
+    subnet the seeded sampler draws for it (the same on every rank), from the cached streams
+    entering that subnet's first fused slot, and moves only the weights that subnet used;
+    each epoch scores the reference subnets."""
+
+    supernet: Supernet
+    model: torch.nn.Module  # the supernet, or its DistributedDataParallel wrapper
+    sampler: ArchSampler
+    train: SlotCaches
+    val: SlotCaches
+    reference_val: SlotCaches
+    references: dict
+    warmup_refs: dict  # the references a warm-up epoch scores
+    cfg: SupernetConfig
+    num_classes: int
+    metric: str
+    arch: dict | None = None  # the subnet of the current step
+
+    def start(self) -> None:
+        if self.cfg.head_init == "probe":
+            fit_shared_heads(self.supernet, self.sampler.sample(0), self.train, self.val,
+                             self.cfg, self.num_classes, self.metric)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        # The order depends only on (seed, epoch), so a resumed epoch sees the same batches.
+        n = len(self.train.at(self.supernet.lowest_fusable_slot))
+        return torch.randperm(n, generator=torch.Generator().manual_seed(
+            self.cfg.seed * 100_003 + epoch))
+
+    def forward(self, step: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.arch = arch = self.sampler.sample(step)
+        start = min(self.supernet.space.fused_slots(arch),
+                    default=self.supernet.backbone.num_slots)
+        cache = self.train.at(start)  # skip the frozen slots below this subnet's first fusion
+        return (self.model(cache.streams(rows, self.cfg.device), cache.slot, arch),
+                cache.labels[rows])
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        step_used_only(optimizer, self.supernet, self.supernet.used_regions(self.arch))
+
+    def validate(self, epoch: int, loss: float, seconds: float) -> tuple[dict, str]:
+        # A warm-up epoch trains only the warm-up subnets: validating the others then would
+        # cost a full pass each and show nothing new.
+        validated = self.warmup_refs if epoch < self.cfg.warmup_epochs else self.references
+        scores = {name: inherited_score(self.supernet, arch, self.reference_val, self.cfg,
+                                        self.metric)
+                  for name, arch in validated.items()}
+        shown = "  ".join(f"{k} {v:.3f}" for k, v in scores.items())
+        return ({"epoch": epoch + 1, "loss": loss, "seconds": seconds, "val": scores},
+                f"val {self.metric}: {shown}")
 
 
 @holds_run_lock
 def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetConfig,
-                   resume: bool = False, force: bool = False,
-                   budget: Budget | None = None) -> SupernetRun:
-    """`budget`: cfg.budget_gb's, when the caller has built it already."""
+                   resume: bool = False, force: bool = False) -> SupernetRun:
+    """`autopmf supernet`: train the supernet into the run folder `out`, claimed like every
+    run folder (run_dir.claim_run_dir). `resume` continues an interrupted training, or
+    returns a finished one; `force` replaces the run in `out`."""
+    claim = claim_run_dir(out, supernet_identity(space, data_spec, cfg), resume=resume,
+                          force=force, what="supernet", outputs=(WEIGHTS, METRICS),
+                          finished=METRICS)
+    return supernet_of_run(space, data_spec, out, cfg, resume=resume and not force,
+                           start=claim.start)
+
+
+@holds_run_lock
+def supernet_of_run(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetConfig,
+                    resume: bool = True, start: Callable[[], None] | None = None,
+                    budget: Budget | None = None) -> SupernetRun:
+    """The supernet of the run folder `out`, which the caller has claimed: a finished one
+    as it is (with `resume`), else trained, from its newest checkpoint when `resume`.
+    `start`: the claim's start, called once every input has been checked, before anything
+    is written. `budget`: cfg.budget_gb's, when the caller has built it already."""
     dist = init_distributed(cfg.device)
     cfg.device = dist.device
     out = Path(out)
-    if (out / METRICS).exists() and not (resume or force):
-        raise AutopmfError(f"{out} already holds a trained supernet; pass --resume to reuse "
-                           "it, --force to train a new one, or choose another --out")
-    if latest_checkpoint(out) is not None and not (resume or force):
-        raise AutopmfError(f"{out} holds an interrupted supernet training; pass --resume to "
-                           "continue it, --force to start over, or choose another --out")
     run_fingerprint = supernet_fingerprint(space, data_spec, cfg)
-    if resume and not force and (out / METRICS).exists():
+    finished = resume and (out / METRICS).exists()
+    if finished:
         check_fingerprint(out / METRICS,
                           json.loads((out / METRICS).read_text()).get("fingerprint"),
                           run_fingerprint)
@@ -213,7 +252,8 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
     if dist.is_main:
         announce_encoders(space, backbone)
     torch.manual_seed(cfg.seed)
-    supernet = Supernet(space, backbone, len(dataset.label_names)).to(cfg.device)
+    num_classes = len(dataset.label_names)
+    supernet = Supernet(space, backbone, num_classes).to(cfg.device)
 
     slot = supernet.lowest_fusable_slot
     if dist.is_main:  # rank 0 fills the disk cache; the others then read it
@@ -228,32 +268,21 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
     reference_val = SlotCaches(reference_examples(caches["val"], cfg), backbone,
                                cfg.cache_max_bytes)
 
-    if resume and (out / METRICS).exists() and not force:
+    if finished:
         load_supernet_weights(supernet, load_tensors(out / WEIGHTS))
         return SupernetRun(supernet, caches, dataset.metric,
                            json.loads((out / METRICS).read_text()), val_slots)
 
     initialise_fusion({int(j): slot for j, slot in supernet.fusion.items()}, backbone,
                       caches["train"], cfg.prompt_init, cfg.seed, cfg.device)
-    optimizer = torch.optim.AdamW(param_groups(supernet, cfg), weight_decay=cfg.weight_decay)
-    steps = len(caches["train"]) // cfg.batch_size
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(cfg.epochs * steps, cfg.warmup_frac))
-    history: list[dict] = []
-    start_epoch = 0
-    checkpoint = latest_checkpoint(out) if resume else None
-    if checkpoint is not None:
-        weights, state = load_checkpoint(checkpoint, optimizer, schedule,
-                                         fingerprint=run_fingerprint)
-        load_supernet_weights(supernet, weights)
-        start_epoch, history = state["epoch"], state["history"]
-
+    # Full global batches only: distributed ranks stay in step.
+    steps = batches_per_epoch(len(caches["train"]), cfg.batch_size, full_only=True)
     train_slots = SlotCaches(caches["train"], backbone, cfg.cache_max_bytes)
     model = supernet
     if dist.active:
         model = torch.nn.parallel.DistributedDataParallel(supernet, find_unused_parameters=True)
     if budget is None:
-        budget = Budget.load(space, cfg.budget_gb, len(dataset.label_names), cfg.device)
+        budget = Budget.load(space, cfg.budget_gb, num_classes, cfg.device)
     elif budget.limit_bytes != (None if cfg.budget_gb is None else int(cfg.budget_gb * GIB)):
         raise ValueError(f"the budget given is not the supernet's {cfg.budget_gb} GiB")
     if dist.is_main and cfg.budget_gb is not None:
@@ -265,33 +294,18 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
     warmup_refs = (warmup_references(space, references, sampler.warmup_archs)
                    if cfg.warmup_epochs else {})
     references.update(warmup_refs)
-    if checkpoint is None and cfg.head_init == "probe":
-        fit_shared_heads(supernet, sampler.sample(0), train_slots, val_slots, cfg,
-                         len(dataset.label_names), dataset.metric)
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        loss = _train_epoch(model, supernet, sampler, train_slots, optimizer, schedule, cfg,
-                            dataset.metric, epoch, dist)
-        record = {"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - t0}
-        if dist.is_main:
-            # A warm-up epoch trains only the warm-up subnets: validating the others then
-            # would cost a full pass each and show nothing new.
-            validated = warmup_refs if epoch < cfg.warmup_epochs else references
-            record["val"] = {name: inherited_score(supernet, arch, reference_val, cfg,
-                                                   dataset.metric)
-                             for name, arch in validated.items()}
-            history.append(record)
-            if cfg.progress:
-                scores = "  ".join(f"{k} {v:.3f}" for k, v in record["val"].items())
-                say(f"supernet epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f}  "
-                           f"val {dataset.metric}: {scores}")
-            save_checkpoint(out, epoch + 1, supernet.trainable_state_dict(), optimizer,
-                            schedule, {"history": history}, fingerprint=run_fingerprint)
-        dist.barrier()
+    checkpoints = EpochCheckpoints(out, run_fingerprint, resume)
+    checkpoints.check()
+    if start is not None and dist.is_main:
+        start()  # every input checked: the run folder is ours now
+    hooks = SupernetSteps(supernet, model, sampler, train_slots, val_slots, reference_val,
+                          references, warmup_refs, cfg, num_classes, dataset.metric)
+    history = train_loop(supernet, hooks, cfg, dataset.metric, steps, checkpoints, "supernet",
+                         dist)
 
-    metrics = {"data": data_spec, "metric": dataset.metric, "space": space.to_dict(),
-               "config": asdict(cfg), "references": references, "history": history,
-               "steps_per_epoch": steps, "world_size": dist.world_size,
+    metrics = {"data": data_spec, "metric": dataset.metric, "num_classes": num_classes,
+               "space": space.to_dict(), "config": asdict(cfg), "references": references,
+               "history": history, "steps_per_epoch": steps, "world_size": dist.world_size,
                "fingerprint": run_fingerprint, "versions": package_versions(),
                "seconds": {"feature_cache": cache_seconds,
                            "total": time.perf_counter() - started}}

@@ -1,8 +1,9 @@
-"""Training one fixed model: the loop of `autopmf train` and `retrain`.
+"""The one training loop (`train_loop`), of a fixed model (`fit`: `autopmf train`, `retrain`)
+and of the weight-sharing supernet (supernet_train), with what differs between them in hooks.
 
-The loop is deliberately plain: shuffle with a seeded generator, AdamW over the trainable
-parameters only, linear warm-up then cosine decay, validation each epoch, keep the best
-validation weights.
+The loop is deliberately plain: shuffle, AdamW over the trainable parameters only, linear
+warm-up then cosine decay, validation and a checkpoint each epoch. `fit` shuffles with one
+seeded generator and keeps the best validation weights.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import torch
 from torch import nn
 
+from autopmf.distributed import DistContext
 from autopmf.errors import AutopmfError
 from autopmf.metrics import loss_fn, score
 from autopmf.progress import Progress, say
@@ -119,74 +121,172 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
             {"params": heads, "lr": cfg.lr * cfg.head_lr_scale}]
 
 
+def batches_per_epoch(examples: int, batch_size: int, full_only: bool = False) -> int:
+    """Steps in an epoch: every example once, the last batch partial; `full_only` drops that
+    partial batch (distributed training, where every rank must take the same steps)."""
+    return examples // batch_size if full_only else math.ceil(examples / batch_size)
+
+
+class LoopHooks:
+    """What differs between the trainings that `train_loop` runs, the way Lightning's hooks
+    do: which examples an epoch visits in which order, what a step's forward is, the
+    optimizer step, the per-epoch validation, and what else a checkpoint must carry."""
+
+    def start(self) -> None:
+        """Before the first epoch of a training that is not resumed from a checkpoint."""
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The training examples' indices in epoch `epoch`'s order."""
+        raise NotImplementedError
+
+    def forward(self, step: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, labels) of the training examples `rows` at step `step` (counted from the
+        start of training)."""
+        raise NotImplementedError
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.step()
+
+    def validate(self, epoch: int, loss: float, seconds: float) -> tuple[dict, str]:
+        """The history record of epoch `epoch` (its mean training loss, and its training
+        time), and the words its progress line ends with."""
+        raise NotImplementedError
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """What else a checkpoint carries to the next epoch: tensors, and JSON-able state."""
+        return {}, {}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        """Restore `state_dict`'s; ValueError naming what does not fit."""
+
+
+def train_loop(model: nn.Module, hooks: LoopHooks, cfg: TrainConfig, metric: str, steps: int,
+               checkpoints: EpochCheckpoints | None = None, desc: str = "train",
+               dist: DistContext = DistContext()) -> list[dict]:
+    """The one training loop, of a standalone model (`fit`) and of the supernet: AdamW over
+    `model`'s trainable parameters, linear warm-up then cosine decay, `steps` batches an
+    epoch, then a validation and a checkpoint (with `checkpoints`; a resumed loop continues
+    from the newest one and ends bit-identical). Returns the history, a record an epoch.
+    Distributed (`dist`), each rank takes its share of every batch, and the first rank
+    alone validates, records and checkpoints."""
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(cfg.epochs * steps, cfg.warmup_frac))
+    history: list[dict] = []
+    start_epoch = 0
+    restored = checkpoints.restore(model, optimizer, schedule, hooks) if checkpoints else None
+    if restored:
+        start_epoch, history = restored
+    else:
+        hooks.start()
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        model.train()
+        order = hooks.order(epoch)
+        bar = Progress(f"{desc} {epoch + 1}/{cfg.epochs}", steps,
+                       enabled=cfg.progress and dist.is_main)
+        total = 0.0
+        for step in range(steps):
+            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            rows = batch[dist.rank::dist.world_size]  # this rank's share of the batch
+            with autocast(cfg.precision, cfg.device):
+                logits, labels = hooks.forward(epoch * steps + step, rows)
+            loss = loss_fn(metric, logits, labels.to(logits.device))
+            check_finite_loss(loss.item(), epoch, step, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            hooks.optimizer_step(optimizer)
+            schedule.step()
+            total += loss.item()
+            bar.update(1, loss=f"{total / (step + 1):.4f}")
+        bar.close()
+        loss = total / max(1, steps)
+        if dist.is_main:
+            model.eval()
+            record, shown = hooks.validate(epoch, loss, time.perf_counter() - started)
+            history.append(record)
+            if cfg.progress:
+                say(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f}  {shown}")
+            if checkpoints:
+                checkpoints.save(epoch + 1, model, optimizer, schedule, history, hooks)
+        dist.barrier()
+    return history
+
+
+class _BestEpoch(LoopHooks):
+    """`fit`'s hooks: batches of one shuffling generator, plain AdamW steps, and the best
+    validation weights so far (epoch 0: the start, when its heads are fitted)."""
+
+    def __init__(self, model: nn.Module, forward: Forward, train: Examples, val: Examples,
+                 cfg: TrainConfig, metric: str):
+        self.model, self.run, self.train, self.val = model, forward, train, val
+        self.cfg, self.metric = cfg, metric
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.best_val, self.best_epoch = -math.inf, -1
+        self.best_state: list[torch.Tensor] | None = None
+        self.start_val: float | None = None
+
+    def start(self) -> None:
+        if self.cfg.head_init == "probe":
+            # Fitted heads make the untrained model a real candidate ("epoch 0"): on a task
+            # that only fusion solves, it already reads the task's signal, and the first
+            # steps of training can lose it before they improve on it.
+            self.model.eval()
+            self.start_val = self.best_val = evaluate(self.run, self.val, self.cfg,
+                                                      self.metric)
+            self.best_epoch = 0
+            self.best_state = [p.detach().clone() for p in self.trainable]
+
+    def order(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(len(self.train), generator=self.generator)
+
+    def forward(self, step: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.run(self.train, rows), self.train.labels[rows]
+
+    def validate(self, epoch: int, loss: float, seconds: float) -> tuple[dict, str]:
+        val_score = evaluate(self.run, self.val, self.cfg, self.metric)
+        if val_score > self.best_val:
+            self.best_val, self.best_epoch = val_score, epoch + 1
+            self.best_state = [p.detach().clone() for p in self.trainable]
+        return ({"epoch": epoch + 1, "loss": loss, f"val_{self.metric}": val_score},
+                f"val {self.metric} {val_score:.4f}")
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {f"best.{i}": t for i, t in enumerate(self.best_state or [])}
+        tensors["generator"] = self.generator.get_state()
+        return tensors, {"best_val": self.best_val, "best_epoch": self.best_epoch,
+                         "start_val": self.start_val}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        if "generator" not in tensors:
+            raise ValueError("it holds no shuffling state")
+        if not {"best_val", "best_epoch"} <= state.keys():
+            raise ValueError("state.json lacks the best-so-far score")
+        best = [tensors[f"best.{i}"] for i in range(sum(k.startswith("best.") for k in tensors))]
+        if len(best) not in (0, len(self.trainable)) or any(
+                b.dtype != p.dtype or b.shape != p.shape for b, p in zip(best, self.trainable)):
+            raise ValueError("its best-so-far weights do not fit this model")
+        self.generator.set_state(tensors["generator"])
+        self.best_state = best or None
+        self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
+        self.start_val = state.get("start_val")
+
+
 def fit(model: nn.Module, forward: Forward, train: Examples, val: Examples, cfg: TrainConfig,
         metric: str, desc: str = "train", checkpoints: EpochCheckpoints | None = None
         ) -> FitResult:
     """Train `model`'s trainable parameters; on return it holds the best-validation weights.
     With `checkpoints`, each epoch ends with a checkpoint, and a resumed fit continues from
     the newest one."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup_frac))
-    generator = torch.Generator().manual_seed(cfg.seed)
-    result = FitResult(best_val=-math.inf, best_epoch=-1)
-    best_state = None
     started = time.perf_counter()
-    start_epoch = 0
-    restored = (checkpoints.restore(model, optimizer, schedule, generator) if checkpoints
-                else None)
-    if restored:
-        start_epoch, best_state, saved = restored
-        result.history, result.best_val, result.best_epoch = (
-            saved["history"], saved["best_val"], saved["best_epoch"])
-        result.start_val = saved.get("start_val")
-    elif cfg.head_init == "probe":
-        # Fitted heads make the untrained model a real candidate ("epoch 0"): on a task
-        # that only fusion solves, it already reads the task's signal, and the first steps
-        # of training can lose it before they improve on it.
-        model.eval()
-        result.start_val = result.best_val = evaluate(forward, val, cfg, metric)
-        result.best_epoch = 0
-        best_state = [p.detach().clone() for p in trainable]
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        order = torch.randperm(len(train), generator=generator)
-        bar = Progress(f"{desc} {epoch + 1}/{cfg.epochs}", steps_per_epoch,
-                       enabled=cfg.progress)
-        total_loss = 0.0
-        for step in range(steps_per_epoch):
-            rows = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            with autocast(cfg.precision, cfg.device):
-                logits = forward(train, rows)
-            loss = loss_fn(metric, logits, train.labels[rows].to(logits.device))
-            check_finite_loss(loss.item(), epoch, step, cfg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total_loss += loss.item()
-            bar.update(1, loss=f"{total_loss / (step + 1):.4f}")
-        bar.close()
-        model.eval()
-        val_score = evaluate(forward, val, cfg, metric)
-        result.history.append({"epoch": epoch + 1, "loss": total_loss / steps_per_epoch,
-                               f"val_{metric}": val_score})
-        if cfg.progress:
-            say(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss "
-                       f"{total_loss / steps_per_epoch:.4f}  val {metric} {val_score:.4f}")
-        if val_score > result.best_val:
-            result.best_val, result.best_epoch = val_score, epoch + 1
-            best_state = [p.detach().clone() for p in trainable]
-        if checkpoints:
-            checkpoints.save(epoch + 1, model, optimizer, schedule, generator, best_state,
-                             {"history": result.history, "best_val": result.best_val,
-                              "best_epoch": result.best_epoch,
-                              "start_val": result.start_val})
-    if best_state is not None:
+    hooks = _BestEpoch(model, forward, train, val, cfg, metric)
+    history = train_loop(model, hooks, cfg, metric, batches_per_epoch(len(train),
+                                                                      cfg.batch_size),
+                         checkpoints, desc)
+    if hooks.best_state is not None:
         with torch.no_grad():
-            for p, best in zip(trainable, best_state):
+            for p, best in zip(hooks.trainable, hooks.best_state):
                 p.copy_(best)
-    result.seconds = time.perf_counter() - started
-    return result
+    return FitResult(best_val=hooks.best_val, best_epoch=hooks.best_epoch, history=history,
+                     seconds=time.perf_counter() - started, start_val=hooks.start_val)

@@ -180,20 +180,19 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, cache_dir, m
     assert set(clean.metrics["history"][-1]["val"]) >= {"largest", "smallest", "random_0"}
     assert list(cache_dir.glob("features/*/manifest.json"))  # the feature cache is on disk
 
-    real_epoch = supernet_train._train_epoch
-    calls = {"n": 0}
+    real_order = supernet_train.SupernetSteps.order
 
-    def dies_in_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
+    def dies_in_second_epoch(self, epoch):
+        if epoch == 1:
             raise KeyboardInterrupt  # killed mid-run, after epoch 1's checkpoint
-        return real_epoch(*args, **kwargs)
+        return real_order(self, epoch)
 
-    monkeypatch.setattr(supernet_train, "_train_epoch", dies_in_second_epoch)
+    monkeypatch.setattr(supernet_train.SupernetSteps, "order", dies_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_supernet(space, DATA, tmp_path / "cut", small_config())
     assert not (tmp_path / "cut" / "supernet.safetensors").exists()
-    monkeypatch.setattr(supernet_train, "_train_epoch", real_epoch)
+    assert (tmp_path / "cut" / "checkpoints" / "epoch-0001").is_dir()
+    monkeypatch.setattr(supernet_train.SupernetSteps, "order", real_order)
     resumed = train_supernet(space, DATA, tmp_path / "cut", small_config(), resume=True)
 
     a = load_tensors(tmp_path / "clean" / "supernet.safetensors")
@@ -202,6 +201,48 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, cache_dir, m
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert resumed.metrics["history"][-1]["val"] == clean.metrics["history"][-1]["val"]
+
+
+def test_the_supernet_folder_is_claimed_and_records_its_class_count(tmp_path, cache_dir,
+                                                                   monkeypatch):
+    """`autopmf supernet` writes config.yaml and is checked by run_dir.claim_run_dir like
+    train and search; retrain --init supernet reads the class count from the supernet's
+    record instead of loading the data (and still counts it for an older record)."""
+    import argparse
+    import json
+
+    import yaml
+
+    from autopmf import cli
+    from autopmf.data import registry
+
+    space, out = tiny_space(), tmp_path / "run"
+    run = train_supernet(space, DATA, out, small_config(epochs=1))
+    assert yaml.safe_load((out / "config.yaml").read_text())["settings"]["epochs"] == 1
+    assert run.metrics["num_classes"] == 2
+    with pytest.raises(AutopmfError, match="already holds this supernet; pass --resume"):
+        train_supernet(space, DATA, out, small_config(epochs=1))
+    with pytest.raises(AutopmfError, match="holds a different supernet"):
+        train_supernet(space, DATA, out, small_config(epochs=1, seed=1), resume=True)
+    again = train_supernet(space, DATA, out, small_config(epochs=1), resume=True)
+    assert again.metrics["history"] == json.loads(json.dumps(run.metrics["history"]))
+
+    arch = space.reference_arch(1, 2)
+    expected = run.supernet.extract(arch).trainable_state_dict()
+    counted = []
+    real_load = registry.load_dataset
+    monkeypatch.setattr(registry, "load_dataset",
+                        lambda *a, **kw: counted.append(1) or real_load(*a, **kw))
+    args = argparse.Namespace(seed=0)
+    for record_has_it in (True, False):
+        if not record_has_it:  # a supernet_metrics.json from before it held num_classes
+            record = json.loads((out / "supernet_metrics.json").read_text())
+            del record["num_classes"]
+            (out / "supernet_metrics.json").write_text(json.dumps(record))
+        weights = cli._inherited_weights(out, space, arch, DATA, args)
+        assert weights.keys() == expected.keys()
+        assert all(torch.equal(weights[k], expected[k]) for k in weights)
+        assert len(counted) == (0 if record_has_it else 1)
 
 
 def _free_port() -> int:
