@@ -64,7 +64,7 @@ class StreamPlan:
         return math.ceil(self.rows / self.rows_per_shard)
 
     def path(self, folder: Path, shard: int) -> Path:
-        return folder / f"{self.split}.{self.kind}.{shard:05d}.safetensors"
+        return shard_path(folder, self.split, self.kind, shard)
 
     def shard_shape(self, shard: int) -> tuple[int, ...]:
         rows = min(self.rows_per_shard, self.rows - shard * self.rows_per_shard)
@@ -86,6 +86,11 @@ class ShardWriter:
         self.pending: list[torch.Tensor] = []
         self.pending_rows = 0
 
+    @property
+    def next_row(self) -> int:
+        """The first row not yet written (where a resumed build starts)."""
+        return self.shard * self.plan.rows_per_shard + self.pending_rows
+
     def add(self, rows: torch.Tensor) -> None:
         self.pending.append(rows)
         self.pending_rows += len(rows)
@@ -100,6 +105,25 @@ class ShardWriter:
         write_shard(self.plan.path(self.folder, self.shard), rows)
         self.shard += 1
         self.pending, self.pending_rows = [], 0
+
+
+def shard_path(folder: Path, split: str, kind: str, shard: int) -> Path:
+    return folder / f"{split}.{kind}.{shard:05d}.safetensors"
+
+
+def index_path(folder: Path, split: str) -> Path:
+    return folder / f"{split}.index.safetensors"
+
+
+def open_streams(folder: Path, split: str, text_shards: int, image_shards: int
+                 ) -> tuple[RowStore, RowStore] | None:
+    """(text, image) rows of a split, memory-mapped; None if a shard is missing."""
+    paths = {kind: [shard_path(folder, split, kind, i) for i in range(count)]
+             for kind, count in (("text", text_shards), ("image", image_shards))}
+    if not all(p.exists() for kind in paths.values() for p in kind):
+        return None
+    return (RowStore([open_shard(p) for p in paths["text"]]),
+            RowStore([open_shard(p) for p in paths["image"]]))
 
 
 def write_shard(path: Path, rows: torch.Tensor) -> None:

@@ -27,8 +27,8 @@ import torch
 from autopmf.choices import FEATURE_CACHE_MODES
 from autopmf.data.types import Dataset
 from autopmf.errors import AutopmfError
-from autopmf.feature_shards import (MANIFEST, RowStore, ShardWriter, StreamPlan, open_shard,
-                                    read_manifest, write_manifest)
+from autopmf.feature_shards import (MANIFEST, ShardWriter, StreamPlan, index_path,
+                                    open_streams, read_manifest, write_manifest)
 from autopmf.features import (EncodedSplit, FeatureCache, build_feature_cache, encode_split,
                               frozen_stream_batches)
 from autopmf.files import is_out_of_room, load_tensors, save_tensors
@@ -109,16 +109,13 @@ def open_cache(folder: Path, slot: int) -> dict[str, FeatureCache] | None:
         return None
     caches = {}
     for name, counts in manifest["splits"].items():
-        paths = {kind: [folder / f"{name}.{kind}.{i:05d}.safetensors"
-                        for i in range(counts[f"{kind}_shards"])] for kind in ("text", "image")}
-        if not all(p.exists() for kind in paths.values() for p in kind):
+        streams = open_streams(folder, name, counts["text_shards"], counts["image_shards"])
+        if streams is None:
             (folder / MANIFEST).unlink(missing_ok=True)  # rebuild what is missing
             return None
-        index = load_tensors(folder / f"{name}.index.safetensors")
-        caches[name] = FeatureCache(
-            slot, RowStore([open_shard(p) for p in paths["text"]]), index["text_mask"],
-            RowStore([open_shard(p) for p in paths["image"]]), index["image_index"],
-            index["labels"])
+        index = load_tensors(index_path(folder, name))
+        caches[name] = FeatureCache(slot, streams[0], index["text_mask"], streams[1],
+                                    index["image_index"], index["labels"])
     return caches
 
 
@@ -142,16 +139,14 @@ def build_cache(folder: Path, encoded: dict[str, EncodedSplit], backbone: Frozen
                             if kept else ""))
     try:
         for name, enc in encoded.items():
-            text_plan, image_plan = plans[name]
-            writers = {"text": ShardWriter(text_plan, folder, done[name, "text"]),
-                       "image": ShardWriter(image_plan, folder, done[name, "image"])}
-            save_tensors(folder / f"{name}.index.safetensors",
+            save_tensors(index_path(folder, name),
                          {"text_mask": enc.attention_mask.bool(), "image_index": enc.image_index,
                           "labels": enc.labels})
-            for kind, rows in frozen_stream_batches(
-                    enc, backbone, slot, BATCH, device, dtype,
-                    text_start=done[name, "text"] * text_plan.rows_per_shard,
-                    image_start=done[name, "image"] * image_plan.rows_per_shard):
+            writers = {plan.kind: ShardWriter(plan, folder, done[name, plan.kind])
+                       for plan in plans[name]}
+            for kind, rows in frozen_stream_batches(enc, backbone, slot, BATCH, device, dtype,
+                                                    text_start=writers["text"].next_row,
+                                                    image_start=writers["image"].next_row):
                 writers[kind].add(rows)
             for writer in writers.values():
                 writer.flush()
