@@ -25,9 +25,9 @@ import torch
 from autopmf.files import atomic_write_json, save_tensors
 
 MANIFEST = "manifest.json"
-# Target bytes per shard: large enough that a cache of 100k images is a few hundred files.
-# AUTOPMF_SHARD_BYTES overrides (tests use tiny shards).
-SHARD_BYTES = 256 * 2**20
+# Target bytes per shard: a build holds one shard of each stream in memory; 100k DINOv2-small
+# images in bf16 (20 GB) make ~300 files. AUTOPMF_SHARD_BYTES overrides (tests: tiny shards).
+SHARD_BYTES = 64 * 2**20
 ROWS = "rows"  # the one tensor of a shard file
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
@@ -79,11 +79,12 @@ class StreamPlan:
 
 
 class ShardWriter:
-    """Takes a stream's rows in order (from shard `first` on) and writes each full shard."""
+    """Takes a stream's rows in order (from shard `first` on) into one shard-sized buffer and
+    writes each shard as it fills: memory holds one shard, whatever the data's size."""
 
     def __init__(self, plan: StreamPlan, folder: Path, first: int = 0):
         self.plan, self.folder, self.shard = plan, folder, first
-        self.pending: list[torch.Tensor] = []
+        self.buffer: torch.Tensor | None = None
         self.pending_rows = 0
 
     @property
@@ -92,19 +93,24 @@ class ShardWriter:
         return self.shard * self.plan.rows_per_shard + self.pending_rows
 
     def add(self, rows: torch.Tensor) -> None:
-        self.pending.append(rows)
-        self.pending_rows += len(rows)
-        if self.pending_rows >= self.plan.rows_per_shard:
-            self.flush()
+        while len(rows):
+            if self.buffer is None:
+                self.buffer = torch.empty(self.plan.shard_shape(self.shard),
+                                          dtype=self.plan.dtype)
+            take = min(len(rows), len(self.buffer) - self.pending_rows)
+            self.buffer[self.pending_rows:self.pending_rows + take] = rows[:take]
+            self.pending_rows += take
+            rows = rows[take:]
+            if self.pending_rows == len(self.buffer):
+                self.flush()
 
     def flush(self) -> None:
-        if not self.pending:
+        if self.buffer is None or not self.pending_rows:
             return
-        rows = torch.cat(self.pending)
-        assert tuple(rows.shape) == self.plan.shard_shape(self.shard), "rows out of plan"
-        write_shard(self.plan.path(self.folder, self.shard), rows)
+        assert self.pending_rows == len(self.buffer), "a shard must be written whole"
+        write_shard(self.plan.path(self.folder, self.shard), self.buffer)
         self.shard += 1
-        self.pending, self.pending_rows = [], 0
+        self.buffer, self.pending_rows = None, 0
 
 
 def shard_path(folder: Path, split: str, kind: str, shard: int) -> Path:
