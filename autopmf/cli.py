@@ -608,7 +608,10 @@ def main(argv: list[str] | None = None) -> int:
         resolve_run(args)
         check_settings(args)
         _setup_runtime(args)
-        return args.func(args)
+        from autopmf.data.registry import one_load_per_command
+
+        with one_load_per_command():
+            return args.func(args)
     except AutopmfError as exc:
         print(f"autopmf: error: {exc}", file=sys.stderr)
         return 2

@@ -231,3 +231,19 @@ def test_auto_is_disk_except_on_cuda_for_images_already_in_memory(tmp_path):
     assert resolve_mode("memory", files, "cuda") == "memory"
     with pytest.raises(AutopmfError, match="--feature-cache"):
         resolve_mode("ram", digits, "cpu")
+
+
+def test_a_command_parses_a_dataset_once(tmp_path, monkeypatch):
+    from autopmf.data import disk
+    from autopmf.data.registry import one_load_per_command
+
+    spec = f"csv:{write_csv_dataset(tmp_path / 'data', 8, 4)},val_fraction=0.25"
+    checked = []
+    real_check = disk.check_image
+    monkeypatch.setattr(disk, "check_image", lambda p: (checked.append(p), real_check(p)))
+    with one_load_per_command():
+        first = load_dataset(spec, image_size=SIZE)
+        assert load_dataset(spec, image_size=SIZE) is first  # the search, then its supernet
+        assert len(checked) == 12  # each image's header read once
+        assert load_dataset(spec, seed=1, image_size=SIZE) is not first
+    assert load_dataset(spec, image_size=SIZE) is not first  # a new command loads anew

@@ -9,8 +9,10 @@ fit its labels, e.g. mmimdb:/datasets/mmimdb,metric=f1_micro).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from types import ModuleType
+from typing import Iterator
 
 from autopmf.data import digits, easyvqa, food101, mmimdb, snlive
 from autopmf.data.tabular import CSV, JSONL
@@ -82,11 +84,38 @@ def with_options(spec: str, **options: object) -> str:
     return spec + separator + ",".join(extra)
 
 
+# While a command runs (`one_load_per_command`): (spec, seed, image_size) -> its Dataset.
+_loaded: dict[tuple, Dataset] | None = None
+
+
+@contextlib.contextmanager
+def one_load_per_command() -> Iterator[None]:
+    """Within this, loading a dataset again (same spec, seed and image size) returns the one
+    loaded first: a command parses a dataset's index and checks its images once, however
+    many of its stages load it (search, then the supernet it trains)."""
+    global _loaded
+    outer, _loaded = _loaded, {} if _loaded is None else _loaded
+    try:
+        yield
+    finally:
+        _loaded = outer
+
+
 def load_dataset(spec: str = "digits", seed: int = 0, image_size: int | None = None
                  ) -> Dataset:
     """Load a dataset by spec; the same spec and seed always give the same Dataset.
     `image_size` (the space's) is where datasets that resize at load do so, unless the spec
     sets its own."""
+    key = (spec, seed, image_size)
+    if _loaded is not None and key in _loaded:
+        return _loaded[key]
+    dataset = _load(spec, seed, image_size)
+    if _loaded is not None:
+        _loaded[key] = dataset
+    return dataset
+
+
+def _load(spec: str, seed: int, image_size: int | None) -> Dataset:
     name, options = parse_spec(spec)
     if image_size is not None and "image_size" in DATASETS[name].OPTIONS:
         options.setdefault("image_size", image_size)
