@@ -4,6 +4,9 @@ CLI can build its parser without loading a model)."""
 STRATEGIES = ("evolution", "random")  # search: mutate a population, or sample only
 SUPERNET_SCOPES = ("budget", "full")  # supernet training: subnets within the budget, or all
 RETRAIN_INITS = ("scratch", "supernet")  # retrain: fresh weights, or the supernet's
+# The search's inherited score: a linear probe fitted to each subnet's own [CLS] pair, or the
+# supernet's shared heads (autopmf.inherited).
+INHERITED_SCORINGS = ("probe", "heads")
 DEVICES = ("cpu", "cuda")  # `cuda:N` names one GPU of several
 # The frozen-feature cache: chosen by device and data, on disk (memory-mapped shards), in
 # memory only, or none (the frozen prefix recomputed every batch).

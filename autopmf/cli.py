@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from autopmf import __version__
-from autopmf.choices import (DEVICES, FEATURE_CACHE_MODES, RETRAIN_INITS, STRATEGIES,
+from autopmf.choices import (DEVICES, FEATURE_CACHE_MODES, INHERITED_SCORINGS, RETRAIN_INITS,
+                             STRATEGIES,
                              SUPERNET_SCOPES)
 from autopmf.errors import AutopmfError
 from autopmf.layout import (BEST_ARCH, PARETO, SEARCH_LOG, SUPERNET_METRICS, SUPERNET_WEIGHTS,
@@ -190,6 +191,7 @@ def cmd_search(args) -> int:
     space = load_space(args.space)
     cfg = SearchConfig(budget_gb=args.budget_gb, trials=args.trials,
                        population=args.population, strategy=args.strategy, seed=args.seed,
+                       inherited_score=args.inherited_score,
                        progress=not args.quiet, supernet_from=args.supernet_from,
                        supernet=_supernet_config(args, space))
     result = run_search(space, _data_spec(args, args.data), Path(args.out), cfg,
@@ -221,7 +223,8 @@ def cmd_demo(args) -> int:
         f"batch size {space.batch_size}")
     args.budget_gb = DEMO_BUDGET_GB
     cfg = SearchConfig(budget_gb=DEMO_BUDGET_GB, trials=args.trials, seed=args.seed,
-                       progress=not args.quiet, supernet=_supernet_config(args, space))
+                       inherited_score=args.inherited_score, progress=not args.quiet,
+                       supernet=_supernet_config(args, space))
     run_search(space, DEMO_DATA, out, cfg, resume=not args.force, force=args.force)
     _, arch = load_arch(out / BEST_ARCH)
     say(f"\nretraining the winner standalone ({args.retrain_epochs} epochs)")
@@ -377,6 +380,14 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                    help="fail on an unreadable image or a missing text instead of skipping it")
 
 
+def _add_inherited_score_option(p) -> None:
+    p.add_argument("--inherited-score", choices=INHERITED_SCORINGS,
+                   default=INHERITED_SCORINGS[0],
+                   help="how a candidate is scored with the supernet's weights: a linear probe "
+                   "fitted to its own [CLS] features ('probe'), or the supernet's shared "
+                   "heads ('heads')")
+
+
 def _add_supernet_options(p: argparse.ArgumentParser) -> None:
     _add_sampling_options(p)
     _add_warmup_option(p)
@@ -443,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random: the baseline, same budget repair, no mutation")
     p.add_argument("--supernet-from", default=None, metavar="RUN",
                    help="reuse RUN's trained supernet (same space, data and supernet settings)")
+    _add_inherited_score_option(p)
     _add_supernet_options(p)
     _add_json_option(p)
     p.set_defaults(func=cmd_search)
@@ -493,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=24, help="candidates to score")
     p.add_argument("--retrain-epochs", type=int, default=5,
                    help="epochs of the winner's standalone retraining")
+    _add_inherited_score_option(p)
     _add_sampling_options(p)
     _add_warmup_option(p)
     _add_train_options(p, epochs=6)

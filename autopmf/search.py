@@ -17,13 +17,13 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from autopmf.budget import Budget, device_kind
-from autopmf.choices import STRATEGIES
+from autopmf.choices import INHERITED_SCORINGS, STRATEGIES
 from autopmf.data.registry import load_dataset
 from autopmf.errors import AutopmfError
 from autopmf.features import SlotCaches
+from autopmf.inherited import InheritedScorer
 from autopmf.files import atomic_copy, atomic_write_json, load_tensors
 from autopmf.memory import GIB
 from autopmf.progress import Progress, announce_budget, announce_data
@@ -36,9 +36,7 @@ from autopmf.run_dir import claim_run_dir, holds_run_lock, run_settings
 from autopmf.search_log import SearchLog, status_for
 from autopmf.space import SearchSpace, save_arch
 from autopmf.units import gib
-from autopmf.supernet_train import (SupernetConfig, inherited_score, supernet_fingerprint,
-                                    supernet_of_run)
-from supernet.supernet import Supernet
+from autopmf.supernet_train import SupernetConfig, supernet_fingerprint, supernet_of_run
 
 
 
@@ -50,24 +48,15 @@ class SearchConfig:
     tournament: int = 4
     mutation_prob: float = 0.15
     strategy: str = "evolution"  # "random": the same repaired sampling, never mutated
+    # How a candidate is scored with the supernet's weights (autopmf.inherited): by a linear
+    # probe of its own [CLS] pair, or through the shared heads.
+    inherited_score: str = INHERITED_SCORINGS[0]
     seed: int = 0
     progress: bool = True
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
     # Another search run whose trained supernet to reuse (same space, data and supernet
     # settings, checked by fingerprint): e.g. evolution vs random search on one supernet.
     supernet_from: Path | None = None
-
-
-# ----- scoring ---------------------------------------------------------------------------
-class InheritedScorer:
-    """Scores subnets with the supernet's weights on the validation split, each starting from
-    cached streams at its first fused slot."""
-
-    def __init__(self, supernet: Supernet, val: SlotCaches, cfg: SupernetConfig, metric: str):
-        self.supernet, self.val, self.cfg, self.metric = supernet, val, cfg, metric
-
-    def __call__(self, arch: Mapping[str, int]) -> float:
-        return inherited_score(self.supernet, arch, self.val, self.cfg, self.metric)
 
 
 # ----- one candidate --------------------------------------------------------------------
@@ -173,7 +162,11 @@ def _run_identity(space: SearchSpace, data_spec: str, cfg: SearchConfig) -> dict
     return {"space": space.to_dict(), "data": data_spec, "budget_gb": cfg.budget_gb,
             "trials": cfg.trials, "population": cfg.population, "tournament": cfg.tournament,
             "mutation_prob": cfg.mutation_prob, "strategy": cfg.strategy, "seed": cfg.seed,
-            "supernet": run_settings(cfg.supernet)}
+            "supernet": run_settings(cfg.supernet),
+            # Named only when not the shared heads, which searches before the option used:
+            # those stay resumable.
+            **({} if cfg.inherited_score == "heads" else
+               {"inherited_score": cfg.inherited_score})}
 
 
 @holds_run_lock
@@ -208,7 +201,10 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     same_budget = cfg.supernet.budget_gb == cfg.budget_gb  # else the whole space, or another
     run = supernet_of_run(space, data_spec, out, cfg.supernet,
                           budget=budget if same_budget else None)
-    scorer = InheritedScorer(run.supernet, run.val_slots, cfg.supernet, run.metric)
+    train_slots = SlotCaches(run.caches["train"], run.supernet.backbone,
+                             cfg.supernet.cache_max_bytes)
+    scorer = InheritedScorer(run.supernet, train_slots, run.val_slots, cfg.supernet,
+                             run.metric, run.supernet.num_classes, cfg.inherited_score)
 
     log = SearchLog.start(out / LOG, resume)
     replay = list(log.entries)
