@@ -28,6 +28,7 @@ from autopmf.feature_store import feature_caches
 from autopmf.features import FeatureCache, SlotCaches
 from autopmf.files import atomic_write_json, load_tensors, save_tensors
 from autopmf.head_init import fit_heads
+from autopmf.inherited import heads_score
 from autopmf.layout import SUPERNET_METRICS as METRICS
 from autopmf.layout import SUPERNET_WEIGHTS as WEIGHTS
 from autopmf.memory import GIB
@@ -35,7 +36,7 @@ from autopmf.progress import announce_budget, announce_data, announce_encoders
 from autopmf.run_dir import (claim_run_dir, fingerprint, holds_run_lock, package_versions,
                              run_settings)
 from autopmf.space import SearchSpace
-from autopmf.train import LoopHooks, TrainConfig, batches_per_epoch, evaluate, train_loop
+from autopmf.train import LoopHooks, TrainConfig, batches_per_epoch, train_loop
 from supernet.optim import step_used_only
 from supernet.weights import load_trainable_state
 from supernet.sampling import ArchSampler, reference_subnets
@@ -109,23 +110,6 @@ def sampler_restriction(budget: Budget, warmup: str = "lowest"):
     if not budget.limited:
         return None, None, warmup_archs
     return budget.repair, budget.largest(), warmup_archs
-
-
-def subnet_score(supernet: Supernet, arch, cache: FeatureCache, cfg: TrainConfig,
-                 metric: str) -> float:
-    """A subnet's score with inherited weights, straight from the cached streams."""
-    def forward(c, rows):
-        return supernet(c.streams(rows, cfg.device), c.slot, arch)
-    return evaluate(forward, cache, cfg, metric)
-
-
-def inherited_score(supernet: Supernet, arch, val: SlotCaches, cfg: TrainConfig,
-                    metric: str) -> float:
-    """A subnet's validation score with inherited weights, from the cached streams entering
-    its first fused slot: the frozen slots below it are not run again for every subnet."""
-    start = min(supernet.space.fused_slots(arch), default=supernet.backbone.num_slots)
-    supernet.eval()
-    return subnet_score(supernet, arch, val.at(start), cfg, metric)
 
 
 def reference_examples(val: FeatureCache, cfg: SupernetConfig) -> FeatureCache:
@@ -206,8 +190,9 @@ class SupernetSteps(LoopHooks):
         # A warm-up epoch trains only the warm-up subnets: validating the others then would
         # cost a full pass each and show nothing new.
         validated = self.warmup_refs if epoch < self.cfg.warmup_epochs else self.references
-        scores = {name: inherited_score(self.supernet, arch, self.reference_val, self.cfg,
-                                        self.metric)
+        # Through the shared heads: the supernet's own progress, as it trains.
+        scores = {name: heads_score(self.supernet, arch, self.reference_val, self.cfg,
+                                    self.metric)
                   for name, arch in validated.items()}
         shown = "  ".join(f"{k} {v:.3f}" for k, v in scores.items())
         return ({"epoch": epoch + 1, "loss": loss, "seconds": seconds, "val": scores},

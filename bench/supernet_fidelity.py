@@ -28,8 +28,8 @@ from autopmf.features import SlotCaches  # noqa: E402
 from autopmf.files import load_tensors  # noqa: E402
 from autopmf.report import describe_arch  # noqa: E402
 from autopmf.space import space_from_dict  # noqa: E402
-from autopmf.supernet_train import (METRICS, WEIGHTS, inherited_score,  # noqa: E402
-                                    load_supernet_weights)
+from autopmf.inherited import heads_score  # noqa: E402
+from autopmf.supernet_train import METRICS, WEIGHTS, load_supernet_weights  # noqa: E402
 from autopmf.train import TrainConfig  # noqa: E402
 from supernet.supernet import Supernet  # noqa: E402
 
@@ -77,7 +77,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         arch = space.validate(row["arch"])
-        inherited = {split: inherited_score(supernet, arch, slots[split], cfg, dataset.metric)
+        inherited = {split: heads_score(supernet, arch, slots[split], cfg, dataset.metric)
                      for split in slots}
         alone = ([f"{row['val']:.3f}", f"{row['test']:.3f}", row["alone"]] if "alone" in row
                  else ["", "", ""])
