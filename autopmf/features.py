@@ -82,7 +82,7 @@ def frozen_stream_batches(encoded: EncodedSplit, backbone: FrozenBackbone, slot:
         yield "text", backbone.encode_text_until(encoded.input_ids[r].to(device),
                                                  mask[r].to(device), slot).to("cpu", dtype)
     for pixels in pixel_batches(encoded, batch_size, image_start, device):
-        yield "image", backbone.encode_image_until(pixels.to(device), slot).to("cpu", dtype)
+        yield "image", backbone.encode_image_until(pixels, slot).to("cpu", dtype)
 
 
 @dataclass
@@ -126,6 +126,7 @@ class FeatureCache:
 
 
 def _nbytes(t) -> int:
+    """A tensor's bytes, or a RowStore's (the one that has `subset`)."""
     return t.nbytes if hasattr(t, "subset") else t.numel() * t.element_size()
 
 
