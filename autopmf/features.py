@@ -195,7 +195,8 @@ class SlotCaches:
             return self._by_slot.setdefault(slot, lowest.at_slot(slot))
         below = self._by_slot[max(s for s in self._by_slot if s < slot)]
         used = sum(c.nbytes for c in self._by_slot.values())
-        if used + below.nbytes > self.max_bytes:
+        # An advanced cache is float32 in memory, whatever `below` is stored in (bf16: twice).
+        if used + below.nbytes * 4 // below.text.dtype.itemsize > self.max_bytes:
             return below
         self._by_slot[slot] = advance_feature_cache(below, self.backbone, slot)
         return self._by_slot[slot]
