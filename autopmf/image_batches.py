@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from autopmf.data.images import ImageFiles
+from autopmf.data.images import IMAGE_ERRORS, ImageFiles
+from autopmf.errors import AutopmfError
 
 # Workers that decode on-disk images; AUTOPMF_WORKERS overrides (0: decode in this process).
 MAX_WORKERS = 8
@@ -28,12 +29,17 @@ class _Rows(Dataset):
     def __len__(self) -> int:
         return self.stop - self.start
 
-    def __getitem__(self, i: int) -> np.ndarray:
-        return np.asarray(self.images[self.start + i])
+    def __getitem__(self, i: int) -> np.ndarray | str:
+        """The image, or (decoding failed) a one-line reason naming its file."""
+        try:
+            return np.asarray(self.images[self.start + i])
+        except IMAGE_ERRORS as exc:
+            return f"{self.images.paths[self.start + i]}: {exc.__class__.__name__}: {exc}"
 
 
-def _stack(images: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(images))
+def _stack(images: list[np.ndarray | str]) -> torch.Tensor | str:
+    failed = next((item for item in images if isinstance(item, str)), None)
+    return failed if failed is not None else torch.from_numpy(np.stack(images))
 
 
 def decode_workers(images) -> int:
@@ -54,4 +60,8 @@ def image_batches(images, batch_size: int, start: int = 0, device: torch.device 
                         pin_memory=torch.device(device).type == "cuda",
                         prefetch_factor=2 if workers else None,
                         persistent_workers=False)
-    yield from loader
+    for batch in loader:
+        if isinstance(batch, str):  # its header read at load, its pixels do not decode
+            raise AutopmfError(f"cannot decode image {batch.splitlines()[0]}; the file is "
+                               "truncated or damaged: replace or remove it")
+        yield batch

@@ -247,3 +247,17 @@ def test_a_command_parses_a_dataset_once(tmp_path, monkeypatch):
         assert len(checked) == 12  # each image's header read once
         assert load_dataset(spec, seed=1, image_size=SIZE) is not first
     assert load_dataset(spec, image_size=SIZE) is not first  # a new command loads anew
+
+
+def test_an_image_that_opens_but_does_not_decode_is_one_line_naming_it(tmp_path, cache,
+                                                                       monkeypatch):
+    monkeypatch.setenv("AUTOPMF_WORKERS", "1")
+    root = write_csv_dataset(tmp_path / "data", 8, 4)
+    broken = root / "img" / "train_3.jpg"
+    data = broken.read_bytes()
+    broken.write_bytes(data[:len(data) - 60])  # the header survives, the pixels do not
+    space = tiny_space(image_size=SIZE)
+    dataset = load_dataset(f"csv:{root},val_fraction=0.25", image_size=SIZE)  # header only
+    with pytest.raises(AutopmfError) as error:
+        feature_caches(space, dataset, build_backbone(space), 0, mode="disk")
+    assert "\n" not in str(error.value) and "train_3.jpg" in str(error.value)
