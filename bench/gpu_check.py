@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dry-run", action="store_true",
                         help="tiny: two designs per space and precision, one timed step")
-    parser.add_argument("--time-limit-s", type=float, default=420.0,
+    parser.add_argument("--time-limit-s", type=float, default=360.0,
                         help="start no part after this many seconds")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()

@@ -187,6 +187,7 @@ def record(path: Path, rows: list[dict], baseline: bool, repo: Path, threads: in
     lists = {name: [r.get(name) for r in ok] for name in LIST_KEYS}
     doc[key] = {**lists, "machine": machine(), "date": datetime.date.today().isoformat(),
                 "threads": threads, "rss_cap_gib": cap_gib, "repo": str(repo),
+                "commit": commit_of(repo),
                 "space": SPACE, "search_args": list(SEARCH_ARGS), "runs": runs}
     if baseline:  # the largest size today's pipeline survives
         largest = max(ok, key=lambda r: r["images"], default={})
@@ -200,6 +201,17 @@ def record(path: Path, rows: list[dict], baseline: bool, repo: Path, threads: in
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return doc
+
+
+def commit_of(repo: Path) -> str | None:
+    """The commit `repo` is checked out at, "+changes" when its files differ from it."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True,
+                              text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return (commit + ("+changes" if dirty else "")) or None
 
 
 def machine() -> str:
