@@ -1,0 +1,157 @@
+"""Does a supernet rank designs the way standalone training does? (issue 16)
+
+Scores the ranking benchmark's designs (`bench/ranking.py`, its result file) with a trained
+supernet's weights, in both inherited scorings (`autopmf.inherited`: a probe per subnet, or
+the shared heads), and compares each with the designs' seed-mean standalone scores: Kendall
+tau-b and Spearman rho with bootstrap 90% intervals over designs, top-1/top-3 hit and regret
+(the best standalone mean minus the standalone mean of the supernet's top design). No
+retraining: the standalone side is the yardstick's, already measured.
+
+    python bench/supernet_ranking.py --supernet RUN --variant "sandwich, 6 epochs"
+    python bench/supernet_ranking.py --untrained --variant "untrained supernet"
+
+RUN is an `autopmf supernet --out RUN` (or search) folder trained on the yardstick's data
+and data seed. `--untrained` scores a freshly initialised supernet instead (the zero-training
+floor: what every variant has to beat). Each variant is one entry of the results file
+(`bench/results/validate.json`), replaced when measured again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from autopmf.build import build_backbone, initialise_fusion  # noqa: E402
+from autopmf.data.registry import load_dataset  # noqa: E402
+from autopmf.feature_store import feature_caches  # noqa: E402
+from autopmf.features import SlotCaches  # noqa: E402
+from autopmf.files import load_tensors  # noqa: E402
+from autopmf.inherited import INHERITED_SCORINGS, InheritedScorer  # noqa: E402
+from autopmf.layout import SUPERNET_METRICS, SUPERNET_WEIGHTS  # noqa: E402
+from autopmf.ranking import (correlation_ci, kendall_tau_b, regret, spearman_rho,  # noqa: E402
+                             top_k_hit)
+from autopmf.space import load_space, space_from_dict  # noqa: E402
+from autopmf.train import TrainConfig  # noqa: E402
+from bench.ranking import parse_design  # noqa: E402
+from supernet.supernet import Supernet  # noqa: E402
+from supernet.weights import load_trainable_state  # noqa: E402
+
+
+def agreement(inherited: list[float], standalone: list[float]) -> dict:
+    """How well `inherited` scores rank designs against their standalone means."""
+    return {"kendall_tau": kendall_tau_b(inherited, standalone),
+            "kendall_tau_ci": list(correlation_ci(inherited, standalone)),
+            "spearman_rho": spearman_rho(inherited, standalone),
+            "spearman_rho_ci": list(correlation_ci(inherited, standalone, spearman_rho)),
+            "top1_hit": top_k_hit(inherited, standalone, 1),
+            "top3_hit": top_k_hit(inherited, standalone, 3),
+            "regret": regret(inherited, standalone)}
+
+
+def load_supernet(args, yardstick: dict):
+    """(space, data spec, seed, supernet): trained from RUN, or fresh (`--untrained`)."""
+    if args.untrained:
+        space, data, seed = load_space(yardstick["space"]), yardstick["task"], args.seed
+        prompt_init = yardstick.get("prompt_init", "paper")
+    else:
+        metrics = json.loads((Path(args.supernet) / SUPERNET_METRICS).read_text())
+        space = space_from_dict(metrics["space"])
+        data, seed = metrics["data"], metrics["config"]["seed"]
+        prompt_init = metrics["config"].get("prompt_init", "paper")
+    dataset = load_dataset(data, seed=seed, image_size=space.image_size)
+    backbone = build_backbone(space)
+    torch.manual_seed(seed)
+    supernet = Supernet(space, backbone, len(dataset.label_names))
+    caches = feature_caches(space, dataset, backbone, supernet.lowest_fusable_slot)
+    if args.untrained:
+        initialise_fusion({int(j): s for j, s in supernet.fusion.items()}, backbone,
+                          caches["train"], prompt_init, seed)
+    else:
+        load_trainable_state(supernet, load_tensors(Path(args.supernet) / SUPERNET_WEIGHTS))
+    return space, dataset, seed, supernet, caches
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--supernet", help="a run folder holding a trained supernet")
+    source.add_argument("--untrained", action="store_true",
+                        help="score a freshly initialised supernet")
+    parser.add_argument("--variant", required=True, help="this supernet's name in the table")
+    parser.add_argument("--seed", type=int, default=0, help="with --untrained: its seed")
+    parser.add_argument("--ranking", default=str(ROOT / "bench/results/ranking.json"),
+                        help="the yardstick's result file (bench/ranking.py)")
+    parser.add_argument("--scorings", default=",".join(INHERITED_SCORINGS),
+                        help="which inherited scorings to measure (the first is the headline)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--default", action="store_true",
+                        help="this variant is autopmf's default: its headline goes to the "
+                        "top of the results file")
+    parser.add_argument("--out", default=str(ROOT / "bench/results/validate.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    yardstick = json.loads(Path(args.ranking).read_text())
+    space, dataset, seed, supernet, caches = load_supernet(args, yardstick)
+    if dataset.name != yardstick["task"].split(":")[0] or seed != yardstick.get("data_seed", 0):
+        print(f"note: the supernet's data ({dataset.name}, seed {seed}) is not the "
+              f"yardstick's ({yardstick['task']}, data seed {yardstick.get('data_seed', 0)})")
+    designs = [row["design"] for row in yardstick["per_design"]]
+    standalone = [row["val_mean"] for row in yardstick["per_design"]]
+    train = SlotCaches(caches["train"], supernet.backbone)
+    val = SlotCaches(caches["val"], supernet.backbone)
+    cfg = TrainConfig(seed=seed, batch_size=space.batch_size, precision=space.precision,
+                      progress=False)
+    num_classes = len(dataset.label_names)
+    entry = {"variant": args.variant, "supernet": args.supernet or "untrained",
+             "task": yardstick["task"], "designs": len(designs),
+             "seeds": yardstick["seeds"], "standalone_epochs": yardstick["epochs"],
+             "standalone": standalone, "by_scoring": {}}
+    scorings = [s for s in args.scorings.split(",") if s]
+    for scoring in scorings:
+        scorer = InheritedScorer(supernet, train, val, cfg, dataset.metric, num_classes,
+                                 scoring)
+        t0 = time.perf_counter()
+        inherited = [scorer(parse_design(space, d)) for d in designs]
+        result = agreement(inherited, standalone)
+        result.update(inherited=inherited,
+                      seconds_per_design=(time.perf_counter() - t0) / len(designs))
+        entry["by_scoring"][scoring] = result
+        print(f"{scoring:>6}: tau {result['kendall_tau']:.3f} "
+              f"[{result['kendall_tau_ci'][0]:.3f}, {result['kendall_tau_ci'][1]:.3f}]  "
+              f"rho {result['spearman_rho']:.3f}  regret {result['regret']:.3f}  "
+              + " ".join(f"{d}={s:.3f}" for d, s in zip(designs, inherited)), flush=True)
+    # The headline (issue 16's fields) is the first scoring's (autopmf's default, unless
+    # --scorings says otherwise).
+    entry.update({k: entry["by_scoring"][scorings[0]][k]
+                  for k in ("kendall_tau", "kendall_tau_ci", "spearman_rho", "regret")})
+    entry.update(scoring=scorings[0], minutes=(time.perf_counter() - started) / 60,
+                 machine=f"{platform.machine()}, {args.threads} torch threads",
+                 date=str(datetime.date.today()))
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {"variants": []}
+    results["variants"] = [v for v in results["variants"] if v["variant"] != args.variant]
+    entry = json.loads(json.dumps(entry, default=float), parse_constant=lambda c: None)
+    results["variants"].append(entry)
+    if args.default:
+        results.update({k: entry[k] for k in ("variant", "designs", "seeds", "kendall_tau",
+                                              "kendall_tau_ci", "spearman_rho", "regret",
+                                              "scoring")})
+    out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
