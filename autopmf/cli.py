@@ -611,8 +611,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
-    from autopmf.progress import send_lines_to_stderr, set_verbosity, verbosity_of
+    from autopmf.progress import send_lines_to_stderr, set_verbosity, verbosity, verbosity_of
 
+    # The command's output settings hold for this call only: a notebook or test calling
+    # main() and then the library keeps its own.
+    previous = verbosity()
     set_verbosity(verbosity_of(args))
     # Every --json command (search, train, retrain, log, validate, measure, predict): stdout
     # holds the result alone.
@@ -648,6 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autopmf: interrupted", file=sys.stderr)
         return 130
+    finally:
+        set_verbosity(previous)
+        send_lines_to_stderr(False)
 
 
 if __name__ == "__main__":

@@ -166,3 +166,16 @@ def test_log_names_the_tie_break(tmp_path, capsys):
     assert text.startswith("budget 0.285 GiB |")
     assert summary["tie_break"]["first_trial"] == 2 and summary["best"]["trial"] == 3
     assert "the winner, trial 3, ties trial 2's accuracy and wins the tie on memory" in text
+
+
+def test_a_commands_output_settings_end_with_the_command(capsys, tmp_path):
+    """main(--json --quiet) sends lines to stderr and silences them for that call only: a
+    caller that goes on in the same process (a notebook, the next test) gets its own back."""
+    from autopmf.cli import main
+    from autopmf.progress import say
+
+    assert main(["log", str(tmp_path / "no-such-run"), "--json", "--quiet"]) == 2
+    capsys.readouterr()
+    say("after the command")
+    captured = capsys.readouterr()
+    assert "after the command" in captured.out and "after the command" not in captured.err
