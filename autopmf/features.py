@@ -157,13 +157,18 @@ def advance_feature_cache(cache: FeatureCache, backbone: FrozenBackbone, slot: i
     if getattr(cache, "live", False):
         return cache.at_slot(slot).sample(torch.arange(len(cache)))
 
+    # The cache stays where it is (host memory, or mapped from disk); each batch runs on
+    # the backbone's device and comes back.
+    device = next(backbone.parameters()).device
+
     def run(tensor, layer_index, run_layer, mask=None):
         parts = []
         for r in _row_batches(len(tensor), batch_size):
-            x = tensor[r].float()
+            rows = tensor[r]
+            x = rows.float().to(device)
             for s in range(cache.slot, slot):
-                x = run_layer(layer_index(s), x, None if mask is None else mask[r])
-            parts.append(x)
+                x = run_layer(layer_index(s), x, None if mask is None else mask[r].to(device))
+            parts.append(x.to(rows.device))
         return torch.cat(parts)
 
     text = run(cache.text, backbone.text_layer_index, backbone.text.run_layer, cache.text_mask)
