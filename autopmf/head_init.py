@@ -56,7 +56,22 @@ def fit_heads(heads: TwoHeads, features: Features, train: FeatureCache, val: Fea
               num_classes: int, metric: str) -> Probe:
     """Set `heads` to the best linear probe of the model's current [CLS] pair (deterministic:
     no randomness is drawn)."""
-    probe = select_probe(cls_pairs(features, train), train.labels, cls_pairs(features, val),
-                         val.labels, num_classes, metric)
+    return fit_heads_jointly(heads, [(features, train, val)], num_classes, metric)
+
+
+def fit_heads_jointly(heads: TwoHeads, sources: list[tuple[Features, FeatureCache, FeatureCache]],
+                      num_classes: int, metric: str) -> Probe:
+    """Set `heads` to the best linear probe of several models' [CLS] pairs at once (each
+    source: its features, training and validation examples), fitted on their union: heads
+    that several subnets share then read each of them, rather than one of them best and the
+    others with logits far off scale."""
+    pairs = {"train": [], "val": []}
+    labels = {"train": [], "val": []}
+    for features, *splits in sources:
+        for name, cache in zip(("train", "val"), splits):
+            pairs[name].append(cls_pairs(features, cache))
+            labels[name].append(cache.labels)
+    probe = select_probe(torch.cat(pairs["train"]), torch.cat(labels["train"]),
+                         torch.cat(pairs["val"]), torch.cat(labels["val"]), num_classes, metric)
     load_probe_into_heads(heads, probe)
     return probe

@@ -27,8 +27,8 @@ from autopmf.errors import AutopmfError
 from autopmf.feature_store import feature_caches
 from autopmf.features import FeatureCache, SlotCaches
 from autopmf.files import atomic_write_json, load_tensors, save_tensors
-from autopmf.head_init import fit_heads
-from autopmf.inherited import heads_score
+from autopmf.head_init import fit_heads_jointly
+from autopmf.inherited import first_slot, heads_score, probe_sample
 from autopmf.layout import SUPERNET_METRICS as METRICS
 from autopmf.layout import SUPERNET_WEIGHTS as WEIGHTS
 from autopmf.memory import GIB
@@ -132,16 +132,38 @@ def warmup_references(space: SearchSpace, references: dict, warmup_archs) -> dic
     return named
 
 
-def fit_shared_heads(supernet: Supernet, arch, train: SlotCaches, val: SlotCaches,
+HEAD_FIT_SUBNETS = 6  # sampler draws the shared heads are fitted on (besides the warm-up's)
+HEAD_FIT_EXAMPLES = 512  # examples of each split per subnet
+
+
+def shared_head_subnets(sampler: ArchSampler) -> list:
+    """The subnets the shared heads are fitted on: the warm-up's, then the first draws after
+    it (the sandwich's largest, smallest and random subnets), each once."""
+    warmup = range(min(sampler.warmup_steps, len(sampler.warmup_archs)))
+    after = range(sampler.warmup_steps, sampler.warmup_steps + HEAD_FIT_SUBNETS)
+    archs = [sampler.sample(step) for step in (*warmup, *after)]
+    unique = {json.dumps(a, sort_keys=True): a for a in archs}
+    return list(unique.values())
+
+
+def fit_shared_heads(supernet: Supernet, archs: list, train: SlotCaches, val: SlotCaches,
                      cfg: SupernetConfig, num_classes: int, metric: str) -> None:
-    """`--head-init probe` for the supernet: its heads are shared, so they are fitted on the
-    [CLS] pair of the subnet its training starts with (the warm-up subnet, or the sandwich's
-    largest)."""
-    start = min(supernet.space.fused_slots(arch), default=supernet.backbone.num_slots)
-    fit_heads(supernet.heads,
-              lambda cache, rows: supernet.features(cache.streams(rows, cfg.device),
-                                                    cache.slot, arch),
-              train.at(start), val.at(start), num_classes, metric)
+    """`--head-init probe` for the supernet: its heads are shared, so they are one probe fitted
+    on the [CLS] pairs of several subnets together (a fixed sample of examples each). Fitted
+    on one subnet alone, they gave every other subnet logits so far off that the first
+    sandwich steps had losses near 10 and left every subnet at chance (BENCHMARKS.md)."""
+    lowest = supernet.lowest_fusable_slot
+    rows = {name: probe_sample(slots.at(lowest), HEAD_FIT_EXAMPLES, cfg.seed)
+            for name, slots in (("train", train), ("val", val))}
+    sources = []
+    for arch in archs:
+        start = first_slot(supernet, arch)
+
+        def features(cache, batch_rows, arch=arch):
+            return supernet.features(cache.streams(batch_rows, cfg.device), cache.slot, arch)
+        sources.append((features, train.at(start).subset(rows["train"]),
+                        val.at(start).subset(rows["val"])))
+    fit_heads_jointly(supernet.heads, sources, num_classes, metric)
 
 
 @dataclass
@@ -166,8 +188,8 @@ class SupernetSteps(LoopHooks):
 
     def start(self) -> None:
         if self.cfg.head_init == "probe":
-            fit_shared_heads(self.supernet, self.sampler.sample(0), self.train, self.val,
-                             self.cfg, self.num_classes, self.metric)
+            fit_shared_heads(self.supernet, shared_head_subnets(self.sampler), self.train,
+                             self.val, self.cfg, self.num_classes, self.metric)
 
     def order(self, epoch: int) -> torch.Tensor:
         # The order depends only on (seed, epoch), so a resumed epoch sees the same batches.

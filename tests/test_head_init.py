@@ -82,3 +82,45 @@ def test_train_with_paper_heads_keeps_the_constructed_heads(space, tmp_path):
     fitted = load_tensors(tmp_path / "probe" / "weights.safetensors")
     assert not torch.equal(fitted["heads.text.weight"], built.heads.text.weight)
     assert torch.equal(fitted["heads.image.bias"], torch.zeros_like(fitted["heads.image.bias"]))
+
+
+def test_jointly_fitted_heads_are_the_probe_of_the_pooled_pairs(space, backbone, caches):
+    """Shared heads (the supernet's): one probe of several models' [CLS] pairs together."""
+    from autopmf.head_init import fit_heads_jointly
+
+    models = [model_for(space, backbone, space.reference_arch(n, 1), num_classes=2, seed=n)
+              for n in (1, 2)]
+    for m in models:
+        m.eval()
+    sources = [(features_of(m), caches["train"], caches["val"]) for m in models]
+    heads = TwoHeads(*(h.in_features for h in (models[0].heads.text, models[0].heads.image)),
+                     2).double()
+    probe = fit_heads_jointly(heads, sources, 2, "accuracy")
+    pooled = {name: torch.cat([cls_pairs(features_of(m), caches[name]) for m in models])
+              for name in ("train", "val")}
+    expected = select_probe(pooled["train"], caches["train"].labels.repeat(2), pooled["val"],
+                            caches["val"].labels.repeat(2), 2, "accuracy")
+    assert probe.c == expected.c and probe.val == expected.val
+    assert torch.allclose(probe.weight, expected.weight) and torch.allclose(probe.bias,
+                                                                            expected.bias)
+
+
+def test_the_supernets_heads_are_fitted_on_the_warmup_and_the_first_sandwich_draws():
+    from autopmf.supernet_train import HEAD_FIT_SUBNETS, shared_head_subnets
+    from supernet.sampling import ArchSampler, largest_arch, smallest_arch
+
+    from tests.conftest import tiny_space
+
+    space = tiny_space()
+    warmup = space.validate(space.reference_arch(2, 2))  # neither the largest nor smallest
+    sampler = ArchSampler(space, "sandwich", seed=0, warmup_steps=10, warmup_archs=[warmup])
+    archs = shared_head_subnets(sampler)
+    assert archs[0] == space.canonical(warmup)
+    # The sandwich's turn is step % 3: step 10 draws the smallest, step 12 the largest.
+    assert archs[1] == space.canonical(smallest_arch(space))
+    assert space.canonical(largest_arch(space)) in archs
+    keys = [str(sorted(a.items())) for a in archs]
+    assert len(keys) == len(set(keys)) <= 1 + HEAD_FIT_SUBNETS  # each subnet once
+    uniform = ArchSampler(space, "uniform", seed=0)
+    draws = {str(sorted(uniform.sample(i).items())) for i in range(HEAD_FIT_SUBNETS)}
+    assert {str(sorted(a.items())) for a in shared_head_subnets(uniform)} == draws
