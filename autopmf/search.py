@@ -178,6 +178,9 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
         raise AutopmfError("--trials and --population must be at least 1")
     if cfg.strategy not in STRATEGIES:
         raise AutopmfError(f"--strategy {cfg.strategy!r}: use {' or '.join(STRATEGIES)}")
+    if cfg.inherited_score not in INHERITED_SCORINGS:
+        raise AutopmfError(f"--inherited-score {cfg.inherited_score!r}: use "
+                           f"{' or '.join(INHERITED_SCORINGS)}")
     out = Path(out)
     identity = _run_identity(space, data_spec, cfg)
     claim = claim_run_dir(out, identity, resume=resume, force=force, what="search",

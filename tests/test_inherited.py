@@ -78,3 +78,14 @@ def test_probe_sample_is_fixed_by_seed_and_never_larger_than_the_split(setup):
 def test_unknown_scoring_is_refused(setup):
     with pytest.raises(ValueError, match="inherited scoring"):
         scorer(setup, "oracle")
+
+
+def test_search_refuses_an_unknown_inherited_score_and_writes_nothing(tmp_path):
+    from autopmf.errors import AutopmfError
+    from autopmf.search import SearchConfig, run_search
+    from tests.conftest import tiny_space
+
+    with pytest.raises(AutopmfError, match="--inherited-score 'oracle': use probe or heads"):
+        run_search(tiny_space(), DATA, tmp_path / "run",
+                   SearchConfig(budget_gb=1.0, inherited_score="oracle"))
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
