@@ -149,7 +149,8 @@ def shared_head_subnets(sampler: ArchSampler) -> list:
 def fit_shared_heads(supernet: Supernet, archs: list, train: SlotCaches, val: SlotCaches,
                      cfg: SupernetConfig, num_classes: int, metric: str) -> None:
     """`--head-init probe` for the supernet: its heads are shared, so they are one probe fitted
-    on the [CLS] pairs of several subnets together (a fixed sample of examples each). Fitted
+    on the [CLS] pairs of several subnets together (a fixed sample of examples each; `val`:
+    the per-epoch reference examples, whose higher slots are built anyway). Fitted
     on one subnet alone, they gave every other subnet logits so far off that the first
     sandwich steps had losses near 10 and left every subnet at chance (BENCHMARKS.md)."""
     lowest = supernet.lowest_fusable_slot
@@ -177,7 +178,6 @@ class SupernetSteps(LoopHooks):
     model: torch.nn.Module  # the supernet, or its DistributedDataParallel wrapper
     sampler: ArchSampler
     train: SlotCaches
-    val: SlotCaches
     reference_val: SlotCaches
     references: dict
     warmup_refs: dict  # the references a warm-up epoch scores
@@ -189,7 +189,7 @@ class SupernetSteps(LoopHooks):
     def start(self) -> None:
         if self.cfg.head_init == "probe":
             fit_shared_heads(self.supernet, shared_head_subnets(self.sampler), self.train,
-                             self.val, self.cfg, self.num_classes, self.metric)
+                             self.reference_val, self.cfg, self.num_classes, self.metric)
 
     def order(self, epoch: int) -> torch.Tensor:
         # The order depends only on (seed, epoch), so a resumed epoch sees the same batches.
@@ -305,7 +305,7 @@ def supernet_of_run(space: SearchSpace, data_spec: str, out: Path, cfg: Supernet
     checkpoints.check()
     if start is not None and dist.is_main:
         start()  # every input checked: the run folder is ours now
-    hooks = SupernetSteps(supernet, model, sampler, train_slots, val_slots, reference_val,
+    hooks = SupernetSteps(supernet, model, sampler, train_slots, reference_val,
                           references, warmup_refs, cfg, num_classes, dataset.metric)
     history = train_loop(supernet, hooks, cfg, dataset.metric, steps, checkpoints, "supernet",
                          dist)
