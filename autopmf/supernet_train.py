@@ -199,9 +199,8 @@ class SupernetSteps(LoopHooks):
 
     def forward(self, step: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.arch = arch = self.sampler.sample(step)
-        start = min(self.supernet.space.fused_slots(arch),
-                    default=self.supernet.backbone.num_slots)
-        cache = self.train.at(start)  # skip the frozen slots below this subnet's first fusion
+        # Skip the frozen slots below this subnet's first fusion.
+        cache = self.train.at(first_slot(self.supernet, arch))
         return (self.model(cache.streams(rows, self.cfg.device), cache.slot, arch),
                 cache.labels[rows])
 
