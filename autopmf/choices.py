@@ -8,6 +8,6 @@ RETRAIN_INITS = ("scratch", "supernet")  # retrain: fresh weights, or the supern
 # supernet's shared heads (autopmf.inherited).
 INHERITED_SCORINGS = ("probe", "heads")
 DEVICES = ("cpu", "cuda")  # `cuda:N` names one GPU of several
-# The frozen-feature cache: chosen by device and data, on disk (memory-mapped shards), in
+# The frozen-feature cache: chosen by device and data, on disk (shards read per batch), in
 # memory only, or none (the frozen prefix recomputed every batch).
 FEATURE_CACHE_MODES = ("auto", "disk", "memory", "off")

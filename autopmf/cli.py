@@ -303,10 +303,11 @@ def _add_train_options(p: argparse.ArgumentParser, epochs: int) -> None:
 def _add_feature_cache_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feature-cache", choices=FEATURE_CACHE_MODES, default="auto",
                    help="the frozen encoders' streams below the first fusable slot: computed "
-                   "once and kept on disk (memory-mapped shards in the training precision, "
-                   "reused by later runs), kept in memory for this run, or off (recomputed "
-                   "every batch); auto: disk, except on CUDA for the packaged datasets "
-                   "(whose images are in memory), where it is off (default: %(default)s)")
+                   "once and kept on disk (shards in the training precision, read a batch's "
+                   "rows at a time, reused by later runs), kept in memory for this run, or "
+                   "off (recomputed every batch); auto: disk, except on CUDA for the packaged "
+                   "datasets (whose images are in memory), where it is off (default: "
+                   "%(default)s)")
 
 
 def _add_device_options(p: argparse.ArgumentParser) -> None:

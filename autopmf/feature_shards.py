@@ -9,7 +9,10 @@ Folder layout (`folder` = cache_root()/features/<key>):
 Each shard is written atomically (temp file + rename), so a shard that exists is whole; a
 build killed part-way leaves whole shards and no manifest, and the next build keeps the
 shards that hold what it would write (same rows, shape and dtype) and writes the rest. Shards
-are read memory-mapped: only the rows a batch asks for are paged in.
+are read, not memory-mapped: a batch's rows are copied from the files (one positional read per
+run of consecutive rows) into fresh memory, so the process holds the batch, not every shard
+page an epoch touched (mapped pages would stay resident and count in its RSS); the files' pages
+stay in the kernel's page cache, which the kernel reclaims as it needs.
 """
 
 from __future__ import annotations
@@ -123,7 +126,7 @@ def index_path(folder: Path, split: str) -> Path:
 
 def open_streams(folder: Path, split: str, text_shards: int, image_shards: int
                  ) -> tuple[RowStore, RowStore] | None:
-    """(text, image) rows of a split, memory-mapped; None if a shard is missing."""
+    """(text, image) rows of a split, read from the shards on demand; None if one is missing."""
     paths = {kind: [shard_path(folder, split, kind, i) for i in range(count)]
              for kind, count in (("text", text_shards), ("image", image_shards))}
     if not all(p.exists() for kind in paths.values() for p in kind):
@@ -156,21 +159,56 @@ def _read_header(path: Path) -> tuple[dict, int]:
     return header, 8 + size
 
 
-def open_shard(path: Path) -> torch.Tensor:
-    """A shard's rows, memory-mapped from the file (read-only use: writes stay private)."""
+def open_shard(path: Path) -> Shard:
+    """A shard file's rows, read on demand (its header is read now)."""
     header, start = _read_header(path)
     entry = header[ROWS]
-    begin, end = entry["data_offsets"]
-    data = torch.from_file(str(path), shared=False, size=start + end, dtype=torch.uint8)
-    return data[start + begin:start + end].view(_SAFETENSORS_DTYPES[entry["dtype"]]).view(
-        entry["shape"])
+    return Shard(Path(path), _SAFETENSORS_DTYPES[entry["dtype"]], tuple(entry["shape"]),
+                 start + entry["data_offsets"][0])
+
+
+class Shard:
+    """One shard file's rows [rows, *row_shape], read by positional reads (`os.preadv`) from
+    a descriptor opened on first use and closed with the object. A positional read moves no
+    file offset, so processes forked after it opened (DataLoader workers) share it safely; a
+    pickled copy (spawned workers) leaves it behind and opens its own."""
+
+    def __init__(self, path: Path, dtype: torch.dtype, shape: tuple[int, ...], offset: int):
+        self.path, self.dtype, self.shape, self.offset = path, dtype, shape, offset
+        self.row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None}
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def read_into(self, out: torch.Tensor, first: int) -> None:
+        """Fill `out` (contiguous, this shard's dtype and row shape) with rows `first`,
+        `first + 1`, ... of the shard."""
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        buffer = memoryview(out.view(-1).view(torch.uint8).numpy())
+        position, done = self.offset + first * self.row_bytes, 0
+        while done < len(buffer):
+            got = os.preadv(self._fd, [buffer[done:]], position + done)
+            if got <= 0:
+                raise OSError(f"{self.path}: shorter than its header says")
+            done += got
 
 
 class RowStore:
-    """Rows of one stream spread over memory-mapped shards, read like a tensor: `store[rows]`
-    gathers those rows into memory; `subset(rows)` is a view that reads nothing."""
+    """Rows of one stream spread over shard files, read like a tensor: `store[rows]` reads
+    those rows from the files into a new tensor (nothing of the files stays mapped or held);
+    `subset(rows)` is a view that reads nothing."""
 
-    def __init__(self, shards: list[torch.Tensor], rows: torch.Tensor | None = None):
+    def __init__(self, shards: list[Shard], rows: torch.Tensor | None = None):
         self.shards = shards
         self.starts = torch.tensor([0] + [len(s) for s in shards]).cumsum(0)
         self.rows = rows  # the global rows this view shows, or None for all of them
@@ -200,12 +238,27 @@ class RowStore:
     def __getitem__(self, index) -> torch.Tensor:
         rows = self._global(index)
         flat = rows.reshape(-1)
-        shard_of = torch.searchsorted(self.starts, flat, right=True) - 1
-        out = torch.empty((len(flat), *self.shape[1:]), dtype=self.dtype)
-        for shard in shard_of.unique().tolist():
-            here = shard_of == shard
-            out[here] = self.shards[shard][flat[here] - self.starts[shard]]
+        wanted, inverse = torch.unique(flat, sorted=True, return_inverse=True)
+        out = torch.empty((len(wanted), *self.shape[1:]), dtype=self.dtype)
+        for begin, end, shard, first in self._runs(wanted):
+            self.shards[shard].read_into(out[begin:end], first)
+        if len(wanted) != len(flat) or not bool((inverse == torch.arange(len(flat))).all()):
+            out = out[inverse]  # repeated or unsorted rows: each where it was asked for
         return out.reshape(*rows.shape, *self.shape[1:])
+
+    def _runs(self, wanted: torch.Tensor) -> list[tuple[int, int, int, int]]:
+        """(begin, end, shard, first row in the shard) for each run of consecutive rows of the
+        sorted, distinct `wanted` that lies in one shard: wanted[begin:end] are that shard's
+        rows first, first + 1, ..."""
+        if not len(wanted):
+            return []
+        shard_of = torch.searchsorted(self.starts, wanted, right=True) - 1
+        breaks = ((wanted[1:] - wanted[:-1] != 1) | (shard_of[1:] != shard_of[:-1])
+                  ).nonzero().reshape(-1) + 1
+        begins = [0, *breaks.tolist()]
+        ends = [*begins[1:], len(wanted)]
+        return [(b, e, int(shard_of[b]), int(wanted[b] - self.starts[shard_of[b]]))
+                for b, e in zip(begins, ends)]
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:

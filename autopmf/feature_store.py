@@ -3,7 +3,7 @@
 The streams entering a slot depend only on (encoders, image size, text length, slot, storage
 dtype, data), so on disk they are kept under the cache directory keyed by a fingerprint of
 exactly those, and shared across epochs, runs and the search. `mode` (--feature-cache):
-  disk    memory-mapped shards (feature_shards.py), built in one streaming pass and resumed
+  disk    shards read per batch (feature_shards.py), built in one streaming pass and resumed
           from the finished shards if a build was killed; never read before it is complete;
   memory  built the same way, kept in memory for this command only;
   off     no cache: the frozen prefix is recomputed every batch (live_features.py);
@@ -77,7 +77,7 @@ def feature_caches(space: SearchSpace, dataset: Dataset, backbone: FrozenBackbon
     caches = open_cache(folder, slot) if mode == "disk" else None
     if caches is not None:
         announce_cache(False, slot, caches, time.perf_counter() - started,
-                       f"from {folder} ({_dtype_name(dtype)}, memory-mapped)")
+                       f"from {folder} ({_dtype_name(dtype)}, read per batch)")
         return caches
     encoded = {name: encode_split(split, backbone, space)  # texts tokenised once
                for name, split in dataset.splits().items()}
@@ -97,12 +97,12 @@ def feature_caches(space: SearchSpace, dataset: Dataset, backbone: FrozenBackbon
     caches = open_cache(folder, slot)
     assert caches is not None, "a finished cache must open"
     announce_cache(True, slot, caches, time.perf_counter() - started,
-                   f"saved to {folder} ({_dtype_name(dtype)}, memory-mapped)")
+                   f"saved to {folder} ({_dtype_name(dtype)}, read per batch)")
     return caches
 
 
 def open_cache(folder: Path, slot: int) -> dict[str, FeatureCache] | None:
-    """The finished cache in `folder` (memory-mapped), or None if there is none (no manifest,
+    """The finished cache in `folder` (read per batch), or None if there is none (no manifest,
     or a shard it lists is gone)."""
     manifest = read_manifest(folder)
     if manifest is None or manifest.get("format") != CACHE_FORMAT:

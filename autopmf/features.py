@@ -4,7 +4,7 @@
 Below the first fused slot the model is a pure function of the input, so `FeatureCache`
 computes the two residual streams at a given slot once (image streams once per distinct
 image) and training starts every step from there. A cache's streams are tensors in memory or
-memory-mapped shards on disk (feature_shards.RowStore), stored in the training precision and
+shards on disk read per batch (feature_shards.RowStore), stored in the training precision and
 handed out as float32.
 """
 
@@ -157,7 +157,7 @@ def advance_feature_cache(cache: FeatureCache, backbone: FrozenBackbone, slot: i
     if getattr(cache, "live", False):
         return cache.at_slot(slot).sample(torch.arange(len(cache)))
 
-    # The cache stays where it is (host memory, or mapped from disk); each batch runs on
+    # The cache stays where it is (host memory, or on disk); each batch runs on
     # the backbone's device and comes back.
     device = next(backbone.parameters()).device
 

@@ -89,7 +89,7 @@ def test_on_disk_images_stream_into_a_disk_cache_equal_to_the_in_memory_one(
         got, want = on_disk[name].streams(rows), expected.streams(rows)
         assert torch.equal(got.text, want.text) and torch.equal(got.image, want.image)
         assert torch.equal(on_disk[name].labels, expected.labels)
-    # A second run reads the finished cache, memory-mapped, without building.
+    # A second run reads the finished cache, per batch, without building.
     again = feature_caches(space, dataset, backbone, 1, mode="disk")
     assert torch.equal(again["val"].streams(torch.arange(3)).image,
                        on_disk["val"].streams(torch.arange(3)).image)
