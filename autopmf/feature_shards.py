@@ -239,25 +239,34 @@ class RowStore:
         rows = self._global(index)
         flat = rows.reshape(-1)
         wanted, inverse = torch.unique(flat, sorted=True, return_inverse=True)
-        out = torch.empty((len(wanted), *self.shape[1:]), dtype=self.dtype)
-        for begin, end, shard, first in self._runs(wanted):
+        if len(wanted) == len(flat):  # distinct rows: each read straight to its place
+            out = torch.empty((len(flat), *self.shape[1:]), dtype=self.dtype)
+            place = torch.empty_like(inverse)
+            place[inverse] = torch.arange(len(flat))  # wanted[k] goes to out[place[k]]
+        else:  # repeated rows: each read once, then copied where asked for
+            out = torch.empty((len(wanted), *self.shape[1:]), dtype=self.dtype)
+            place = torch.arange(len(wanted))
+        for begin, end, shard, first in self._runs(wanted, place):
             self.shards[shard].read_into(out[begin:end], first)
-        if len(wanted) != len(flat) or not bool((inverse == torch.arange(len(flat))).all()):
-            out = out[inverse]  # repeated or unsorted rows: each where it was asked for
+        if len(wanted) != len(flat):
+            out = out[inverse]
         return out.reshape(*rows.shape, *self.shape[1:])
 
-    def _runs(self, wanted: torch.Tensor) -> list[tuple[int, int, int, int]]:
-        """(begin, end, shard, first row in the shard) for each run of consecutive rows of the
-        sorted, distinct `wanted` that lies in one shard: wanted[begin:end] are that shard's
-        rows first, first + 1, ..."""
+    def _runs(self, wanted: torch.Tensor, place: torch.Tensor
+              ) -> list[tuple[int, int, int, int]]:
+        """(begin, end, shard, first) for each run of the sorted, distinct rows `wanted` that
+        lie in one shard and go to consecutive places: rows first, first + 1, ... of that
+        shard go to out[begin:end]."""
         if not len(wanted):
             return []
         shard_of = torch.searchsorted(self.starts, wanted, right=True) - 1
-        breaks = ((wanted[1:] - wanted[:-1] != 1) | (shard_of[1:] != shard_of[:-1])
-                  ).nonzero().reshape(-1) + 1
+        breaks = ((wanted[1:] - wanted[:-1] != 1) | (place[1:] - place[:-1] != 1)
+                  | (shard_of[1:] != shard_of[:-1])).nonzero().reshape(-1) + 1
         begins = [0, *breaks.tolist()]
         ends = [*begins[1:], len(wanted)]
-        return [(b, e, int(shard_of[b]), int(wanted[b] - self.starts[shard_of[b]]))
+        firsts = (wanted - self.starts[shard_of]).tolist()
+        places, shards = place.tolist(), shard_of.tolist()
+        return [(places[b], places[b] + e - b, shards[b], firsts[b])
                 for b, e in zip(begins, ends)]
 
 

@@ -36,6 +36,7 @@ INDEXES = {
     "random": torch.randperm(19, generator=torch.Generator().manual_seed(1))[:11],
     "repeated": torch.tensor([3, 3, 18, 3, 7, 7]),
     "unsorted across shards": torch.tensor([18, 0, 13, 6, 7, 14, 1]),
+    "reversed": torch.arange(18, -1, -1),
     "2-D": torch.tensor([[0, 6, 7], [13, 14, 2]]),
     "empty": torch.tensor([], dtype=torch.long),
     "mask": torch.arange(19) % 3 == 0,
