@@ -26,6 +26,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scale import rss_split  # noqa: E402
 
 from autopmf.feature_shards import RowStore, open_shard, write_shard  # noqa: E402
 
@@ -48,15 +51,6 @@ def drop_from_page_cache(path: Path) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-
-
-def rss_kib() -> dict[str, int]:
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("RssAnon", "RssFile"):
-            fields[name] = int(value.split()[0])
-    return fields
 
 
 def median_ms(gather, draws: int, rows: int, batch: int, cold=None) -> float:
@@ -112,12 +106,12 @@ def main() -> None:
         holder.pop("rows")
         for name, gather in (("read", store.__getitem__),
                              ("mmap", lambda i, m=mapped_rows(path): m[i])):
-            before = rss_kib()
+            before = rss_split(os.getpid())
             for batch in torch.randperm(rows).split(args.batch):
                 gather(batch)
-            after = rss_kib()
+            after = rss_split(os.getpid())
             result[f"rss_file_growth_mib_{name}"] = round(
-                (after["RssFile"] - before["RssFile"]) / 1024, 1)
+                (after["RssFile"] - before["RssFile"]) / MIB, 1)
         print(json.dumps(result, indent=1))
 
 

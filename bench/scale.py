@@ -10,7 +10,10 @@ fresh folder. Measured per run:
 
 * peak RSS: the summed resident memory of the search process and all its children (DataLoader
   workers), sampled every 0.5 s; PSS (shared pages split among the processes that share them)
-  beside it, as a sum of RSS counts pages shared by forked workers once per worker;
+  beside it, as a sum of RSS counts pages shared by forked workers once per worker; and the
+  RSS split in two (/proc/PID/status, summed the same way, each its own peak): anonymous
+  (RssAnon: tensors, heaps) and file-backed (RssFile: mapped files, such as libraries and any
+  memory-mapped cache shards);
 * cache size: the bytes of every file under AUTOPMF_CACHE once the run ends (the encoder
   weights and memory profiles, linked in from the usual cache, are not counted);
 * images/s: all images of the dataset over the run's `seconds.feature_cache` (data loading and
@@ -55,13 +58,14 @@ SEARCH_ARGS = ("--epochs", "1", "--warmup-epochs", "0", "--trials", "4", "--popu
 
 
 class TreeSampler(threading.Thread):
-    """Peak summed RSS and PSS of a process and its descendants; kills the process group when
-    the RSS sum passes `cap_bytes`."""
+    """Peak summed RSS, PSS, anonymous and file-backed RSS of a process and its descendants;
+    kills the process group when the RSS sum passes `cap_bytes`."""
 
     def __init__(self, pid: int, cap_bytes: float):
         super().__init__(daemon=True)
         self.pid, self.cap_bytes = pid, cap_bytes
         self.peak_rss = self.peak_pss = self.peak_processes = 0
+        self.peak_anon = self.peak_file = 0
         self.capped = False
         self._done = threading.Event()
 
@@ -72,14 +76,17 @@ class TreeSampler(threading.Thread):
                 procs = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 return
-            rss = pss = 0
+            rss = pss = anon = file = 0
             for proc in procs:
                 try:
                     info = proc.memory_full_info()
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    split = rss_split(proc.pid)
+                except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
                     continue
                 rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
+                anon, file = anon + split["RssAnon"], file + split["RssFile"]
             self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            self.peak_anon, self.peak_file = max(self.peak_anon, anon), max(self.peak_file, file)
             self.peak_processes = max(self.peak_processes, len(procs))
             if rss > self.cap_bytes:
                 self.capped = True
@@ -89,6 +96,18 @@ class TreeSampler(threading.Thread):
     def stop(self) -> None:
         self._done.set()
         self.join()
+
+
+def rss_split(pid: int) -> dict[str, int]:
+    """A process's anonymous and file-backed resident bytes (RssAnon, RssFile; 0 where
+    /proc/PID/status lacks them)."""
+    split = {"RssAnon": 0, "RssFile": 0}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name in split:
+                split[name] = int(value.split()[0]) * 1024  # kB
+    return split
 
 
 def child_env(repo: Path, cache: Path, threads: int) -> dict[str, str]:
@@ -155,6 +174,8 @@ def run_one(repo: Path, images: int, work: Path, threads: int, cap_gib: float,
                       else "ok" if proc.returncode == 0 else "failed"),
            "peak_rss_gib": round(sampler.peak_rss / GIB, 3),
            "peak_pss_gib": round(sampler.peak_pss / GIB, 3),
+           "peak_rss_anon_gib": round(sampler.peak_anon / GIB, 3),
+           "peak_rss_file_gib": round(sampler.peak_file / GIB, 3),
            "processes": sampler.peak_processes,
            "cache_bytes": cache_bytes, "cache_gib": round(cache_bytes / GIB, 3),
            "wall_seconds": round(time.perf_counter() - started, 1),
@@ -171,7 +192,8 @@ def run_one(repo: Path, images: int, work: Path, threads: int, cap_gib: float,
     return row
 
 
-LIST_KEYS = ("images", "peak_rss_gib", "cache_gib", "images_per_s", "seconds_per_supernet_epoch")
+LIST_KEYS = ("images", "peak_rss_gib", "peak_rss_anon_gib", "peak_rss_file_gib", "cache_gib",
+             "images_per_s", "seconds_per_supernet_epoch")
 
 
 def record(path: Path, rows: list[dict], baseline: bool, repo: Path, threads: int,

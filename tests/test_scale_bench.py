@@ -30,7 +30,9 @@ def test_a_tiny_run_records_every_figure(tmp_path):
     row = run_one(ROOT, 60, tmp_path, threads=1, cap_gib=8, timeout_min=5, space="tiny")
     assert row["status"] == "ok", row.get("stderr_tail")
     assert row["images"] == 60
-    for key in ("peak_rss_gib", "peak_pss_gib", "cache_bytes", "images_per_s",
-                "seconds_per_supernet_epoch"):
+    for key in ("peak_rss_gib", "peak_pss_gib", "peak_rss_anon_gib", "peak_rss_file_gib",
+                "cache_bytes", "images_per_s", "seconds_per_supernet_epoch"):
         assert row[key] > 0, key
     assert row["peak_rss_gib"] < 8
+    # Each part's peak is at most the whole's (read a moment apart: a little slack).
+    assert max(row["peak_rss_anon_gib"], row["peak_rss_file_gib"]) <= row["peak_rss_gib"] + 0.05
