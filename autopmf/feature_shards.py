@@ -170,8 +170,9 @@ def open_shard(path: Path) -> Shard:
 class Shard:
     """One shard file's rows [rows, *row_shape], read by positional reads (`os.preadv`) from
     a descriptor opened on first use and closed with the object. A positional read moves no
-    file offset, so processes forked after it opened (DataLoader workers) share it safely; a
-    pickled copy (spawned workers) leaves it behind and opens its own."""
+    file offset, so processes forked after it opened (DataLoader workers, were a cache ever
+    read in them: today none is) share it safely; a pickled copy (spawned workers) leaves it
+    behind and opens its own."""
 
     def __init__(self, path: Path, dtype: torch.dtype, shape: tuple[int, ...], offset: int):
         self.path, self.dtype, self.shape, self.offset = path, dtype, shape, offset
