@@ -83,8 +83,24 @@ def fit_logistic(x: torch.Tensor, labels: torch.Tensor, num_classes: int, c: flo
     return weight.detach(), bias.detach()
 
 
+# A feature is never scaled up by more than 1 / (STD_FLOOR * the median feature's spread).
+# Why: some [CLS] dimensions of a fused model vary across examples only by float rounding
+# (std 1e-7 against a median of 0.1 on the demo task). Standardised at their own std, that
+# noise becomes unit-variance input the probe fits, and folded back into raw space its weight
+# is ~1e7: heads loaded from such a probe (`--head-init probe`) had a text weight of norm
+# 3e7 that turned every later change of those dimensions into huge logits.
+STD_FLOOR = 1e-3
+
+
+def feature_scale(train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) per feature of the training split, the std floored (see STD_FLOOR)."""
+    std = train_x.std(0)
+    floor = max(1e-8, STD_FLOOR * float(std.median())) if std.numel() else 1e-8
+    return train_x.mean(0), std.clamp_min(floor)
+
+
 def standardiser(train_x: torch.Tensor):
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-8)
+    mean, std = feature_scale(train_x)
     return lambda x: (x - mean) / std
 
 
@@ -107,7 +123,7 @@ def select_probe(train_x: torch.Tensor, train_labels: torch.Tensor, val_x: torch
                  c_grid: Sequence[float] = C_GRID) -> Probe:
     """Fit on standardised train features for each C; keep the best on val (first on ties)."""
     train_x, val_x = train_x.double(), val_x.double()
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-8)
+    mean, std = feature_scale(train_x)
     best = None
     for c in c_grid:
         weight, bias = fit_logistic((train_x - mean) / std, train_labels, num_classes, c)

@@ -8,7 +8,8 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from autopmf.baselines import (ClsFeatures, fit_logistic, frozen_feature_baselines,
-                               late_fusion_verdict, linear_probe, standardiser)
+                               late_fusion_verdict, linear_probe, select_probe,
+                               standardiser)
 from autopmf.build import build_backbone
 from autopmf.data.registry import load_dataset
 from autopmf.features import build_feature_cache, encode_split
@@ -96,3 +97,16 @@ def test_verdict_says_whether_fusion_beats_late_fusion():
     baselines = {"late_fusion": {"val": 0.80, "test": 0.79}}
     assert "beats late fusion" in late_fusion_verdict(0.85, baselines)
     assert late_fusion_verdict(0.75, baselines).startswith("note: the fused model does not")
+
+
+def test_a_feature_that_varies_only_by_rounding_gets_no_giant_weight():
+    # Column 2 varies by 1e-7 (float noise beside the others' ~1): standardised at its own std
+    # it would be unit-variance noise, and its raw-space weight would be ~1e7.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 3, generator=g, dtype=torch.float64)
+    y = (x[:, 0] > 0).long()
+    x[:, 2] = 5.0 + 1e-7 * torch.randn(400, generator=g, dtype=torch.float64)
+    probe = select_probe(x[:300], y[:300], x[300:], y[300:], 2, "accuracy")
+    assert probe.val >= 0.9  # the real signal is still read
+    assert probe.weight[:, 2].abs().max() < 1e3  # at most 1 / (1e-3 * median std) amplified
+    assert probe.weight[:, 0].abs().max() > 1.0
