@@ -575,7 +575,11 @@ def check_settings(args) -> None:
         if isinstance(value, str) and not value.strip():
             raise AutopmfError(f"--{option} is empty (an unset shell variable?); name the run "
                                f"folder, e.g. --{option} runs/x")
-    ranges = {"epochs": (1, None), "retrain_epochs": (1, None), "batch_size": (1, None),
+    # A supernet may train for no epoch: its subnets are then scored as initialised (with
+    # --inherited-score probe, a zero-cost proxy; BENCHMARKS.md measures how well it ranks).
+    supernet_epochs = getattr(args, "command", None) in ("search", "supernet", "demo")
+    ranges = {"epochs": (0 if supernet_epochs else 1, None), "retrain_epochs": (1, None),
+              "batch_size": (1, None),
               "trials": (1, None), "population": (1, None), "threads": (1, None),
               "warmup_epochs": (0, None), "seed": (0, MAX_SEED), "data_seed": (0, MAX_SEED)}
     for name, (low, high) in ranges.items():

@@ -421,3 +421,50 @@ def test_reference_scores_use_a_fixed_subset_of_the_validation_split():
     assert torch.equal(picked.labels, val.labels[rows])
     assert reference_examples(val, small_config(reference_val_examples=None)) is val
     assert reference_examples(val, small_config(reference_val_examples=50)) is val
+
+
+def test_a_supernet_of_zero_epochs_is_the_initialised_one_with_fitted_heads(tmp_path,
+                                                                           cache_dir):
+    """--epochs 0 (search, supernet, demo): subnets are scored as initialised, so the saved
+    prompts and mappings are exactly those of the initialisation; only the shared heads are
+    fitted (as before the first epoch of a trained supernet)."""
+    space = tiny_space()
+    run = train_supernet(space, DATA, tmp_path / "zero", small_config(epochs=0))
+    assert run.metrics["history"] == []
+    saved = load_tensors(tmp_path / "zero" / "supernet.safetensors")
+
+    one = train_supernet(space, DATA, tmp_path / "one", small_config(epochs=1))
+    trained = load_tensors(tmp_path / "one" / "supernet.safetensors")
+    # The same initialisation (same seed), and the 1-epoch supernet moved away from it.
+    from autopmf.build import initialise_fusion
+    from autopmf.data.registry import load_dataset
+    from autopmf.feature_store import feature_caches
+    backbone = build_backbone(space)
+    torch.manual_seed(0)  # as supernet_of_run seeds it
+    fresh = Supernet(space, backbone, 2)
+    dataset = load_dataset(DATA, seed=0, image_size=space.image_size)
+    caches = feature_caches(space, dataset, fresh.backbone, fresh.lowest_fusable_slot)
+    initialise_fusion({int(j): s for j, s in fresh.fusion.items()}, fresh.backbone,
+                      caches["train"], "paper", 0)
+    initial = fresh.trainable_state_dict()
+    fusion = [k for k in saved if not k.startswith("heads.")]
+    assert fusion and saved.keys() == initial.keys()
+    for k in fusion:
+        assert torch.equal(saved[k], initial[k]), k
+    assert any(not torch.equal(trained[k], initial[k]) for k in fusion)
+    heads = [k for k in saved if k.startswith("heads.") and k.endswith("weight")]
+    assert heads and all(not torch.equal(saved[k], initial[k]) for k in heads)  # fitted
+
+
+def test_cli_allows_zero_supernet_epochs_but_not_zero_training_epochs(tmp_path, cache_dir,
+                                                                      capsys):
+    from autopmf.cli import main
+
+    out = tmp_path / "search"
+    assert main(["search", "--space", "tiny", "--data", DATA, "--out", str(out), "--epochs",
+                 "0", "--trials", "2", "--population", "2", "--budget-gb", "10", "--batch-size",
+                 "16", "--threads", "1", "--quiet"]) == 0
+    assert (out / "best_arch.yaml").exists()
+    assert main(["train", "--space", "tiny", "--data", DATA, "--arch", str(out / "best_arch.yaml"),
+                 "--out", str(tmp_path / "t"), "--epochs", "0", "--quiet"]) == 2
+    assert "--epochs must be at least 1" in capsys.readouterr().err
