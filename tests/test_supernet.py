@@ -433,7 +433,7 @@ def test_a_supernet_of_zero_epochs_is_the_initialised_one_with_fitted_heads(tmp_
     assert run.metrics["history"] == []
     saved = load_tensors(tmp_path / "zero" / "supernet.safetensors")
 
-    one = train_supernet(space, DATA, tmp_path / "one", small_config(epochs=1))
+    train_supernet(space, DATA, tmp_path / "one", small_config(epochs=1))
     trained = load_tensors(tmp_path / "one" / "supernet.safetensors")
     # The same initialisation (same seed), and the 1-epoch supernet moved away from it.
     from autopmf.build import initialise_fusion
