@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "search_quality.json")
     parser.add_argument("--epochs", type=int, default=6, help="retrain epochs (all designs)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="retrain learning rate")
     parser.add_argument("--jobs", type=int, default=2, help="retrains run side by side")
     parser.add_argument("--seeds", type=int, default=1,
                         help="retrain each design with seeds 0..N-1 (on the search's data "
@@ -100,7 +101,8 @@ def main() -> None:
     studies = [study(run, args) for run in args.runs]
     strategies = {"evolution": "search", "random": "random", "reference": "reference"}
     result = {"budget_gb": studies[0]["budget_gb"], "trials": studies[0]["trials"],
-              "epochs": args.epochs, "search_seeds": len(studies), "retrain_seeds": args.seeds,
+              "epochs": args.epochs, "lr": args.lr, "search_seeds": len(studies),
+              "retrain_seeds": args.seeds,
               "data": studies[0]["data"],
               "feasible_designs": feasible_designs(studies[0]["space"], studies[0]["budget_gb"]),
               "strategies": {}}
@@ -140,13 +142,15 @@ def study(search_run: Path, args) -> dict:
              "--precision", supernet["precision"],
              "--prompt-init", supernet.get("prompt_init", "paper"),
              "--supernet-scope", "budget" if supernet.get("budget_gb") else "full",
+             "--inherited-score", config.get("inherited_score", "heads"),
              "--supernet-from", str(search_run), "--out", str(random_run), "--quiet",
              "--resume"])
     from autopmf.space import load_space
 
     space = load_space(space_name)
     reference, reference_gb, reference_arch = reference_that_fits(space, budget)
-    common = ["--epochs", str(args.epochs), "--threads", "1", "--quiet", "--no-baselines",
+    common = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--threads", "1", "--quiet",
+              "--no-baselines",
               "--prompt-init", supernet.get("prompt_init", "paper"),
               "--resume", "--data-seed", str(config["seed"])]
     designs = {
