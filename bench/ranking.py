@@ -9,6 +9,7 @@ over designs. A supernet can rank designs no better than the seeds agree.
 
     python bench/ranking.py                          # demo task, 10 designs x 3 seeds, 1 epoch
     python bench/ranking.py --epochs 2 --head-init paper --out /tmp/ranking-paper.json
+    python bench/ranking.py --epochs 2 --lr 3e-4 --threads 1 --jobs 2   # both cores
 
 Encoders, data and the frozen-feature caches load once for all trainings. Each finished
 training is appended to a log beside the result (`NAME.runs.jsonl`), so an interrupted
@@ -23,6 +24,7 @@ import datetime
 import json
 import math
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -100,6 +102,10 @@ def main() -> None:
     parser.add_argument("--plateau", type=float, default=0.70,
                         help="the val score a trained run must reach (after epoch 1 or later, "
                         "the fitted-heads start not counted) to count as past the plateau")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="trainings side by side, in as many processes (each with "
+                        "--threads threads); the designs are split between them by cost")
+    parser.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "bench/results/ranking.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -107,6 +113,8 @@ def main() -> None:
 
     space = load_space(args.space)
     designs = [d.strip() for d in args.designs.split(",") if d.strip()]
+    if args.jobs > 1:
+        run_side_by_side(args, space, designs)  # they fill the log; what is left runs here
     dataset = load_dataset(args.data, seed=args.data_seed, image_size=space.image_size)
     backbone = build_backbone(space)
     num_classes = len(dataset.label_names)
@@ -137,6 +145,8 @@ def main() -> None:
             print(f"seed {seed} {design:>16}: val {record['val']:.4f} test "
                   f"{record['test']:.4f} ({record['seconds']:.0f} s)", flush=True)
 
+    if args.no_summary:
+        return
     table = [[done[d, s]["val"] for s in range(args.seeds)] for d in designs]
     summary = summarize_designs(table)
     rows = [{"design": d, "arch_description": describe_arch(archs[d], space.fusable_slots),
@@ -164,11 +174,39 @@ def main() -> None:
               # sum(train_seconds) is the training time behind every number.
               "minutes": (time.perf_counter() - started) / 60,
               "train_minutes": sum(sum(r["train_seconds"]) for r in rows) / 60,
-              "threads": args.threads, "machine": f"{platform.machine()}, "
+              "threads": args.threads, "jobs": args.jobs, "machine": f"{platform.machine()}, "
               f"{torch.get_num_threads()} torch threads", "date": str(datetime.date.today()),
               "per_design": rows}
     out.write_text(json.dumps(finite_or_null(result), indent=1) + "\n")
     print_table(result)
+
+
+def design_cost(space, spec: str) -> int:
+    """A training's relative cost: the slots it computes (from its first fused slot up) plus
+    its fused slots (each runs its layers twice more: query and fusion stages)."""
+    fused = space.fused_slots(parse_design(space, spec))
+    return len([j for j in space.fusable_slots if j >= min(fused)]) + len(fused)
+
+
+def run_side_by_side(args, space, designs: list[str]) -> None:
+    """Split the designs into --jobs groups of about equal cost (largest first, each to the
+    cheapest group so far) and train each group in its own process, all appending to the
+    same log (one short line per write). Returns when every process has ended."""
+    groups: list[list[str]] = [[] for _ in range(args.jobs)]
+    for spec in sorted(designs, key=lambda d: -design_cost(space, d)):
+        min(groups, key=lambda g: sum(design_cost(space, d) for d in g)).append(spec)
+    children = []
+    for group in filter(None, groups):
+        argv = [sys.executable, str(Path(__file__).resolve()), "--designs", ",".join(group),
+                "--jobs", "1", "--no-summary", "--out", args.out]
+        for name in ("space", "data", "epochs", "seeds", "prompt_init", "head_init", "lr",
+                     "head_lr_scale", "data_seed", "threads"):
+            argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+        children.append(subprocess.Popen(argv))
+    failed = [c.args for c in children if c.wait() != 0]
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(children)} training processes failed; rerun "
+                         "the same command to continue where they stopped")
 
 
 def train_once(space, arch, backbone, slots, num_classes, metric, seed, args) -> dict:
