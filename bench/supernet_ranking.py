@@ -9,6 +9,7 @@ retraining: the standalone side is the yardstick's, already measured.
 
     python bench/supernet_ranking.py --supernet RUN --variant "sandwich, 6 epochs"
     python bench/supernet_ranking.py --untrained --variant "untrained supernet"
+    python bench/supernet_ranking.py --restate --ranking NEW.json   # stored scores, new yardstick
 
 RUN is an `autopmf supernet --out RUN` (or search) folder trained on the yardstick's data
 and data seed. `--untrained` scores a freshly initialised supernet instead (the zero-training
@@ -59,6 +60,37 @@ def agreement(inherited: list[float], standalone: list[float]) -> dict:
             "regret": regret(inherited, standalone)}
 
 
+def restate(out: Path, ranking: Path) -> None:
+    """Compare each variant's stored inherited scores with another yardstick of the same
+    designs (in the same order): its agreement fields, standalone means and epochs are
+    replaced; the inherited scores are kept as they were measured."""
+    yardstick = json.loads(ranking.read_text())
+    designs = [row["design"] for row in yardstick["per_design"]]
+    standalone = [row["val_mean"] for row in yardstick["per_design"]]
+    results = json.loads(out.read_text())
+    for entry in results["variants"]:
+        if entry.get("design_names", designs) != designs or entry["designs"] != len(designs):
+            raise SystemExit(f"{entry['variant']!r} scored other designs than {ranking}")
+        entry.update(standalone=standalone, standalone_epochs=yardstick["epochs"],
+                     seeds=yardstick["seeds"], yardstick=yardstick_name(yardstick))
+        for scoring, result in entry["by_scoring"].items():
+            result.update(agreement(result["inherited"], standalone))
+        entry.update({k: entry["by_scoring"][entry["scoring"]][k]
+                      for k in ("kendall_tau", "kendall_tau_ci", "spearman_rho", "regret")})
+        print(f"{entry['variant']}: tau {entry['kendall_tau']:.3f} "
+              f"[{entry['kendall_tau_ci'][0]:.3f}, {entry['kendall_tau_ci'][1]:.3f}]")
+        if entry["variant"] == results.get("variant"):
+            results.update({k: entry[k] for k in ("seeds", "kendall_tau", "kendall_tau_ci",
+                                                  "spearman_rho", "regret")})
+    out.write_text(json.dumps(json.loads(json.dumps(results, default=float),
+                                         parse_constant=lambda c: None), indent=1) + "\n")
+
+
+def yardstick_name(yardstick: dict) -> str:
+    return (f"{yardstick['designs']} designs x {yardstick['seeds']} seeds, "
+            f"{yardstick['epochs']} epochs at lr {yardstick.get('lr', 3e-3):g}")
+
+
 def load_supernet(args, yardstick: dict):
     """(space, data spec, seed, supernet): trained from RUN, or fresh (`--untrained`)."""
     if args.untrained:
@@ -88,7 +120,10 @@ def main() -> None:
     source.add_argument("--supernet", help="a run folder holding a trained supernet")
     source.add_argument("--untrained", action="store_true",
                         help="score a freshly initialised supernet")
-    parser.add_argument("--variant", required=True, help="this supernet's name in the table")
+    source.add_argument("--restate", action="store_true",
+                        help="score nothing: compare every variant's stored inherited scores "
+                        "with the --ranking yardstick's (a new yardstick, same designs)")
+    parser.add_argument("--variant", help="this supernet's name in the table")
     parser.add_argument("--seed", type=int, default=0, help="with --untrained: its seed")
     parser.add_argument("--ranking", default=str(ROOT / "bench/results/ranking.json"),
                         help="the yardstick's result file (bench/ranking.py)")
@@ -100,6 +135,10 @@ def main() -> None:
                         "top of the results file")
     parser.add_argument("--out", default=str(ROOT / "bench/results/validate.json"))
     args = parser.parse_args()
+    if args.restate:
+        return restate(Path(args.out), Path(args.ranking))
+    if not args.variant:
+        parser.error("--variant is required with --supernet or --untrained")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
@@ -118,7 +157,8 @@ def main() -> None:
     entry = {"variant": args.variant, "supernet": args.supernet or "untrained",
              "task": yardstick["task"], "designs": len(designs),
              "seeds": yardstick["seeds"], "standalone_epochs": yardstick["epochs"],
-             "standalone": standalone, "by_scoring": {}}
+             "standalone": standalone, "design_names": designs,
+             "yardstick": yardstick_name(yardstick), "by_scoring": {}}
     scorings = [s for s in args.scorings.split(",") if s]
     for scoring in scorings:
         scorer = InheritedScorer(supernet, train, val, cfg, dataset.metric, num_classes,
