@@ -181,6 +181,10 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     if cfg.inherited_score not in INHERITED_SCORINGS:
         raise AutopmfError(f"--inherited-score {cfg.inherited_score!r}: use "
                            f"{' or '.join(INHERITED_SCORINGS)}")
+    if cfg.supernet.epochs == 0 and cfg.inherited_score == "heads":
+        raise AutopmfError("--inherited-score heads reads the supernet's shared heads, which "
+                           "an untrained supernet (--epochs 0) does not fit; use "
+                           "--inherited-score probe, or train it (--epochs 1 or more)")
     out = Path(out)
     identity = _run_identity(space, data_spec, cfg)
     claim = claim_run_dir(out, identity, resume=resume, force=force, what="search",

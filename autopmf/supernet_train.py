@@ -187,7 +187,10 @@ class SupernetSteps(LoopHooks):
     arch: dict | None = None  # the subnet of the current step
 
     def start(self) -> None:
-        if self.cfg.head_init == "probe":
+        # An untrained supernet (no epochs) is scored with a probe per candidate; shared heads
+        # that no step will train would cost minutes for nothing (the search refuses
+        # heads-scoring of such a supernet).
+        if self.cfg.head_init == "probe" and self.cfg.epochs > 0:
             fit_shared_heads(self.supernet, shared_head_subnets(self.sampler), self.train,
                              self.reference_val, self.cfg, self.num_classes, self.metric)
 
