@@ -199,9 +199,11 @@ def run_side_by_side(args, space, designs: list[str]) -> None:
     for group in filter(None, groups):
         argv = [sys.executable, str(Path(__file__).resolve()), "--designs", ",".join(group),
                 "--jobs", "1", "--no-summary", "--out", args.out]
-        for name in ("space", "data", "epochs", "seeds", "prompt_init", "head_init", "lr",
-                     "head_lr_scale", "data_seed", "threads"):
-            argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+        # The settings that key the log (so the children's records count here), plus these.
+        settings = {**settings_key(args), "seeds": args.seeds,
+                    "head_lr_scale": args.head_lr_scale}
+        for name, value in settings.items():
+            argv += [f"--{name.replace('_', '-')}", str(value)]
         children.append(subprocess.Popen(argv))
     failed = [c.args for c in children if c.wait() != 0]
     if failed:
