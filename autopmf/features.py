@@ -11,6 +11,7 @@ handed out as float32.
 from __future__ import annotations
 
 import functools
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -110,11 +111,11 @@ class FeatureCache:
                        self.image[self.image_index[rows]].to(device, torch.float32))
 
     def subset(self, rows: torch.Tensor) -> "FeatureCache":
-        """These examples only (their images stay shared, indexed as before; rows of a
-        store on disk stay there)."""
-        text = self.text.subset(rows) if hasattr(self.text, "subset") else self.text[rows]
-        return FeatureCache(self.slot, text, self.text_mask[rows], self.image,
-                            self.image_index[rows], self.labels[rows])
+        """These examples and their distinct images only (rows of a store on disk stay
+        there), so that advancing a subset runs the frozen slots on its own images alone."""
+        images, image_index = self.image_index[rows].unique(return_inverse=True)
+        return FeatureCache(self.slot, _rows(self.text, rows), self.text_mask[rows],
+                            _rows(self.image, images), image_index, self.labels[rows])
 
     def sample(self, rows: torch.Tensor, device: torch.device | str = "cpu") -> "FeatureCache":
         """These examples and their distinct images in memory (float32, on `device`)."""
@@ -123,6 +124,11 @@ class FeatureCache:
                             self.text_mask[rows].to(device),
                             self.image[images].to(device, torch.float32), image_index.to(device),
                             self.labels[rows])
+
+
+def _rows(t, rows: torch.Tensor):
+    """Those rows of a tensor (a copy), or of a RowStore (a view that reads nothing)."""
+    return t.subset(rows) if hasattr(t, "subset") else t[rows]
 
 
 def _nbytes(t) -> int:
@@ -176,18 +182,41 @@ def advance_feature_cache(cache: FeatureCache, backbone: FrozenBackbone, slot: i
     return FeatureCache(slot, text, cache.text_mask, image, cache.image_index, cache.labels)
 
 
+class RamBudget:
+    """Bytes of advanced slot streams that the SlotCaches sharing it may hold in RAM
+    together (one budget per run bounds its memory whatever the dataset's size). A
+    SlotCaches gives its bytes back when it is dropped."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.used = 0
+
+    def take(self, nbytes: int) -> bool:
+        if self.used + nbytes > self.max_bytes:
+            return False
+        self.used += nbytes
+        return True
+
+    def give_back(self, nbytes: int) -> None:
+        self.used -= nbytes
+
+
+DEFAULT_SLOT_BYTES = 2 * 2**30
+
+
 class SlotCaches:
     """Streams of one split entering each slot, built on demand from the lowest one.
 
     A subnet whose first fused slot is s starts from the streams entering s, so the frozen
-    slots below it are never run again. Higher slots are kept only while the total stays
-    under `max_bytes`; past that, a subnet starts from the highest kept slot below its own
-    first fused slot (still correct: those slots then run without autograd)."""
+    slots below it are never run again. Higher slots are kept in RAM (float32) only while
+    `budget` (bytes, or a RamBudget shared with other SlotCaches) has room; past that, a
+    subnet starts from the highest kept slot below its own first fused slot (still correct:
+    those slots then run without autograd)."""
 
     def __init__(self, lowest: FeatureCache, backbone: FrozenBackbone,
-                 max_bytes: int = 2 * 2**30):
+                 budget: int | RamBudget = DEFAULT_SLOT_BYTES):
         self.backbone = backbone
-        self.max_bytes = max_bytes
+        self.budget = budget if isinstance(budget, RamBudget) else RamBudget(budget)
         self._by_slot = {lowest.slot: lowest}
         self._live = getattr(lowest, "live", False)  # no cache: every slot costs nothing
 
@@ -199,10 +228,11 @@ class SlotCaches:
             lowest = self._by_slot[min(self._by_slot)]
             return self._by_slot.setdefault(slot, lowest.at_slot(slot))
         below = self._by_slot[max(s for s in self._by_slot if s < slot)]
-        used = sum(c.nbytes for c in self._by_slot.values())
         # An advanced cache is float32 in memory, whatever `below` is stored in (bf16: twice).
-        if used + below.nbytes * 4 // below.text.dtype.itemsize > self.max_bytes:
+        nbytes = below.nbytes * 4 // below.text.dtype.itemsize
+        if not self.budget.take(nbytes):
             return below
+        weakref.finalize(self, self.budget.give_back, nbytes)
         self._by_slot[slot] = advance_feature_cache(below, self.backbone, slot)
         return self._by_slot[slot]
 

@@ -55,17 +55,16 @@ def probe_sample(train: FeatureCache, n: int, seed: int) -> torch.Tensor:
 
 
 def probe_score(supernet: Supernet, arch: Mapping[str, int], train: SlotCaches,
-                val: SlotCaches, rows: torch.Tensor, cfg: TrainConfig, metric: str,
-                num_classes: int) -> float:
+                val: SlotCaches, cfg: TrainConfig, metric: str, num_classes: int) -> float:
     """The best linear probe's validation score on the subnet's own [CLS] pair, fitted on
-    the training examples `rows`."""
+    all of `train` (the probe's sample of training examples)."""
     start = first_slot(supernet, arch)
     supernet.eval()
 
     def features(cache, batch_rows):
         return supernet.features(cache.streams(batch_rows, cfg.device), cache.slot, arch)
 
-    train_cache = train.at(start).subset(rows)
+    train_cache = train.at(start)
     val_cache = val.at(start)
     probe = select_probe(cls_pairs(features, train_cache), train_cache.labels,
                          cls_pairs(features, val_cache), val_cache.labels, num_classes, metric)
@@ -78,7 +77,7 @@ class InheritedScorer:
     INHERITED_SCORINGS), each starting from cached streams at its first fused slot."""
 
     supernet: Supernet
-    train: SlotCaches
+    train_split: FeatureCache  # the training split at the lowest fusable slot
     val: SlotCaches
     cfg: TrainConfig
     metric: str
@@ -90,11 +89,14 @@ class InheritedScorer:
         if self.scoring not in INHERITED_SCORINGS:
             raise ValueError(f"inherited scoring {self.scoring!r} is not one of "
                              f"{INHERITED_SCORINGS}")
-        lowest = self.train.at(self.supernet.lowest_fusable_slot)
-        self.rows = probe_sample(lowest, self.probe_examples, self.cfg.seed)
+        self.rows = probe_sample(self.train_split, self.probe_examples, self.cfg.seed)
+        # Only the probe's sample is advanced to higher slots: its memory and time stay the
+        # same whatever the training split's size. It shares the validation's RAM budget.
+        self.train = SlotCaches(self.train_split.subset(self.rows), self.supernet.backbone,
+                                self.val.budget)
 
     def __call__(self, arch: Mapping[str, int]) -> float:
         if self.scoring == "heads":
             return heads_score(self.supernet, arch, self.val, self.cfg, self.metric)
-        return probe_score(self.supernet, arch, self.train, self.val, self.rows, self.cfg,
-                           self.metric, self.num_classes)
+        return probe_score(self.supernet, arch, self.train, self.val, self.cfg, self.metric,
+                           self.num_classes)

@@ -22,7 +22,6 @@ from autopmf.budget import Budget, device_kind
 from autopmf.choices import INHERITED_SCORINGS, STRATEGIES
 from autopmf.data.registry import load_dataset
 from autopmf.errors import AutopmfError
-from autopmf.features import SlotCaches
 from autopmf.inherited import InheritedScorer
 from autopmf.files import atomic_copy, atomic_write_json, load_tensors
 from autopmf.memory import GIB
@@ -208,9 +207,7 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     same_budget = cfg.supernet.budget_gb == cfg.budget_gb  # else the whole space, or another
     run = supernet_of_run(space, data_spec, out, cfg.supernet,
                           budget=budget if same_budget else None)
-    train_slots = SlotCaches(run.caches["train"], run.supernet.backbone,
-                             cfg.supernet.cache_max_bytes)
-    scorer = InheritedScorer(run.supernet, train_slots, run.val_slots, cfg.supernet,
+    scorer = InheritedScorer(run.supernet, run.caches["train"], run.val_slots, cfg.supernet,
                              run.metric, run.supernet.num_classes, cfg.inherited_score)
 
     log = SearchLog.start(out / LOG, resume)

@@ -25,7 +25,7 @@ from autopmf.data.registry import load_dataset
 from autopmf.distributed import init_distributed
 from autopmf.errors import AutopmfError
 from autopmf.feature_store import feature_caches
-from autopmf.features import FeatureCache, SlotCaches
+from autopmf.features import DEFAULT_SLOT_BYTES, FeatureCache, RamBudget, SlotCaches
 from autopmf.files import atomic_write_json, load_tensors, save_tensors
 from autopmf.head_init import fit_heads_jointly
 from autopmf.inherited import first_slot, heads_score, probe_sample
@@ -61,7 +61,7 @@ class SupernetConfig(TrainConfig):
     # Where the frozen streams come from (feature_store.FEATURE_CACHE_MODES): auto, disk,
     # memory or off (recomputed every batch).
     feature_cache: str = "auto"
-    cache_max_bytes: int = 2 * 2**30  # streams kept per slot (RAM) to skip frozen slots
+    cache_max_bytes: int = DEFAULT_SLOT_BYTES  # RAM for streams kept per slot, all splits
 
 
 @dataclass
@@ -273,9 +273,9 @@ def supernet_of_run(space: SearchSpace, data_spec: str, out: Path, cfg: Supernet
         caches = feature_caches(space, dataset, backbone, slot, cfg.device, cfg.feature_cache,
                                 cfg.precision)
     cache_seconds = time.perf_counter() - started
-    val_slots = SlotCaches(caches["val"], backbone, cfg.cache_max_bytes)
-    reference_val = SlotCaches(reference_examples(caches["val"], cfg), backbone,
-                               cfg.cache_max_bytes)
+    ram = RamBudget(cfg.cache_max_bytes)  # every split's advanced slots together
+    val_slots = SlotCaches(caches["val"], backbone, ram)
+    reference_val = SlotCaches(reference_examples(caches["val"], cfg), backbone, ram)
 
     if finished:
         load_supernet_weights(supernet, load_tensors(out / WEIGHTS))
@@ -286,7 +286,7 @@ def supernet_of_run(space: SearchSpace, data_spec: str, out: Path, cfg: Supernet
                       caches["train"], cfg.prompt_init, cfg.seed, cfg.device)
     # Full global batches only: distributed ranks stay in step.
     steps = batches_per_epoch(len(caches["train"]), cfg.batch_size, full_only=True)
-    train_slots = SlotCaches(caches["train"], backbone, cfg.cache_max_bytes)
+    train_slots = SlotCaches(caches["train"], backbone, ram)
     model = supernet
     if dist.active:
         model = torch.nn.parallel.DistributedDataParallel(supernet, find_unused_parameters=True)

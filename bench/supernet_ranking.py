@@ -149,7 +149,6 @@ def main() -> None:
               f"yardstick's ({yardstick['task']}, data seed {yardstick.get('data_seed', 0)})")
     designs = [row["design"] for row in yardstick["per_design"]]
     standalone = [row["val_mean"] for row in yardstick["per_design"]]
-    train = SlotCaches(caches["train"], supernet.backbone)
     val = SlotCaches(caches["val"], supernet.backbone)
     cfg = TrainConfig(seed=seed, batch_size=space.batch_size, precision=space.precision,
                       progress=False)
@@ -161,7 +160,7 @@ def main() -> None:
              "yardstick": yardstick_name(yardstick), "by_scoring": {}}
     scorings = [s for s in args.scorings.split(",") if s]
     for scoring in scorings:
-        scorer = InheritedScorer(supernet, train, val, cfg, dataset.metric, num_classes,
+        scorer = InheritedScorer(supernet, caches["train"], val, cfg, dataset.metric, num_classes,
                                  scoring)
         t0 = time.perf_counter()
         inherited = [scorer(parse_design(space, d)) for d in designs]

@@ -30,7 +30,8 @@ def setup(space, backbone):
 
 def scorer(setup, scoring, probe_examples=24):
     supernet, slots = setup
-    return InheritedScorer(supernet, slots["train"], slots["val"], TrainConfig(seed=3),
+    return InheritedScorer(supernet, slots["train"].at(supernet.lowest_fusable_slot),
+                           slots["val"], TrainConfig(seed=3),
                            "accuracy", 2, scoring, probe_examples)
 
 

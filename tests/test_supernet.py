@@ -280,8 +280,42 @@ def test_streams_advanced_slot_by_slot_equal_streams_built_at_that_slot(setup, i
     advanced = advance_feature_cache(low, backbone, 2)
     torch.testing.assert_close(advanced.text, direct.text, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(advanced.image, direct.image, atol=1e-5, rtol=1e-5)
-    slots = SlotCaches(low, backbone, max_bytes=0)  # no room: falls back to the lowest slot
+    slots = SlotCaches(low, backbone, budget=0)  # no room: falls back to the lowest slot
     assert slots.at(2).slot == 0
+
+
+def test_slot_caches_sharing_a_budget_never_hold_more_and_give_it_back(setup, images):
+    from autopmf.features import RamBudget, SlotCaches
+
+    space, backbone, _ = setup
+    low = build_feature_cache(encode_split_of(backbone, space, images), backbone, 0)
+    one_slot = low.nbytes  # float32 already: an advanced slot takes as much
+    ram = RamBudget(3 * one_slot)
+    a, b = SlotCaches(low, backbone, ram), SlotCaches(low, backbone, ram)
+    assert [a.at(s).slot for s in (1, 2)] == [1, 2]
+    assert b.at(1).slot == 1 and ram.used == 3 * one_slot
+    assert b.at(2).slot == 1  # a fourth slot would pass the shared budget: b starts below
+    del a
+    assert ram.used == one_slot  # a's two slots given back
+    assert b.at(2).slot == 2 and ram.used == 2 * one_slot
+
+
+def test_a_subset_carries_only_its_own_images_and_advances_like_the_whole(setup, images):
+    from autopmf.features import advance_feature_cache
+
+    space, backbone, _ = setup
+    low = build_feature_cache(encode_split_of(backbone, space, images), backbone, 0)
+    rows = torch.tensor([1, 3])
+    part = low.subset(rows)
+    assert len(part.image) == len(low.image_index[rows].unique()) < len(low.image)
+    got, want = part.streams(torch.arange(2)), low.streams(rows)
+    for name in ("text", "text_mask", "image"):
+        assert torch.equal(getattr(got, name), getattr(want, name))
+    got = advance_feature_cache(part, backbone, 2).streams(torch.arange(2))
+    want = advance_feature_cache(low, backbone, 2).streams(rows)
+    for name in ("text", "image"):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), atol=1e-5,
+                                   rtol=1e-5)
 
 
 def test_warmup_trains_only_the_largest_subnet_first():
