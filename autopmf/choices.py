@@ -11,3 +11,6 @@ DEVICES = ("cpu", "cuda")  # `cuda:N` names one GPU of several
 # The frozen-feature cache: chosen by device and data, on disk (shards read per batch), in
 # memory only, or none (the frozen prefix recomputed every batch).
 FEATURE_CACHE_MODES = ("auto", "disk", "memory", "off")
+# RAM that a run's slot caches (frozen streams kept at higher slots, autopmf.features) may
+# hold together, by default; --slot-cache-gib.
+DEFAULT_SLOT_BYTES = 2 * 2**30

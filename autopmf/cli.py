@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 
 from autopmf import __version__
-from autopmf.choices import (DEVICES, FEATURE_CACHE_MODES, INHERITED_SCORINGS, RETRAIN_INITS,
-                             STRATEGIES,
-                             SUPERNET_SCOPES)
+from autopmf.choices import (DEFAULT_SLOT_BYTES, DEVICES, FEATURE_CACHE_MODES,
+                             INHERITED_SCORINGS, RETRAIN_INITS, STRATEGIES, SUPERNET_SCOPES)
 from autopmf.errors import AutopmfError
 from autopmf.layout import (BEST_ARCH, PARETO, SEARCH_LOG, SUPERNET_METRICS, SUPERNET_WEIGHTS,
                             TRAIN_OUTPUTS)
-from autopmf.units import gib
+from autopmf.units import GIB, gib
 
 DEMO_SPACE = "demo"
 DEMO_DATA = "digits"  # identity statements, no negation: PMF learns them on a CPU in minutes
@@ -165,7 +164,18 @@ def _supernet_config(args, space):
                           progress=not args.quiet, sampling=args.sampling,
                           budget_gb=_supernet_budget(args),
                           warmup_epochs=_warmup_epochs(args), warmup=args.warmup,
-                          feature_cache=args.feature_cache)
+                          feature_cache=args.feature_cache,
+                          cache_max_bytes=_slot_cache_bytes(args))
+
+
+def _slot_cache_bytes(args) -> int:
+    """--slot-cache-gib in bytes (the demo has no such option: the default)."""
+    gib_ = getattr(args, "slot_cache_gib", None)
+    if gib_ is None:
+        return DEFAULT_SLOT_BYTES
+    if not gib_ >= 0:  # also refuses nan
+        raise AutopmfError(f"--slot-cache-gib must be 0 or more, got {gib_}")
+    return int(gib_ * GIB)
 
 
 def _warmup_epochs(args) -> int:
@@ -394,6 +404,11 @@ def _add_supernet_options(p: argparse.ArgumentParser) -> None:
     _add_warmup_option(p)
     _add_resume_option(p)
     _add_train_options(p, epochs=10)
+    p.add_argument("--slot-cache-gib", type=float, default=None,
+                   help="RAM for the frozen streams kept at higher slots (float32, every "
+                   "split together), so that a subnet skips the frozen layers below its "
+                   "first fused slot; less RAM only costs time, 0 keeps none "
+                   f"(default: {DEFAULT_SLOT_BYTES / GIB:g})")
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from autopmf.choices import DEFAULT_SLOT_BYTES
 from autopmf.data.images import ImageFiles
 from autopmf.data.types import Split
 from autopmf.image_batches import image_batches
@@ -199,9 +200,6 @@ class RamBudget:
 
     def give_back(self, nbytes: int) -> None:
         self.used -= nbytes
-
-
-DEFAULT_SLOT_BYTES = 2 * 2**30
 
 
 class SlotCaches:

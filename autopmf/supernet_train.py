@@ -21,11 +21,12 @@ import torch
 from autopmf.budget import Budget
 from autopmf.build import build_backbone, initialise_fusion
 from autopmf.checkpoint import EpochCheckpoints, check_fingerprint
+from autopmf.choices import DEFAULT_SLOT_BYTES
 from autopmf.data.registry import load_dataset
 from autopmf.distributed import init_distributed
 from autopmf.errors import AutopmfError
 from autopmf.feature_store import feature_caches
-from autopmf.features import DEFAULT_SLOT_BYTES, FeatureCache, RamBudget, SlotCaches
+from autopmf.features import FeatureCache, RamBudget, SlotCaches
 from autopmf.files import atomic_write_json, load_tensors, save_tensors
 from autopmf.head_init import fit_heads_jointly
 from autopmf.inherited import first_slot, heads_score, probe_sample

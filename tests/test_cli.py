@@ -104,3 +104,18 @@ def test_search_train_and_retrain_print_one_json_result(tmp_path, capsys):
                  "--no-baselines", "--out", str(tmp_path / "train"), *QUICK, "--json"]) == 0
     metrics = one_json_object(capsys.readouterr().out)
     assert metrics["fused_slots"] and "test_score" in metrics
+
+
+def test_slot_cache_gib_sets_the_runs_ram_budget_and_refuses_a_negative(tmp_path, capsys):
+    from autopmf.cli import _supernet_config
+    from autopmf.space import load_space
+
+    space = load_space("tiny")
+    argv = ["search", "--space", "tiny", "--data", DATA, "--budget-gb", "0.004", "--out",
+            str(tmp_path / "run")]
+    parsed = build_parser().parse_args(argv + ["--slot-cache-gib", "0.5"])
+    assert _supernet_config(parsed, space).cache_max_bytes == 2**29
+    assert _supernet_config(build_parser().parse_args(argv), space).cache_max_bytes == 2**31
+    assert_one_line_error(main(argv + ["--slot-cache-gib", "-1"]), capsys.readouterr().err,
+                          "--slot-cache-gib must be 0 or more")
+    assert not (tmp_path / "run").exists()
