@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from torch.nn import functional as F
 
-from autopmf.features import FeatureCache
+from autopmf.features import FeatureCache, advanced_streams
 from autopmf.metrics import score
 from supernet.backbone import FrozenBackbone
 
@@ -46,12 +46,19 @@ class ClsFeatures:
 
 
 @torch.no_grad()
-def cls_features(backbone: FrozenBackbone, top: FeatureCache) -> ClsFeatures:
-    """`top` must hold the encoders' final streams (slot == num_slots)."""
-    assert top.slot == backbone.num_slots
-    return ClsFeatures(backbone.text.cls_feature(top.text).double(),
-                       backbone.image.cls_feature(top.image)[top.image_index].double(),
-                       top.labels)
+def cls_features(backbone: FrozenBackbone, cache: FeatureCache) -> ClsFeatures:
+    """The encoders' final [CLS] features of every example of `cache` (at any slot): run to
+    the top a batch at a time, keeping only the [CLS] rows, so a split of any size fits."""
+    top = backbone.num_slots
+    if getattr(cache, "live", False):  # no cache: computed from the inputs per batch
+        batches = [cache.at_slot(top).streams(r) for r in torch.arange(len(cache)).split(256)]
+        text = torch.cat([backbone.text.cls_feature(b.text) for b in batches])
+        image = torch.cat([backbone.image.cls_feature(b.image) for b in batches])
+    else:
+        text, image = advanced_streams(cache, backbone, top, keep_text=backbone.text.cls_feature,
+                                       keep_image=backbone.image.cls_feature)
+        image = image[cache.image_index]
+    return ClsFeatures(text.double(), image.double(), cache.labels)
 
 
 def fit_logistic(x: torch.Tensor, labels: torch.Tensor, num_classes: int, c: float
@@ -147,10 +154,11 @@ def linear_probe(features: dict[str, ClsFeatures], which: str, num_classes: int,
 BASELINES = {"text_only": "text", "image_only": "image", "late_fusion": "late_fusion"}
 
 
-def frozen_feature_baselines(backbone: FrozenBackbone, top: dict[str, FeatureCache],
+def frozen_feature_baselines(backbone: FrozenBackbone, caches: dict[str, FeatureCache],
                              num_classes: int, metric: str) -> dict[str, dict[str, float]]:
-    """-> {"text_only": {"val", "test", "C"}, "image_only": ..., "late_fusion": ...}"""
-    features = {split: cls_features(backbone, cache) for split, cache in top.items()}
+    """-> {"text_only": {"val", "test", "C"}, "image_only": ..., "late_fusion": ...}, from
+    each split's cache at any slot."""
+    features = {split: cls_features(backbone, cache) for split, cache in caches.items()}
     return {name: linear_probe(features, which, num_classes, metric)
             for name, which in BASELINES.items()}
 

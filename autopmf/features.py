@@ -163,24 +163,39 @@ def advance_feature_cache(cache: FeatureCache, backbone: FrozenBackbone, slot: i
     Without a cache (live_features), they are computed from the inputs."""
     if getattr(cache, "live", False):
         return cache.at_slot(slot).sample(torch.arange(len(cache)))
+    text, image = advanced_streams(cache, backbone, slot, batch_size)
+    return FeatureCache(slot, text, cache.text_mask, image, cache.image_index, cache.labels)
 
+
+def _unchanged(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@torch.no_grad()
+def advanced_streams(cache: FeatureCache, backbone: FrozenBackbone, slot: int,
+                     batch_size: int = 256, keep_text: Callable = _unchanged,
+                     keep_image: Callable = _unchanged) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text per example, image per distinct image): `cache`'s streams run up to `slot` a
+    batch at a time, and of each batch only what `keep_text` / `keep_image` return is kept
+    (the whole streams by default; the [CLS] rows alone hold a split's final features in
+    little memory)."""
     # The cache stays where it is (host memory, or on disk); each batch runs on
     # the backbone's device and comes back.
     device = next(backbone.parameters()).device
 
-    def run(tensor, layer_index, run_layer, mask=None):
+    def run(tensor, layer_index, run_layer, keep, mask=None):
         parts = []
         for r in _row_batches(len(tensor), batch_size):
             rows = tensor[r]
             x = rows.float().to(device)
             for s in range(cache.slot, slot):
                 x = run_layer(layer_index(s), x, None if mask is None else mask[r].to(device))
-            parts.append(x.to(rows.device))
+            parts.append(keep(x).to(rows.device))
         return torch.cat(parts)
 
-    text = run(cache.text, backbone.text_layer_index, backbone.text.run_layer, cache.text_mask)
-    image = run(cache.image, backbone.image_layer_index, backbone.image.run_layer)
-    return FeatureCache(slot, text, cache.text_mask, image, cache.image_index, cache.labels)
+    return (run(cache.text, backbone.text_layer_index, backbone.text.run_layer, keep_text,
+                cache.text_mask),
+            run(cache.image, backbone.image_layer_index, backbone.image.run_layer, keep_image))
 
 
 class RamBudget:

@@ -18,7 +18,7 @@ from autopmf.build import build_backbone, build_pmf, initialise_fusion
 from autopmf.checkpoint import EpochCheckpoints, remove_checkpoints
 from autopmf.data.registry import load_dataset
 from autopmf.feature_store import feature_caches
-from autopmf.features import FeatureCache, advance_feature_cache
+from autopmf.features import FeatureCache
 from autopmf.files import atomic_write_json, save_tensors
 from autopmf.head_init import fit_heads
 from autopmf.layout import ARCH, CONFIG, METRICS, TRAIN_OUTPUTS, WEIGHTS
@@ -108,14 +108,12 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
         "train_config": vars(cfg),
     }
     if baselines:
-        # The encoders' final streams: continue the cached ones instead of encoding again.
+        # The encoders' final [CLS] features: the cached streams continued, not encoded again.
         t0 = time.perf_counter()
         say("baselines: fitting linear probes on the frozen [CLS] features (text-only, "
             "image-only, late fusion)")
-        top = {name: advance_feature_cache(cache, backbone, backbone.num_slots)
-               for name, cache in caches.items()}
-        metrics["baselines"] = frozen_feature_baselines(backbone, top, len(dataset.label_names),
-                                                        dataset.metric)
+        metrics["baselines"] = frozen_feature_baselines(backbone, caches,
+                                                        len(dataset.label_names), dataset.metric)
         say("baselines: done in " + duration(time.perf_counter() - t0) + " (val "
             + ", ".join(f"{name} {b['val']:.4f}" for name, b in metrics["baselines"].items())
             + ")")

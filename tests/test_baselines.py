@@ -110,3 +110,24 @@ def test_a_feature_that_varies_only_by_rounding_gets_no_giant_weight():
     assert probe.val >= 0.9  # the real signal is still read
     assert probe.weight[:, 2].abs().max() < 1e3  # at most 1 / (1e-3 * median std) amplified
     assert probe.weight[:, 0].abs().max() > 1.0
+
+
+def test_final_cls_features_from_a_low_slot_or_no_cache_equal_those_of_the_top():
+    from autopmf.baselines import cls_features
+    from autopmf.live_features import LiveFeatures
+
+    space = tiny_space()
+    backbone = build_backbone(space)
+    data = load_dataset("digits:examples_per_image=2", seed=0, image_size=space.image_size)
+    encoded = encode_split(data.splits()["val"], backbone, space)
+    full = build_feature_cache(encoded, backbone, backbone.num_slots)
+    top = cls_features(backbone, full)
+    assert top.text.shape == (len(encoded), full.text.shape[-1])
+    assert top.image.shape == (len(encoded), full.image.shape[-1])
+    for cache in (build_feature_cache(encoded, backbone, 0), LiveFeatures(encoded, backbone, 1)):
+        got = cls_features(backbone, cache)
+        torch.testing.assert_close(got.text, top.text, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got.image, top.image, atol=1e-5, rtol=1e-5)
+        assert torch.equal(got.labels, top.labels)
+    assert not torch.equal(top.image[0], top.image[-1])  # features differ between images
+
