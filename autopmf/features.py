@@ -184,14 +184,18 @@ def advanced_streams(cache: FeatureCache, backbone: FrozenBackbone, slot: int,
     device = next(backbone.parameters()).device
 
     def run(tensor, layer_index, run_layer, keep, mask=None):
-        parts = []
+        out = None  # filled batch by batch: no second copy of the result, as a cat would make
         for r in _row_batches(len(tensor), batch_size):
             rows = tensor[r]
             x = rows.float().to(device)
             for s in range(cache.slot, slot):
                 x = run_layer(layer_index(s), x, None if mask is None else mask[r].to(device))
-            parts.append(keep(x).to(rows.device))
-        return torch.cat(parts)
+            x = keep(x)
+            if out is None:
+                out = torch.empty((len(tensor), *x.shape[1:]), dtype=x.dtype,
+                                  device=rows.device)
+            out[r] = x
+        return out
 
     return (run(cache.text, backbone.text_layer_index, backbone.text.run_layer, keep_text,
                 cache.text_mask),
