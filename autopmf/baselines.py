@@ -51,9 +51,9 @@ def cls_features(backbone: FrozenBackbone, cache: FeatureCache) -> ClsFeatures:
     the top a batch at a time, keeping only the [CLS] rows, so a split of any size fits."""
     top = backbone.num_slots
     if getattr(cache, "live", False):  # no cache: computed from the inputs per batch
-        batches = [cache.at_slot(top).streams(r) for r in torch.arange(len(cache)).split(256)]
-        text = torch.cat([backbone.text.cls_feature(b.text) for b in batches])
-        image = torch.cat([backbone.image.cls_feature(b.image) for b in batches])
+        pairs = [backbone.cls_features(cache.at_slot(top).streams(rows))
+                 for rows in torch.arange(len(cache)).split(256)]
+        text, image = (torch.cat(part) for part in zip(*pairs))
     else:
         text, image = advanced_streams(cache, backbone, top, keep_text=backbone.text.cls_feature,
                                        keep_image=backbone.image.cls_feature)
