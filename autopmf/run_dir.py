@@ -48,9 +48,9 @@ def package_versions() -> dict[str, str]:
 
 def run_settings(cfg) -> dict:
     """The fields of a training config dataclass that change what a run computes (not where
-    it runs, or how verbosely)."""
+    it runs, how much RAM it keeps streams in, or how verbosely)."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items()
-                if k not in ("progress", "device", "feature_cache")}
+                if k not in ("progress", "device", "feature_cache", "cache_max_bytes")}
     if settings.get("data_seed", 0) is None:
         del settings["data_seed"]  # the default: runs written before it existed stay the same
     return settings

@@ -115,7 +115,12 @@ def test_slot_cache_gib_sets_the_runs_ram_budget_and_refuses_a_negative(tmp_path
             str(tmp_path / "run")]
     parsed = build_parser().parse_args(argv + ["--slot-cache-gib", "0.5"])
     assert _supernet_config(parsed, space).cache_max_bytes == 2**29
-    assert _supernet_config(build_parser().parse_args(argv), space).cache_max_bytes == 2**31
+    default = _supernet_config(build_parser().parse_args(argv), space)
+    assert default.cache_max_bytes == 2**30
+    from autopmf.supernet_train import supernet_fingerprint
+    # RAM, not results: a run resumes, and a supernet is reused, under another budget.
+    assert supernet_fingerprint(space, DATA, _supernet_config(parsed, space)) == \
+        supernet_fingerprint(space, DATA, default)
     assert_one_line_error(main(argv + ["--slot-cache-gib", "-1"]), capsys.readouterr().err,
                           "--slot-cache-gib must be 0 or more")
     assert not (tmp_path / "run").exists()
