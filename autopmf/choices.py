@@ -12,6 +12,6 @@ DEVICES = ("cpu", "cuda")  # `cuda:N` names one GPU of several
 # memory only, or none (the frozen prefix recomputed every batch).
 FEATURE_CACHE_MODES = ("auto", "disk", "memory", "off")
 # RAM that a run's slot caches (frozen streams kept at higher slots, autopmf.features) may
-# hold together, by default; --slot-cache-gib. 1 GiB: at 1,000 images of 224 px a search peaked
-# at 4.5 GB with 2 GiB of them beside ~2.5 GB of model and training (BENCHMARKS.md, issue 19).
+# hold together, by default; --slot-cache-gib. 1 GiB (it was 2): at 1,000 images of 224 px it
+# lowered a search's peak from 4.18 to 4.00 GiB anonymous (BENCHMARKS.md, issue 19).
 DEFAULT_SLOT_BYTES = 2**30
