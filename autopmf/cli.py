@@ -173,8 +173,8 @@ def _slot_cache_bytes(args) -> int:
     gib_ = getattr(args, "slot_cache_gib", None)
     if gib_ is None:
         return DEFAULT_SLOT_BYTES
-    if not gib_ >= 0:  # also refuses nan
-        raise AutopmfError(f"--slot-cache-gib must be 0 or more, got {gib_}")
+    if not 0 <= gib_ < float("inf"):  # also refuses nan
+        raise AutopmfError(f"--slot-cache-gib must be a finite 0 or more, got {gib_}")
     return int(gib_ * GIB)
 
 

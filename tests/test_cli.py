@@ -121,6 +121,7 @@ def test_slot_cache_gib_sets_the_runs_ram_budget_and_refuses_a_negative(tmp_path
     # RAM, not results: a run resumes, and a supernet is reused, under another budget.
     assert supernet_fingerprint(space, DATA, _supernet_config(parsed, space)) == \
         supernet_fingerprint(space, DATA, default)
-    assert_one_line_error(main(argv + ["--slot-cache-gib", "-1"]), capsys.readouterr().err,
-                          "--slot-cache-gib must be 0 or more")
+    for bad in ("-1", "inf", "nan"):
+        assert_one_line_error(main(argv + ["--slot-cache-gib", bad]), capsys.readouterr().err,
+                              "--slot-cache-gib must be a finite 0 or more")
     assert not (tmp_path / "run").exists()
