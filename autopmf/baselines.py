@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from torch.nn import functional as F
 
-from autopmf.features import FeatureCache, advanced_streams
+from autopmf.features import FeatureCache, advanced_streams, inference_rows
 from autopmf.metrics import score
 from supernet.backbone import FrozenBackbone
 
@@ -52,7 +52,8 @@ def cls_features(backbone: FrozenBackbone, cache: FeatureCache) -> ClsFeatures:
     top = backbone.num_slots
     if getattr(cache, "live", False):  # no cache: computed from the inputs per batch
         pairs = [backbone.cls_features(cache.at_slot(top).streams(rows))
-                 for rows in torch.arange(len(cache)).split(256)]
+                 for rows in torch.arange(len(cache)).split(inference_rows(
+                     cache.tokens_per_example))]
         text, image = (torch.cat(part) for part in zip(*pairs))
     else:
         text, image = advanced_streams(cache, backbone, top, keep_text=backbone.text.cls_feature,

@@ -106,6 +106,11 @@ class FeatureCache:
         """The streams' size as stored (the mask, index and labels are small)."""
         return sum(_nbytes(t) for t in (self.text, self.text_mask, self.image))
 
+    @property
+    def tokens_per_example(self) -> int:
+        """Tokens of its longer stream: what sizes an inference batch (`inference_rows`)."""
+        return max(self.text.shape[1], self.image.shape[1])
+
     def streams(self, rows: torch.Tensor, device: torch.device | str = "cpu") -> Streams:
         return Streams(self.text[rows].to(device, torch.float32),
                        self.text_mask[rows].to(device),
@@ -155,9 +160,22 @@ def _row_batches(n: int, batch_size: int, start: int = 0) -> list[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(start, n, batch_size)]
 
 
+# Tokens (of the longest stream) that one no-grad batch through the frozen encoders carries
+# at most. Each MLP activation of a ViT-S (width 1536) is then ~100 MB in float32; 256 rows
+# of 224-px DINOv2 streams (257 tokens) made 0.4 GB ones, the peak of a search at that size
+# (BENCHMARKS.md, "Inference batches sized by tokens"). Small inputs keep 256 rows.
+INFERENCE_TOKENS = 2**14
+MAX_INFERENCE_ROWS = 256
+
+
+def inference_rows(tokens_per_example: int) -> int:
+    """Rows per inference batch for examples of this many tokens."""
+    return max(1, min(MAX_INFERENCE_ROWS, INFERENCE_TOKENS // max(1, tokens_per_example)))
+
+
 @torch.no_grad()
 def advance_feature_cache(cache: FeatureCache, backbone: FrozenBackbone, slot: int,
-                          batch_size: int = 256) -> FeatureCache:
+                          batch_size: int | None = None) -> FeatureCache:
     """The same examples' streams entering a higher `slot`, by running the plain slots between
     (texts per example, images per image, as in `build_feature_cache`); in memory, float32.
     Without a cache (live_features), they are computed from the inputs."""
@@ -173,19 +191,19 @@ def _unchanged(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def advanced_streams(cache: FeatureCache, backbone: FrozenBackbone, slot: int,
-                     batch_size: int = 256, keep_text: Callable = _unchanged,
+                     batch_size: int | None = None, keep_text: Callable = _unchanged,
                      keep_image: Callable = _unchanged) -> tuple[torch.Tensor, torch.Tensor]:
     """(text per example, image per distinct image): `cache`'s streams run up to `slot` a
     batch at a time, and of each batch only what `keep_text` / `keep_image` return is kept
     (the whole streams by default; the [CLS] rows alone hold a split's final features in
-    little memory)."""
+    little memory). `batch_size`: rows per batch (default: `inference_rows`)."""
     # The cache stays where it is (host memory, or on disk); each batch runs on
     # the backbone's device and comes back.
     device = next(backbone.parameters()).device
 
     def run(tensor, layer_index, run_layer, keep, mask=None):
         out = None  # filled batch by batch: no second copy of the result, as a cat would make
-        for r in _row_batches(len(tensor), batch_size):
+        for r in _row_batches(len(tensor), batch_size or inference_rows(tensor.shape[1])):
             rows = tensor[r]
             x = rows.float().to(device)
             for s in range(cache.slot, slot):

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from autopmf.baselines import Probe, select_probe
-from autopmf.features import FeatureCache
+from autopmf.features import FeatureCache, inference_rows
 from supernet.backbone import TwoHeads
 
 HEAD_INITS = ("probe", "paper")  # the first is the default
@@ -32,8 +32,9 @@ Features = Callable[[FeatureCache, torch.Tensor], tuple[torch.Tensor, torch.Tens
 
 
 @torch.no_grad()
-def cls_pairs(features: Features, cache: FeatureCache, batch_size: int = 256) -> torch.Tensor:
+def cls_pairs(features: Features, cache: FeatureCache) -> torch.Tensor:
     parts = []
+    batch_size = inference_rows(cache.tokens_per_example)
     for start in range(0, len(cache), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(cache)))
         text, image = features(cache, rows)

@@ -8,6 +8,8 @@ this can cost less than reading cached streams back (`--feature-cache off`).
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import torch
 
 from autopmf.features import EncodedSplit, FeatureCache
@@ -29,6 +31,12 @@ class LiveFeatures:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @cached_property
+    def tokens_per_example(self) -> int:
+        """Tokens of its longer stream (one image is run to find its length)."""
+        device = next(self.backbone.parameters()).device
+        return max(self.text_mask.shape[1], self._images(self.image_index[:1], device).shape[1])
 
     def at_slot(self, slot: int) -> "LiveFeatures":
         return LiveFeatures(self.encoded, self.backbone, slot, self.rows)

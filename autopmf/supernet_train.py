@@ -134,7 +134,10 @@ def warmup_references(space: SearchSpace, references: dict, warmup_archs) -> dic
 
 
 HEAD_FIT_SUBNETS = 6  # sampler draws the shared heads are fitted on (besides the warm-up's)
-HEAD_FIT_EXAMPLES = 512  # examples of each split per subnet
+# Examples of each split per subnet. The demo's [CLS] features need thousands of examples for
+# a good probe: on 512 the shared heads started a subnet at val 0.56 where the whole split's
+# probe starts it at 0.72, and its supernet training never caught up (BENCHMARKS.md).
+HEAD_FIT_EXAMPLES = 4096
 
 
 def shared_head_subnets(sampler: ArchSampler) -> list:

@@ -19,6 +19,7 @@ from torch import nn
 
 from autopmf.distributed import DistContext
 from autopmf.errors import AutopmfError
+from autopmf.features import inference_rows
 from autopmf.metrics import loss_fn, score
 from autopmf.progress import Progress, say
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 class Examples(Protocol):
     labels: torch.Tensor
+    tokens_per_example: int  # sizes inference batches (features.inference_rows)
 
     def __len__(self) -> int: ...
 
@@ -91,8 +93,9 @@ def warmup_cosine(total_steps: int, warmup_frac: float) -> Callable[[int], float
 @torch.no_grad()
 def predict(forward: Forward, examples: Examples, cfg: TrainConfig) -> torch.Tensor:
     parts = []
-    for start in range(0, len(examples), cfg.eval_batch_size):
-        rows = torch.arange(start, min(start + cfg.eval_batch_size, len(examples)))
+    batch = min(cfg.eval_batch_size, inference_rows(examples.tokens_per_example))
+    for start in range(0, len(examples), batch):
+        rows = torch.arange(start, min(start + batch, len(examples)))
         with autocast(cfg.precision, cfg.device):
             parts.append(forward(examples, rows).float().cpu())
     return torch.cat(parts)

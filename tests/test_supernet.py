@@ -505,3 +505,27 @@ def test_cli_allows_zero_supernet_epochs_but_not_zero_training_epochs(tmp_path, 
     assert main(["train", "--space", "tiny", "--data", DATA, "--arch", str(out / "best_arch.yaml"),
                  "--out", str(tmp_path / "t"), "--epochs", "0", "--quiet"]) == 2
     assert "--epochs must be at least 1" in capsys.readouterr().err
+
+
+def test_inference_batches_are_sized_by_tokens_and_give_the_same_streams(setup, images,
+                                                                         monkeypatch):
+    from autopmf import features
+    from autopmf.features import advance_feature_cache, inference_rows
+    from autopmf.train import TrainConfig, predict
+
+    assert inference_rows(257) == 2**14 // 257 == 63  # 224-px DINOv2 streams
+    assert inference_rows(17) == 256 and inference_rows(10**6) == 1
+    space, backbone, _ = setup
+    low = build_feature_cache(encode_split_of(backbone, space, images), backbone, 0)
+    whole = advance_feature_cache(low, backbone, 2)
+    # A token budget of two examples: every batch holds at most two rows.
+    monkeypatch.setattr(features, "INFERENCE_TOKENS", 2 * low.tokens_per_example)
+    small = advance_feature_cache(low, backbone, 2)
+    for name in ("text", "image"):
+        torch.testing.assert_close(getattr(small, name), getattr(whole, name), atol=1e-5,
+                                   rtol=1e-5)
+    seen = []
+    logits = predict(lambda c, rows: seen.append(len(rows)) or c.labels[rows, None].float(),
+                     low, TrainConfig())
+    assert max(seen) == 2 and sum(seen) == len(low)
+    assert torch.equal(logits[:, 0], low.labels.float())
