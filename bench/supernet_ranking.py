@@ -38,7 +38,7 @@ from autopmf.data.registry import load_dataset  # noqa: E402
 from autopmf.feature_store import feature_caches  # noqa: E402
 from autopmf.features import SlotCaches  # noqa: E402
 from autopmf.files import load_tensors  # noqa: E402
-from autopmf.inherited import INHERITED_SCORINGS, InheritedScorer  # noqa: E402
+from autopmf.inherited import INHERITED_SCORINGS, PROBE_EXAMPLES, InheritedScorer  # noqa: E402
 from autopmf.layout import SUPERNET_METRICS, SUPERNET_WEIGHTS  # noqa: E402
 from autopmf.ranking import (correlation_ci, kendall_tau_b, regret, spearman_rho,  # noqa: E402
                              top_k_hit)
@@ -130,6 +130,8 @@ def main() -> None:
     parser.add_argument("--scorings", default=",".join(INHERITED_SCORINGS),
                         help="which inherited scorings to measure (the first is the headline)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--probe-examples", type=int, default=PROBE_EXAMPLES,
+                        help="training examples each design's probe is fitted on")
     parser.add_argument("--default", action="store_true",
                         help="this variant is autopmf's default: its headline goes to the "
                         "top of the results file")
@@ -154,6 +156,7 @@ def main() -> None:
                       progress=False)
     num_classes = len(dataset.label_names)
     entry = {"variant": args.variant, "supernet": args.supernet or "untrained",
+             "probe_examples": args.probe_examples,
              "task": yardstick["task"], "designs": len(designs),
              "seeds": yardstick["seeds"], "standalone_epochs": yardstick["epochs"],
              "standalone": standalone, "design_names": designs,
@@ -161,7 +164,7 @@ def main() -> None:
     scorings = [s for s in args.scorings.split(",") if s]
     for scoring in scorings:
         scorer = InheritedScorer(supernet, caches["train"], val, cfg, dataset.metric, num_classes,
-                                 scoring)
+                                 scoring, args.probe_examples)
         t0 = time.perf_counter()
         inherited = [scorer(parse_design(space, d)) for d in designs]
         result = agreement(inherited, standalone)
