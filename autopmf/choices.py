@@ -7,6 +7,8 @@ RETRAIN_INITS = ("scratch", "supernet")  # retrain: fresh weights, or the supern
 # The search's inherited score: a linear probe fitted to each subnet's own [CLS] pair, or the
 # supernet's shared heads (autopmf.inherited).
 INHERITED_SCORINGS = ("probe", "heads")
+# Training examples a candidate's probe is fitted on, by default (--probe-examples).
+PROBE_EXAMPLES = 1024
 DEVICES = ("cpu", "cuda")  # `cuda:N` names one GPU of several
 # The frozen-feature cache: chosen by device and data, on disk (shards read per batch), in
 # memory only, or none (the frozen prefix recomputed every batch).

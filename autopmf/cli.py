@@ -10,7 +10,8 @@ from pathlib import Path
 
 from autopmf import __version__
 from autopmf.choices import (DEFAULT_SLOT_BYTES, DEVICES, FEATURE_CACHE_MODES,
-                             INHERITED_SCORINGS, RETRAIN_INITS, STRATEGIES, SUPERNET_SCOPES)
+                             INHERITED_SCORINGS, PROBE_EXAMPLES, RETRAIN_INITS, STRATEGIES,
+                             SUPERNET_SCOPES)
 from autopmf.errors import AutopmfError
 from autopmf.layout import (BEST_ARCH, PARETO, SEARCH_LOG, SUPERNET_METRICS, SUPERNET_WEIGHTS,
                             TRAIN_OUTPUTS)
@@ -202,6 +203,7 @@ def cmd_search(args) -> int:
     cfg = SearchConfig(budget_gb=args.budget_gb, trials=args.trials,
                        population=args.population, strategy=args.strategy, seed=args.seed,
                        inherited_score=args.inherited_score,
+                       probe_examples=args.probe_examples,
                        progress=not args.quiet, supernet_from=args.supernet_from,
                        supernet=_supernet_config(args, space))
     result = run_search(space, _data_spec(args, args.data), Path(args.out), cfg,
@@ -233,7 +235,8 @@ def cmd_demo(args) -> int:
         f"batch size {space.batch_size}")
     args.budget_gb = DEMO_BUDGET_GB
     cfg = SearchConfig(budget_gb=DEMO_BUDGET_GB, trials=args.trials, seed=args.seed,
-                       inherited_score=args.inherited_score, progress=not args.quiet,
+                       inherited_score=args.inherited_score,
+                       probe_examples=args.probe_examples, progress=not args.quiet,
                        supernet=_supernet_config(args, space))
     run_search(space, DEMO_DATA, out, cfg, resume=not args.force, force=args.force)
     _, arch = load_arch(out / BEST_ARCH)
@@ -397,6 +400,10 @@ def _add_inherited_score_option(p) -> None:
                    help="how a candidate is scored with the supernet's weights: a linear probe "
                    "fitted to its own [CLS] features ('probe'), or the supernet's shared "
                    "heads ('heads')")
+    p.add_argument("--probe-examples", type=int, default=PROBE_EXAMPLES,
+                   help=f"training examples each candidate's probe is fitted on (default "
+                   f"{PROBE_EXAMPLES}); more bring each probe closer to one fitted on the whole "
+                   "training split, at the cost of a longer forward pass per candidate")
 
 
 def _add_supernet_options(p: argparse.ArgumentParser) -> None:

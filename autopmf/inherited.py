@@ -22,13 +22,12 @@ from typing import Mapping
 import torch
 
 from autopmf.baselines import select_probe
-from autopmf.choices import INHERITED_SCORINGS
+from autopmf.choices import INHERITED_SCORINGS, PROBE_EXAMPLES
 from autopmf.features import FeatureCache, SlotCaches
 from autopmf.head_init import cls_pairs
 from autopmf.train import TrainConfig, evaluate
 from supernet.supernet import Supernet
 
-PROBE_EXAMPLES = 1024  # training examples a candidate's probe is fitted on
 
 
 def first_slot(supernet: Supernet, arch: Mapping[str, int]) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autopmf.budget import Budget, device_kind
-from autopmf.choices import INHERITED_SCORINGS, STRATEGIES
+from autopmf.choices import INHERITED_SCORINGS, PROBE_EXAMPLES, STRATEGIES
 from autopmf.data.registry import load_dataset
 from autopmf.errors import AutopmfError
 from autopmf.inherited import InheritedScorer
@@ -50,6 +50,10 @@ class SearchConfig:
     # How a candidate is scored with the supernet's weights (autopmf.inherited): by a linear
     # probe of its own [CLS] pair, or through the shared heads.
     inherited_score: str = INHERITED_SCORINGS[0]
+    # Training examples each candidate's probe is fitted on: more bring it closer to a probe
+    # of the whole split, at the cost of a longer forward pass per candidate (BENCHMARKS.md,
+    # "The supernet's heads and probes were fitted on too few examples").
+    probe_examples: int = PROBE_EXAMPLES
     seed: int = 0
     progress: bool = True
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
@@ -165,7 +169,10 @@ def _run_identity(space: SearchSpace, data_spec: str, cfg: SearchConfig) -> dict
             # Named only when not the shared heads, which searches before the option used:
             # those stay resumable.
             **({} if cfg.inherited_score == "heads" else
-               {"inherited_score": cfg.inherited_score})}
+               {"inherited_score": cfg.inherited_score}),
+            # Likewise named only when not the default, so earlier probe searches resume.
+            **({} if cfg.probe_examples == PROBE_EXAMPLES else
+               {"probe_examples": cfg.probe_examples})}
 
 
 @holds_run_lock
@@ -180,6 +187,8 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     if cfg.inherited_score not in INHERITED_SCORINGS:
         raise AutopmfError(f"--inherited-score {cfg.inherited_score!r}: use "
                            f"{' or '.join(INHERITED_SCORINGS)}")
+    if cfg.probe_examples < 1:
+        raise AutopmfError(f"--probe-examples must be at least 1, got {cfg.probe_examples}")
     if cfg.supernet.epochs == 0 and cfg.inherited_score == "heads":
         raise AutopmfError("--inherited-score heads reads the supernet's shared heads, which "
                            "an untrained supernet (--epochs 0) does not fit; use "
@@ -208,7 +217,8 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     run = supernet_of_run(space, data_spec, out, cfg.supernet,
                           budget=budget if same_budget else None)
     scorer = InheritedScorer(run.supernet, run.caches["train"], run.val_slots, cfg.supernet,
-                             run.metric, run.supernet.num_classes, cfg.inherited_score)
+                             run.metric, run.supernet.num_classes, cfg.inherited_score,
+                             cfg.probe_examples)
 
     log = SearchLog.start(out / LOG, resume)
     replay = list(log.entries)

@@ -38,7 +38,8 @@ from autopmf.data.registry import load_dataset  # noqa: E402
 from autopmf.feature_store import feature_caches  # noqa: E402
 from autopmf.features import SlotCaches  # noqa: E402
 from autopmf.files import load_tensors  # noqa: E402
-from autopmf.inherited import INHERITED_SCORINGS, PROBE_EXAMPLES, InheritedScorer  # noqa: E402
+from autopmf.inherited import INHERITED_SCORINGS, InheritedScorer  # noqa: E402
+from autopmf.choices import PROBE_EXAMPLES  # noqa: E402
 from autopmf.layout import SUPERNET_METRICS, SUPERNET_WEIGHTS  # noqa: E402
 from autopmf.ranking import (correlation_ci, kendall_tau_b, regret, spearman_rho,  # noqa: E402
                              top_k_hit)

@@ -90,3 +90,25 @@ def test_search_refuses_an_unknown_inherited_score_and_writes_nothing(tmp_path):
         run_search(tiny_space(), DATA, tmp_path / "run",
                    SearchConfig(budget_gb=1.0, inherited_score="oracle"))
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_search_refuses_fewer_than_one_probe_example_and_writes_nothing(tmp_path):
+    from autopmf.errors import AutopmfError
+    from autopmf.search import SearchConfig, run_search
+    from tests.conftest import tiny_space
+
+    with pytest.raises(AutopmfError, match="--probe-examples must be at least 1, got 0"):
+        run_search(tiny_space(), DATA, tmp_path / "run",
+                   SearchConfig(budget_gb=1.0, probe_examples=0))
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_probe_examples_name_a_search_only_when_not_the_default():
+    from autopmf.choices import PROBE_EXAMPLES
+    from autopmf.search import SearchConfig, _run_identity
+    from tests.conftest import tiny_space
+
+    default = _run_identity(tiny_space(), DATA, SearchConfig(budget_gb=1.0))
+    assert "probe_examples" not in default  # searches from before the option still resume
+    other = _run_identity(tiny_space(), DATA, SearchConfig(budget_gb=1.0, probe_examples=4096))
+    assert other == dict(default, probe_examples=4096) and PROBE_EXAMPLES != 4096
