@@ -17,7 +17,7 @@ heads (each gets twice its half of the weights; the text head carries the bias).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -60,10 +60,12 @@ def fit_heads(heads: TwoHeads, features: Features, train: FeatureCache, val: Fea
     return fit_heads_jointly(heads, [(features, train, val)], num_classes, metric)
 
 
-def fit_heads_jointly(heads: TwoHeads, sources: list[tuple[Features, FeatureCache, FeatureCache]],
+def fit_heads_jointly(heads: TwoHeads,
+                      sources: Iterable[tuple[Features, FeatureCache, FeatureCache]],
                       num_classes: int, metric: str) -> Probe:
     """Set `heads` to the best linear probe of several models' [CLS] pairs at once (each
-    source: its features, training and validation examples), fitted on their union: heads
+    source: its features, training and validation examples; read once, in turn, so a
+    generator keeps one source in memory at a time), fitted on their union: heads
     that several subnets share then read each of them, rather than one of them best and the
     others with logits far off scale."""
     pairs = {"train": [], "val": []}

@@ -160,15 +160,17 @@ def fit_shared_heads(supernet: Supernet, archs: list, train: SlotCaches, val: Sl
     lowest = supernet.lowest_fusable_slot
     rows = {name: probe_sample(slots.at(lowest), HEAD_FIT_EXAMPLES, cfg.seed)
             for name, slots in (("train", train), ("val", val))}
-    sources = []
-    for arch in archs:
-        start = first_slot(supernet, arch)
 
-        def features(cache, batch_rows, arch=arch):
-            return supernet.features(cache.streams(batch_rows, cfg.device), cache.slot, arch)
-        sources.append((features, train.at(start).subset(rows["train"]),
-                        val.at(start).subset(rows["val"])))
-    fit_heads_jointly(supernet.heads, sources, num_classes, metric)
+    def sources():  # one subnet's sample at a time: each is a copy of its rows
+        for arch in archs:
+            start = first_slot(supernet, arch)
+
+            def features(cache, batch_rows, arch=arch):
+                return supernet.features(cache.streams(batch_rows, cfg.device), cache.slot,
+                                         arch)
+            yield (features, train.at(start).subset(rows["train"]),
+                   val.at(start).subset(rows["val"]))
+    fit_heads_jointly(supernet.heads, sources(), num_classes, metric)
 
 
 @dataclass
