@@ -29,7 +29,6 @@ from autopmf.train import TrainConfig, evaluate
 from supernet.supernet import Supernet
 
 
-
 def first_slot(supernet: Supernet, arch: Mapping[str, int]) -> int:
     """Where a subnet's computation starts: its lowest fused slot (the frozen slots below it
     are read from the cache)."""
