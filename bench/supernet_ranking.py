@@ -34,12 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autopmf.build import build_backbone, initialise_fusion  # noqa: E402
+from autopmf.choices import PROBE_EXAMPLES  # noqa: E402
 from autopmf.data.registry import load_dataset  # noqa: E402
 from autopmf.feature_store import feature_caches  # noqa: E402
 from autopmf.features import SlotCaches  # noqa: E402
 from autopmf.files import load_tensors  # noqa: E402
 from autopmf.inherited import INHERITED_SCORINGS, InheritedScorer  # noqa: E402
-from autopmf.choices import PROBE_EXAMPLES  # noqa: E402
 from autopmf.layout import SUPERNET_METRICS, SUPERNET_WEIGHTS  # noqa: E402
 from autopmf.ranking import (correlation_ci, kendall_tau_b, regret, spearman_rho,  # noqa: E402
                              top_k_hit)
