@@ -131,6 +131,22 @@ def test_sampler_is_a_function_of_seed_and_step():
     assert all(off_0.sample(s)["fusion_0"] == 0 for s in range(20))
 
 
+
+def test_top_slot_sampling_draws_every_highest_fused_slot_alike():
+    space = tiny_space()
+    sampler = ArchSampler(space, "top-slot", seed=0)
+    draws = [sampler.sample(s) for s in range(400)]
+    tops = [max(space.fused_slots(arch)) for arch in draws]  # every draw fuses some slot
+    slots = sorted(space.fusable_slots)
+    counts = [tops.count(slot) for slot in slots]
+    assert all(abs(n - 400 / len(slots)) < 60 for n in counts), counts
+    # Below the top slot, fusion stays a coin flip: the lowest slot fuses in about half of
+    # the draws whose top is above it.
+    above = [arch for arch, top in zip(draws, tops) if top > slots[0]]
+    share = sum(arch[f"fusion_{slots[0]}"] for arch in above) / len(above)
+    assert 0.35 < share < 0.65
+    assert sampler.sample(7) == ArchSampler(space, "top-slot", seed=0).sample(7)
+
 def test_budget_restricted_sampling_trains_only_what_the_search_can_pick():
     from autopmf.memory import estimate_bytes, load_profile
     from autopmf.budget import largest_within, repair
