@@ -46,7 +46,7 @@ class ArchSampler:
     uniform subnet in turn (AutoFormer's sandwich rule, one subnet per step). top-slot: the
     highest fused slot uniformly among the fusable slots, the slots below it fused or not at
     random (`top_slot_arch`), so subnets that fuse only low slots train as often as any other:
-    under uniform draws 7 in 8 of the subnets that fuse slot 0 also fuse one of the top three.
+    in a six-slot space, 7 in 8 uniform draws that fuse slot 0 also fuse one of the top three.
 
     `fit` restricts training to the subnets a search will visit: with the search's repair
     into the memory budget, every draw (largest and smallest included) is stepped down until
