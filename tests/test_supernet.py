@@ -131,7 +131,6 @@ def test_sampler_is_a_function_of_seed_and_step():
     assert all(off_0.sample(s)["fusion_0"] == 0 for s in range(20))
 
 
-
 def test_top_slot_sampling_draws_every_highest_fused_slot_alike():
     space = tiny_space()
     sampler = ArchSampler(space, "top-slot", seed=0)
@@ -146,6 +145,7 @@ def test_top_slot_sampling_draws_every_highest_fused_slot_alike():
     share = sum(arch[f"fusion_{slots[0]}"] for arch in above) / len(above)
     assert 0.35 < share < 0.65
     assert sampler.sample(7) == ArchSampler(space, "top-slot", seed=0).sample(7)
+
 
 def test_budget_restricted_sampling_trains_only_what_the_search_can_pick():
     from autopmf.memory import estimate_bytes, load_profile
