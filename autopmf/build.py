@@ -57,3 +57,12 @@ def initialise_fusion(slots: Mapping[int, FusionSlot], backbone: FrozenBackbone,
         return
     centre_mappings(slots, stream_sampler(train_cache, backbone, seed, device),
                     lambda j: (backbone.text_layer_fn(j), backbone.image_layer_fn(j)))
+
+
+def initialise_supernet(supernet, train_cache: FeatureCache, rule: str, seed: int,
+                        device: str = "cpu") -> None:
+    """`initialise_fusion` of every fused slot of a supernet (every shot of a few-shot one,
+    each alike)."""
+    for shot in supernet.all_shots():
+        initialise_fusion({int(j): slot for j, slot in shot.fusion.items()}, supernet.backbone,
+                          train_cache, rule, seed, device)

@@ -82,7 +82,7 @@ def _inherited_weights(run: Path, space, arch, data: str, args):
     from autopmf.build import build_backbone
     from autopmf.files import load_tensors
     from autopmf.supernet_train import load_supernet_weights
-    from supernet.supernet import Supernet
+    from supernet.few_shot import build_supernet
 
     if not (run / SUPERNET_WEIGHTS).exists():
         raise AutopmfError(f"--init supernet needs {run / SUPERNET_WEIGHTS} (the search run's "
@@ -94,7 +94,8 @@ def _inherited_weights(run: Path, space, arch, data: str, args):
 
         num_classes = len(load_dataset(data, seed=args.seed,
                                        image_size=space.image_size).label_names)
-    supernet = Supernet(space, build_backbone(space), num_classes)
+    few_shot = record.get("config", {}).get("few_shot", "none")
+    supernet = build_supernet(space, build_backbone(space), num_classes, few_shot)
     load_supernet_weights(supernet, load_tensors(run / SUPERNET_WEIGHTS))
     return supernet.extract(arch).trainable_state_dict()
 
@@ -163,6 +164,7 @@ def _supernet_config(args, space):
                           prompt_init=args.prompt_init, head_init=args.head_init,
                        device=args.device,
                           progress=not args.quiet, sampling=args.sampling,
+                          few_shot=args.few_shot,
                           budget_gb=_supernet_budget(args),
                           warmup_epochs=_warmup_epochs(args), warmup=args.warmup,
                           feature_cache=args.feature_cache,
@@ -419,10 +421,15 @@ def _add_supernet_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    from supernet.few_shot import FEW_SHOT_SPLITS
     from supernet.sampling import SAMPLING_RULES
 
     p.add_argument("--sampling", choices=SAMPLING_RULES, default="sandwich",
                    help="supernet training: which subnet trains at each step")
+    p.add_argument("--few-shot", choices=FEW_SHOT_SPLITS, default="none",
+                   help="supernet training: one supernet (none, the default), or one per "
+                   "highest fused slot (top-slot), each trained only on the subnets whose top "
+                   "fused slot it is; pair it with --sampling top-slot so each gets its share")
     p.add_argument("--supernet-scope", choices=SUPERNET_SCOPES, default="budget",
                    help="supernet training: only subnets that fit --budget-gb (repaired into "
                    "it like the search's candidates), or the whole space")

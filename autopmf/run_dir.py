@@ -53,6 +53,8 @@ def run_settings(cfg) -> dict:
                 if k not in ("progress", "device", "feature_cache", "cache_max_bytes")}
     if settings.get("data_seed", 0) is None:
         del settings["data_seed"]  # the default: runs written before it existed stay the same
+    if settings.get("few_shot") == "none":
+        del settings["few_shot"]  # likewise
     return settings
 
 

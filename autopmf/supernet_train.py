@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from autopmf.budget import Budget
-from autopmf.build import build_backbone, initialise_fusion
+from autopmf.build import build_backbone, initialise_supernet
 from autopmf.checkpoint import EpochCheckpoints, check_fingerprint
 from autopmf.choices import DEFAULT_SLOT_BYTES
 from autopmf.data.registry import load_dataset
@@ -38,16 +38,19 @@ from autopmf.run_dir import (claim_run_dir, fingerprint, holds_run_lock, package
                              run_settings)
 from autopmf.space import SearchSpace
 from autopmf.train import LoopHooks, TrainConfig, batches_per_epoch, train_loop
+from supernet.few_shot import FewShotSupernet, build_supernet
 from supernet.optim import step_used_only
-from supernet.weights import load_trainable_state
 from supernet.sampling import ArchSampler, reference_subnets
 from supernet.supernet import Supernet
+from supernet.weights import load_trainable_state
 
 
 @dataclass
 class SupernetConfig(TrainConfig):
     epochs: int = 10
     sampling: str = "sandwich"
+    # One supernet ("none"), or one per highest fused slot ("top-slot"): supernet.few_shot.
+    few_shot: str = "none"
     # Train only subnets that fit this training-memory budget (GiB), repaired into it exactly
     # as the search repairs its candidates; None trains the whole space.
     budget_gb: float | None = None
@@ -140,14 +143,36 @@ HEAD_FIT_SUBNETS = 6  # sampler draws the shared heads are fitted on (besides th
 HEAD_FIT_EXAMPLES = 4096
 
 
-def shared_head_subnets(sampler: ArchSampler) -> list:
-    """The subnets the shared heads are fitted on: the warm-up's, then the first draws after
-    it (the sandwich's largest, smallest and random subnets), each once."""
+# How many draws past the first a few-shot supernet's head fit looks through for a subnet
+# of each shot (a shot that the budget leaves no subnet keeps its initial heads).
+HEAD_FIT_SEARCH_DRAWS = 1000
+
+
+def shared_head_subnets(sampler: ArchSampler, supernet: Supernet | FewShotSupernet
+                        ) -> list[tuple[Supernet, list]]:
+    """Per shot (supernet.few_shot; one for a plain supernet), the subnets its heads are
+    fitted on: the warm-up's, then the first draws after it (the sandwich's largest, smallest
+    and random subnets), each once; a shot that none of those reach gets the first later
+    draw that does."""
     warmup = range(min(sampler.warmup_steps, len(sampler.warmup_archs)))
-    after = range(sampler.warmup_steps, sampler.warmup_steps + HEAD_FIT_SUBNETS)
-    archs = [sampler.sample(step) for step in (*warmup, *after)]
-    unique = {json.dumps(a, sort_keys=True): a for a in archs}
-    return list(unique.values())
+    first = sampler.warmup_steps
+    shots = supernet.all_shots()
+    groups: list[dict[str, dict]] = [{} for _ in shots]
+
+    def shot_index(arch) -> int:
+        routed = supernet.shot(arch)
+        return next(i for i, shot in enumerate(shots) if shot is routed)
+
+    for step in (*warmup, *range(first, first + HEAD_FIT_SUBNETS)):
+        arch = sampler.sample(step)
+        groups[shot_index(arch)].setdefault(json.dumps(arch, sort_keys=True), arch)
+    for step in range(first + HEAD_FIT_SUBNETS, first + HEAD_FIT_SEARCH_DRAWS):
+        if all(groups):
+            break
+        arch = sampler.sample(step)
+        if not groups[shot_index(arch)]:
+            groups[shot_index(arch)][json.dumps(arch, sort_keys=True)] = arch
+    return [(shot, list(group.values())) for shot, group in zip(shots, groups) if group]
 
 
 def fit_shared_heads(supernet: Supernet, archs: list, train: SlotCaches, val: SlotCaches,
@@ -180,7 +205,7 @@ class SupernetSteps(LoopHooks):
     entering that subnet's first fused slot, and moves only the weights that subnet used;
     each epoch scores the reference subnets."""
 
-    supernet: Supernet
+    supernet: Supernet | FewShotSupernet
     model: torch.nn.Module  # the supernet, or its DistributedDataParallel wrapper
     sampler: ArchSampler
     train: SlotCaches
@@ -197,8 +222,9 @@ class SupernetSteps(LoopHooks):
         # that no step will train would cost minutes for nothing (the search refuses
         # heads-scoring of such a supernet).
         if self.cfg.head_init == "probe" and self.cfg.epochs > 0:
-            fit_shared_heads(self.supernet, shared_head_subnets(self.sampler), self.train,
-                             self.reference_val, self.cfg, self.num_classes, self.metric)
+            for shot, archs in shared_head_subnets(self.sampler, self.supernet):
+                fit_shared_heads(shot, archs, self.train, self.reference_val, self.cfg,
+                                 self.num_classes, self.metric)
 
     def order(self, epoch: int) -> torch.Tensor:
         # The order depends only on (seed, epoch), so a resumed epoch sees the same batches.
@@ -268,7 +294,7 @@ def supernet_of_run(space: SearchSpace, data_spec: str, out: Path, cfg: Supernet
         announce_encoders(space, backbone)
     torch.manual_seed(cfg.seed)
     num_classes = len(dataset.label_names)
-    supernet = Supernet(space, backbone, num_classes).to(cfg.device)
+    supernet = build_supernet(space, backbone, num_classes, cfg.few_shot).to(cfg.device)
 
     slot = supernet.lowest_fusable_slot
     if dist.is_main:  # rank 0 fills the disk cache; the others then read it
@@ -288,8 +314,7 @@ def supernet_of_run(space: SearchSpace, data_spec: str, out: Path, cfg: Supernet
         return SupernetRun(supernet, caches, dataset.metric,
                            json.loads((out / METRICS).read_text()), val_slots)
 
-    initialise_fusion({int(j): slot for j, slot in supernet.fusion.items()}, backbone,
-                      caches["train"], cfg.prompt_init, cfg.seed, cfg.device)
+    initialise_supernet(supernet, caches["train"], cfg.prompt_init, cfg.seed, cfg.device)
     # Full global batches only: distributed ranks stay in step.
     steps = batches_per_epoch(len(caches["train"]), cfg.batch_size, full_only=True)
     train_slots = SlotCaches(caches["train"], backbone, ram)

@@ -41,7 +41,7 @@ from supernet import sampling  # noqa: E402
 def pin_sampler(arch: dict) -> None:
     """Every supernet step, and the shared heads' fit, use `arch` alone."""
     sampling.ArchSampler.sample = lambda self, step: arch
-    supernet_train.shared_head_subnets = lambda sampler: [arch]
+    supernet_train.shared_head_subnets = lambda sampler, supernet: [(supernet, [arch])]
 
 
 def yardstick_scores(ranking: Path, design: str) -> dict | None:

@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autopmf.build import build_backbone, initialise_fusion  # noqa: E402
+from autopmf.build import build_backbone, initialise_supernet  # noqa: E402
 from autopmf.choices import PROBE_EXAMPLES  # noqa: E402
 from autopmf.data.registry import load_dataset  # noqa: E402
 from autopmf.feature_store import feature_caches  # noqa: E402
@@ -46,7 +46,7 @@ from autopmf.ranking import (correlation_ci, kendall_tau_b, regret, spearman_rho
 from autopmf.space import load_space, space_from_dict  # noqa: E402
 from autopmf.train import TrainConfig  # noqa: E402
 from bench.ranking import parse_design  # noqa: E402
-from supernet.supernet import Supernet  # noqa: E402
+from supernet.few_shot import build_supernet  # noqa: E402
 from supernet.weights import load_trainable_state  # noqa: E402
 
 
@@ -97,19 +97,20 @@ def load_supernet(args, yardstick: dict):
     if args.untrained:
         space, data, seed = load_space(yardstick["space"]), yardstick["task"], args.seed
         prompt_init = yardstick.get("prompt_init", "paper")
+        few_shot = "none"
     else:
         metrics = json.loads((Path(args.supernet) / SUPERNET_METRICS).read_text())
         space = space_from_dict(metrics["space"])
         data, seed = metrics["data"], metrics["config"]["seed"]
         prompt_init = metrics["config"].get("prompt_init", "paper")
+        few_shot = metrics["config"].get("few_shot", "none")
     dataset = load_dataset(data, seed=seed, image_size=space.image_size)
     backbone = build_backbone(space)
     torch.manual_seed(seed)
-    supernet = Supernet(space, backbone, len(dataset.label_names))
+    supernet = build_supernet(space, backbone, len(dataset.label_names), few_shot)
     caches = feature_caches(space, dataset, backbone, supernet.lowest_fusable_slot)
     if args.untrained:
-        initialise_fusion({int(j): s for j, s in supernet.fusion.items()}, backbone,
-                          caches["train"], prompt_init, seed)
+        initialise_supernet(supernet, caches["train"], prompt_init, seed)
     else:
         load_trainable_state(supernet, load_tensors(Path(args.supernet) / SUPERNET_WEIGHTS))
     return space, dataset, seed, supernet, caches

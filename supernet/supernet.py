@@ -45,6 +45,14 @@ class Supernet(nn.Module):
         """Everything below it is the same for every subnet: the feature-cache boundary."""
         return min(self.space.fusable_slots)
 
+    def shot(self, arch: Mapping[str, int]) -> "Supernet":
+        """The supernet holding `arch`'s weights: this one (a few-shot supernet has several:
+        supernet.few_shot)."""
+        return self
+
+    def all_shots(self) -> list["Supernet"]:
+        return [self]
+
     def active_slots(self, arch: Mapping[str, int]) -> dict[int, SlotConfig]:
         return self.space.slot_configs(arch, self.default_mapping_hidden)
 

@@ -108,13 +108,16 @@ def test_jointly_fitted_heads_are_the_probe_of_the_pooled_pairs(space, backbone,
 def test_the_supernets_heads_are_fitted_on_the_warmup_and_the_first_sandwich_draws():
     from autopmf.supernet_train import HEAD_FIT_SUBNETS, shared_head_subnets
     from supernet.sampling import ArchSampler, largest_arch, smallest_arch
+    from supernet.supernet import Supernet
 
     from tests.conftest import tiny_space
 
     space = tiny_space()
     warmup = space.validate(space.reference_arch(2, 2))  # neither the largest nor smallest
     sampler = ArchSampler(space, "sandwich", seed=0, warmup_steps=10, warmup_archs=[warmup])
-    archs = shared_head_subnets(sampler)
+    supernet = Supernet(space, build_backbone(space), 2)
+    [(shot, archs)] = shared_head_subnets(sampler, supernet)
+    assert shot is supernet
     assert archs[0] == space.canonical(warmup)
     # The sandwich's turn is step % 3: step 10 draws the smallest, step 12 the largest.
     assert archs[1] == space.canonical(smallest_arch(space))
@@ -123,4 +126,5 @@ def test_the_supernets_heads_are_fitted_on_the_warmup_and_the_first_sandwich_dra
     assert len(keys) == len(set(keys)) <= 1 + HEAD_FIT_SUBNETS  # each subnet once
     uniform = ArchSampler(space, "uniform", seed=0)
     draws = {str(sorted(uniform.sample(i).items())) for i in range(HEAD_FIT_SUBNETS)}
-    assert {str(sorted(a.items())) for a in shared_head_subnets(uniform)} == draws
+    [(_, archs)] = shared_head_subnets(uniform, supernet)
+    assert {str(sorted(a.items())) for a in archs} == draws

@@ -1,0 +1,150 @@
+"""Few-shot supernets split on the highest fused slot (supernet.few_shot)."""
+
+import argparse
+import random
+
+import pytest
+import torch
+
+from autopmf.build import build_backbone
+from autopmf.files import load_tensors
+from autopmf.run_dir import run_settings
+from autopmf.supernet_train import SupernetConfig, shared_head_subnets, train_supernet
+from supernet.few_shot import FewShotSupernet, build_supernet
+from supernet.optim import step_used_only
+from supernet.sampling import ArchSampler
+from supernet.supernet import Supernet
+from tests.conftest import make_batch, tiny_space
+
+DATA = "digits:examples_per_image=1"
+
+
+@pytest.fixture(scope="module")
+def few_shot():
+    space = tiny_space()
+    torch.manual_seed(0)
+    return space, FewShotSupernet(space, build_backbone(space), num_classes=3)
+
+
+def top_slot_archs(space, top, n=3, seed=0):
+    """Subnets whose highest fused slot is `top`."""
+    rng, archs = random.Random(seed), []
+    while len(archs) < n:
+        arch = space.random_arch(rng)
+        if max(space.fused_slots(arch), default=None) == top:
+            archs.append(arch)
+    return archs
+
+
+def test_every_shot_starts_from_the_same_weights_and_routes_by_the_top_fused_slot(few_shot,
+                                                                                  images):
+    space, supernet = few_shot
+    assert sorted(supernet.shots) == ["0", "1", "2"]
+    states = [shot.trainable_state_dict() for shot in supernet.all_shots()]
+    for state in states[1:]:
+        assert all(torch.equal(state[k], states[0][k]) for k in states[0])
+    # Backbone shared, not copied: the trainable weights are the shots' own, nothing else.
+    assert all(shot.backbone is supernet.backbone for shot in supernet.all_shots())
+    assert set(supernet.trainable_state_dict()) == {
+        f"shots.{name}.{key}" for name in supernet.shots for key in states[0]}
+
+    nothing = {key: min(values) for key, values in space.choices().items()}
+    assert supernet.shot(nothing) is supernet.shots["0"]
+    batch = make_batch(supernet.backbone, space, images)
+    for top in space.fusable_slots:
+        for arch in top_slot_archs(space, top):
+            assert supernet.shot(arch) is supernet.shots[str(top)]
+            model = supernet.extract(arch)
+            with torch.no_grad():
+                torch.testing.assert_close(model(batch), supernet.forward_batch(batch, arch),
+                                           atol=0, rtol=0)
+
+
+def test_a_step_moves_only_the_routed_shot_and_in_it_only_what_the_subnet_used(images):
+    space = tiny_space()
+    torch.manual_seed(1)
+    supernet = FewShotSupernet(space, build_backbone(space), num_classes=3)
+    batch = make_batch(supernet.backbone, space, images)
+    labels = torch.tensor([0, 1, 2, 0])
+    trainable = [p for p in supernet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2, weight_decay=0.1)
+
+    def step(arch):
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(supernet.forward_batch(batch, arch), labels).backward()
+        step_used_only(optimizer, supernet, supernet.used_regions(arch))
+
+    for top in space.fusable_slots:  # momentum and state in every shot
+        step(top_slot_archs(space, top, n=1)[0])
+    arch = top_slot_archs(space, 1, n=1, seed=5)[0]
+    before = supernet.trainable_state_dict()
+    before = {k: v.clone() for k, v in before.items()}
+    step(arch)
+    after = supernet.trainable_state_dict()
+    regions = supernet.used_regions(arch)
+    moved = set()
+    for name, value in after.items():
+        unused = torch.ones_like(value, dtype=torch.bool)
+        if regions[name] is not None:
+            unused[regions[name]] = False
+        assert torch.equal(value[unused], before[name][unused]), f"{name} moved where unused"
+        if not torch.equal(value, before[name]):
+            moved.add(name.split(".")[1])
+    assert moved == {"1"}
+    assert regions["shots.1.heads.text.weight"] is not None
+    assert regions["shots.0.heads.text.weight"] is None
+
+
+def test_the_heads_fit_reaches_every_shot_with_its_own_subnets():
+    space = tiny_space()
+    supernet = FewShotSupernet(space, build_backbone(space), num_classes=2)
+    sampler = ArchSampler(space, "sandwich", seed=0)  # the sandwich's draws favour slot 2
+    groups = shared_head_subnets(sampler, supernet)
+    assert [shot for shot, _ in groups] == supernet.all_shots()
+    for shot, archs in groups:
+        assert archs and all(supernet.shot(arch) is shot for arch in archs)
+
+
+def test_a_few_shot_supernet_trains_resumes_and_gives_its_weights_to_a_retrain(
+        tmp_path, cache_dir, monkeypatch):
+    from autopmf import cli
+
+    space, out = tiny_space(), tmp_path / "run"
+    cfg = SupernetConfig(epochs=1, batch_size=16, lr=5e-3, progress=False,
+                         sampling="top-slot", few_shot="top-slot")
+    run = train_supernet(space, DATA, out, cfg)
+    assert isinstance(run.supernet, FewShotSupernet)
+    saved = load_tensors(out / "supernet.safetensors")
+    assert all(name.startswith("shots.") for name in saved)
+    # Trained apart: after one epoch no two shots hold the same prompts.
+    prompts = [saved[f"shots.{j}.fusion.0.text_query"] for j in run.supernet.shots]
+    assert not any(torch.equal(a, b) for i, a in enumerate(prompts) for b in prompts[i + 1:])
+
+    again = train_supernet(space, DATA, out, cfg, resume=True)  # finished: loaded as it is
+    assert again.metrics["fingerprint"] == run.metrics["fingerprint"]
+    arch = space.reference_arch(1, 2)
+    expected = run.supernet.extract(arch).trainable_state_dict()
+    weights = cli._inherited_weights(out, space, arch, DATA, argparse.Namespace(seed=0))
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[k], expected[k]) for k in weights)
+
+
+def test_the_default_leaves_every_earlier_supernets_fingerprint_as_it_was():
+    assert "few_shot" not in run_settings(SupernetConfig())
+    assert run_settings(SupernetConfig(few_shot="top-slot"))["few_shot"] == "top-slot"
+    assert isinstance(build_supernet(tiny_space(), build_backbone(tiny_space()), 2), Supernet)
+    with pytest.raises(ValueError, match="few-shot split 'lowest'"):
+        build_supernet(tiny_space(), build_backbone(tiny_space()), 2, "lowest")
+
+
+def test_cli_few_shot_reaches_the_supernet_config():
+    from autopmf.cli import _supernet_config, _UsageError, build_parser
+
+    def config(*extra):
+        args = build_parser().parse_args(["supernet", "--space", "tiny", "--data", "digits",
+                                          "--out", "x", *extra])
+        return _supernet_config(args, tiny_space())
+    assert config().few_shot == "none"
+    assert config("--few-shot", "top-slot").few_shot == "top-slot"
+    with pytest.raises(_UsageError, match="invalid choice: 'lowest'"):
+        config("--few-shot", "lowest")
