@@ -114,11 +114,12 @@ def check_finite_loss(loss: float, epoch: int, step: int, cfg: TrainConfig) -> N
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """Heads (modules named `heads`, or a bare linear probe) get lr * head_lr_scale."""
+    """Heads (modules named `heads`, at any depth: a few-shot supernet's are its shots', or a
+    bare linear probe) get lr * head_lr_scale."""
     heads, rest = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            is_head = name.startswith("heads.") or isinstance(model, nn.Linear)
+            is_head = "heads" in name.split(".")[:-1] or isinstance(model, nn.Linear)
             (heads if is_head else rest).append(p)
     return [{"params": rest, "lr": cfg.lr},
             {"params": heads, "lr": cfg.lr * cfg.head_lr_scale}]

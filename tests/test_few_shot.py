@@ -148,3 +148,17 @@ def test_cli_few_shot_reaches_the_supernet_config():
     assert config("--few-shot", "top-slot").few_shot == "top-slot"
     with pytest.raises(_UsageError, match="invalid choice: 'lowest'"):
         config("--few-shot", "lowest")
+
+
+def test_every_shots_heads_train_at_the_heads_rate(few_shot):
+    from autopmf.train import TrainConfig, param_groups
+
+    space, supernet = few_shot
+    rest, heads = param_groups(supernet, TrainConfig(lr=1e-3, head_lr_scale=0.01))
+    names = {id(p): n for n, p in supernet.named_parameters()}
+    assert heads["lr"] == pytest.approx(1e-5) and rest["lr"] == 1e-3
+    assert {names[id(p)] for p in heads["params"]} == {
+        n for n in supernet.trainable_state_dict() if ".heads." in n}
+    assert len(heads["params"]) == 2 * 2 * len(supernet.shots)  # text and image, w and b
+    plain = supernet.shots["0"]
+    assert len(param_groups(plain, TrainConfig())[1]["params"]) == 4
