@@ -66,6 +66,8 @@ def settings_key(args) -> dict:
                                          "head_init", "threads", "lr", "data_seed")}
     if args.head_lr_scale != TrainConfig.head_lr_scale:  # logs from before the option match
         key["head_lr_scale"] = args.head_lr_scale
+    if args.warmup_frac != TrainConfig.warmup_frac:
+        key["warmup_frac"] = args.warmup_frac
     return key
 
 
@@ -95,6 +97,8 @@ def main() -> None:
     parser.add_argument("--head-init", default="probe")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--head-lr-scale", type=float, default=TrainConfig.head_lr_scale)
+    parser.add_argument("--warmup-frac", type=float, default=TrainConfig.warmup_frac,
+                        help="the share of the steps over which the learning rate rises")
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget-gb", type=float, default=0.285,
@@ -164,6 +168,7 @@ def main() -> None:
     result = {"task": args.data, "space": args.space, "designs": len(designs),
               "seeds": args.seeds, "epochs": args.epochs, "prompt_init": args.prompt_init,
               "head_init": args.head_init, "lr": args.lr, "head_lr_scale": args.head_lr_scale,
+              "warmup_frac": args.warmup_frac,
               "score": f"val {dataset.metric}",
               "seed_tau": summary["seed_tau"], "seed_tau_ci": summary["seed_tau_ci"],
               "spread": summary["spread"], "mean_seed_std": summary["mean_seed_std"],
@@ -201,7 +206,7 @@ def run_side_by_side(args, space, designs: list[str]) -> None:
                 "--jobs", "1", "--no-summary", "--out", args.out]
         # The settings that key the log (so the children's records count here), plus these.
         settings = {**settings_key(args), "seeds": args.seeds,
-                    "head_lr_scale": args.head_lr_scale}
+                    "head_lr_scale": args.head_lr_scale, "warmup_frac": args.warmup_frac}
         for name, value in settings.items():
             argv += [f"--{name.replace('_', '-')}", str(value)]
         children.append(subprocess.Popen(argv))
@@ -217,7 +222,7 @@ def train_once(space, arch, backbone, slots, num_classes, metric, seed, args) ->
     start = model.first_fused_slot
     caches = {name: s.at(start) for name, s in slots.items()}
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, head_lr_scale=args.head_lr_scale,
-                      seed=seed, batch_size=space.batch_size,
+                      warmup_frac=args.warmup_frac, seed=seed, batch_size=space.batch_size,
                       precision=space.precision, prompt_init=args.prompt_init,
                       head_init=args.head_init, progress=False)
     initialise_training(model, backbone, caches["train"], caches["val"], cfg, num_classes,
