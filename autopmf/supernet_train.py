@@ -143,47 +143,53 @@ HEAD_FIT_SUBNETS = 6  # sampler draws the shared heads are fitted on (besides th
 HEAD_FIT_EXAMPLES = 4096
 
 
-# How many draws past the first a few-shot supernet's head fit looks through for a subnet
-# of each shot (a shot that the budget leaves no subnet keeps its initial heads).
-HEAD_FIT_SEARCH_DRAWS = 1000
+# How many draws a few-shot supernet's head fit looks through for the subnets of each shot
+# (a shot that the budget leaves no subnet keeps its initial heads).
+HEAD_FIT_SEARCH_DRAWS = 2000
 
 
 def shared_head_subnets(sampler: ArchSampler, supernet: Supernet | FewShotSupernet
                         ) -> list[tuple[Supernet, list]]:
     """Per shot (supernet.few_shot; one for a plain supernet), the subnets its heads are
-    fitted on: the warm-up's, then the first draws after it (the sandwich's largest, smallest
-    and random subnets), each once; a shot that none of those reach gets the first later
-    draw that does."""
-    warmup = range(min(sampler.warmup_steps, len(sampler.warmup_archs)))
-    first = sampler.warmup_steps
+    fitted on: the warm-up's, then the first HEAD_FIT_SUBNETS draws after it that train that
+    shot (for a plain supernet, the sandwich's largest, smallest and random subnets), each
+    once. Every shot needs several: heads fitted on one subnet gave the others in its shot
+    losses near 4 that ten epochs did not bring below 1 (BENCHMARKS.md)."""
+    warmup = [sampler.sample(step)
+              for step in range(min(sampler.warmup_steps, len(sampler.warmup_archs)))]
     shots = supernet.all_shots()
     groups: list[dict[str, dict]] = [{} for _ in shots]
+    drawn = [0] * len(shots)
 
     def shot_index(arch) -> int:
         routed = supernet.shot(arch)
         return next(i for i, shot in enumerate(shots) if shot is routed)
 
-    for step in (*warmup, *range(first, first + HEAD_FIT_SUBNETS)):
-        arch = sampler.sample(step)
+    for arch in warmup:
         groups[shot_index(arch)].setdefault(json.dumps(arch, sort_keys=True), arch)
-    for step in range(first + HEAD_FIT_SUBNETS, first + HEAD_FIT_SEARCH_DRAWS):
-        if all(groups):
+    first = sampler.warmup_steps
+    for step in range(first, first + max(HEAD_FIT_SUBNETS, HEAD_FIT_SEARCH_DRAWS)):
+        if min(drawn) >= HEAD_FIT_SUBNETS:
             break
         arch = sampler.sample(step)
-        if not groups[shot_index(arch)]:
-            groups[shot_index(arch)][json.dumps(arch, sort_keys=True)] = arch
+        i = shot_index(arch)
+        if drawn[i] < HEAD_FIT_SUBNETS:
+            drawn[i] += 1
+            groups[i].setdefault(json.dumps(arch, sort_keys=True), arch)
     return [(shot, list(group.values())) for shot, group in zip(shots, groups) if group]
 
 
 def fit_shared_heads(supernet: Supernet, archs: list, train: SlotCaches, val: SlotCaches,
-                     cfg: SupernetConfig, num_classes: int, metric: str) -> None:
+                     cfg: SupernetConfig, num_classes: int, metric: str,
+                     examples: int = HEAD_FIT_EXAMPLES) -> None:
     """`--head-init probe` for the supernet: its heads are shared, so they are one probe fitted
     on the [CLS] pairs of several subnets together (a fixed sample of examples each; `val`:
     the per-epoch reference examples, whose higher slots are built anyway). Fitted
     on one subnet alone, they gave every other subnet logits so far off that the first
-    sandwich steps had losses near 10 and left every subnet at chance (BENCHMARKS.md)."""
+    sandwich steps had losses near 10 and left every subnet at chance (BENCHMARKS.md).
+    `examples`: of each split, per subnet."""
     lowest = supernet.lowest_fusable_slot
-    rows = {name: probe_sample(slots.at(lowest), HEAD_FIT_EXAMPLES, cfg.seed)
+    rows = {name: probe_sample(slots.at(lowest), examples, cfg.seed)
             for name, slots in (("train", train), ("val", val))}
 
     def sources():  # one subnet's sample at a time: each is a copy of its rows
@@ -222,9 +228,13 @@ class SupernetSteps(LoopHooks):
         # that no step will train would cost minutes for nothing (the search refuses
         # heads-scoring of such a supernet).
         if self.cfg.head_init == "probe" and self.cfg.epochs > 0:
-            for shot, archs in shared_head_subnets(self.sampler, self.supernet):
+            # A few-shot supernet's shots share the examples out: its fit costs what one
+            # supernet's does.
+            groups = shared_head_subnets(self.sampler, self.supernet)
+            examples = HEAD_FIT_EXAMPLES // len(self.supernet.all_shots())
+            for shot, archs in groups:
                 fit_shared_heads(shot, archs, self.train, self.reference_val, self.cfg,
-                                 self.num_classes, self.metric)
+                                 self.num_classes, self.metric, examples)
 
     def order(self, epoch: int) -> torch.Tensor:
         # The order depends only on (seed, epoch), so a resumed epoch sees the same batches.

@@ -101,8 +101,9 @@ def test_the_heads_fit_reaches_every_shot_with_its_own_subnets():
     sampler = ArchSampler(space, "sandwich", seed=0)  # the sandwich's draws favour slot 2
     groups = shared_head_subnets(sampler, supernet)
     assert [shot for shot, _ in groups] == supernet.all_shots()
-    for shot, archs in groups:
-        assert archs and all(supernet.shot(arch) is shot for arch in archs)
+    for shot, archs in groups:  # several each (slot 0 alone has three prompt lengths)
+        assert len(archs) >= 2 and all(supernet.shot(arch) is shot for arch in archs)
+        assert len({str(sorted(a.items())) for a in archs}) == len(archs)
 
 
 def test_a_few_shot_supernet_trains_resumes_and_gives_its_weights_to_a_retrain(
