@@ -164,7 +164,7 @@ def _supernet_config(args, space):
                           prompt_init=args.prompt_init, head_init=args.head_init,
                        device=args.device,
                           progress=not args.quiet, sampling=args.sampling,
-                          few_shot=args.few_shot,
+                          few_shot=args.few_shot, data_seed=getattr(args, "data_seed", None),
                           budget_gb=_supernet_budget(args),
                           warmup_epochs=_warmup_epochs(args), warmup=args.warmup,
                           feature_cache=args.feature_cache,
@@ -518,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-gb", type=float, default=None,
                    help="train only subnets that fit this training-memory budget (GiB)")
     _add_supernet_options(p)
+    _add_data_seed_option(p)
     p.set_defaults(func=cmd_supernet)
 
     from autopmf.memory.cli import add_measure_parser

@@ -296,7 +296,7 @@ def supernet_of_run(space: SearchSpace, data_spec: str, out: Path, cfg: Supernet
                           json.loads((out / METRICS).read_text()).get("fingerprint"),
                           run_fingerprint)
     started = time.perf_counter()
-    dataset = load_dataset(data_spec, seed=cfg.seed, image_size=space.image_size)
+    dataset = load_dataset(data_spec, seed=cfg.split_seed, image_size=space.image_size)
     if dist.is_main:
         announce_data(dataset)
     backbone = build_backbone(space).to(cfg.device)

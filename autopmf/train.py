@@ -62,6 +62,11 @@ class TrainConfig:
     device: str = "cpu"
     progress: bool = True
 
+    @property
+    def split_seed(self) -> int:
+        """The seed the data is loaded (and split) with."""
+        return self.seed if self.data_seed is None else self.data_seed
+
 
 @dataclass
 class FitResult:

@@ -55,8 +55,7 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
         return json.loads((out / METRICS).read_text())
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
-    dataset = load_dataset(data_spec, seed=data_seed, image_size=space.image_size)
+    dataset = load_dataset(data_spec, seed=cfg.split_seed, image_size=space.image_size)
     announce_data(dataset)
     backbone = build_backbone(space).to(cfg.device)
     announce_encoders(space, backbone)

@@ -101,7 +101,9 @@ def load_supernet(args, yardstick: dict):
     else:
         metrics = json.loads((Path(args.supernet) / SUPERNET_METRICS).read_text())
         space = space_from_dict(metrics["space"])
-        data, seed = metrics["data"], metrics["config"]["seed"]
+        data = metrics["data"]
+        seed = metrics["config"].get("data_seed")  # the supernet's data split's seed
+        seed = metrics["config"]["seed"] if seed is None else seed
         prompt_init = metrics["config"].get("prompt_init", "paper")
         few_shot = metrics["config"].get("few_shot", "none")
     dataset = load_dataset(data, seed=seed, image_size=space.image_size)

@@ -422,6 +422,27 @@ def test_cli_warmup_rule_reaches_the_supernet_config():
         config("--warmup", "widest")
 
 
+def test_cli_data_seed_splits_the_supernets_data_apart_from_its_seed(tmp_path, cache_dir,
+                                                                     monkeypatch):
+    """`autopmf supernet --seed 1 --data-seed 0` trains on seed 0's split (another supernet
+    seed, compared on the same data)."""
+    from autopmf import supernet_train as st
+    from autopmf.cli import _supernet_config, build_parser
+
+    args = build_parser().parse_args(["supernet", "--space", "tiny", "--data", "digits",
+                                      "--out", "x", "--seed", "1", "--data-seed", "0"])
+    cfg = _supernet_config(args, tiny_space())
+    assert (cfg.seed, cfg.data_seed, cfg.split_seed) == (1, 0, 0)
+    assert SupernetConfig(seed=3).split_seed == 3
+    seen = []
+    real_load = st.load_dataset
+    monkeypatch.setattr(st, "load_dataset",
+                        lambda spec, seed, **kw: seen.append(seed) or real_load(spec, seed, **kw))
+    train_supernet(tiny_space(), DATA, tmp_path / "run", small_config(epochs=1, seed=1,
+                                                                     data_seed=0))
+    assert seen == [0]
+
+
 def test_warmup_epochs_validate_only_the_warmup_subnet(tmp_path, cache_dir):
     from autopmf.memory import GIB, estimate_bytes, load_profile
     from autopmf.supernet_train import budget_fit, warmup_references
