@@ -168,7 +168,7 @@ def shared_head_subnets(sampler: ArchSampler, supernet: Supernet | FewShotSupern
     for arch in warmup:
         groups[shot_index(arch)].setdefault(json.dumps(arch, sort_keys=True), arch)
     first = sampler.warmup_steps
-    for step in range(first, first + max(HEAD_FIT_SUBNETS, HEAD_FIT_SEARCH_DRAWS)):
+    for step in range(first, first + HEAD_FIT_SEARCH_DRAWS):
         if min(drawn) >= HEAD_FIT_SUBNETS:
             break
         arch = sampler.sample(step)

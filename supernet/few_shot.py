@@ -63,10 +63,6 @@ class FewShotSupernet(nn.Module):
     def lowest_fusable_slot(self) -> int:
         return min(self.space.fusable_slots)
 
-    @property
-    def default_mapping_hidden(self) -> int:
-        return self.shots[str(self.lowest_fusable_slot)].default_mapping_hidden
-
     def split_of(self, arch: Mapping[str, int]) -> str:
         """The name of the shot that holds subnet `arch`'s weights: its top fused slot."""
         return str(max(self.space.fused_slots(arch), default=self.lowest_fusable_slot))
@@ -76,9 +72,6 @@ class FewShotSupernet(nn.Module):
 
     def all_shots(self) -> list[Supernet]:
         return list(self.shots.values())
-
-    def active_slots(self, arch: Mapping[str, int]):
-        return self.shot(arch).active_slots(arch)
 
     def forward(self, streams: Streams, start_slot: int, arch: Mapping[str, int]
                 ) -> torch.Tensor:
