@@ -46,16 +46,21 @@ def initialise_fusion(slots: Mapping[int, FusionSlot], backbone: FrozenBackbone,
                       device: str = "cpu") -> None:
     """Give freshly built fused slots their starting point by `rule` (supernet.init): under
     "centred", their mappings are centred on a seeded sample of the training streams (drawn
-    from `train_cache`, which must start at or below every slot); "paper" leaves the
+    from `train_cache`, which must start at or below every slot); under "cls", their query
+    prompts start at that sample's mean [CLS] state (plus the paper's noise); "paper" leaves the
     constructors' initialisation as it is. Deterministic by seed; consumes no global RNG."""
     from autopmf.features import stream_sampler
-    from supernet.init import PROMPT_INITS, centre_mappings
+    from supernet.init import PROMPT_INITS, centre_mappings, shift_queries_to_cls
 
     if rule not in PROMPT_INITS:
         raise ValueError(f"unknown prompt initialisation {rule!r}; one of {PROMPT_INITS}")
     if rule == "paper" or not slots:
         return
-    centre_mappings(slots, stream_sampler(train_cache, backbone, seed, device),
+    streams_at = stream_sampler(train_cache, backbone, seed, device)
+    if rule == "cls":
+        shift_queries_to_cls(slots, streams_at)
+        return
+    centre_mappings(slots, streams_at,
                     lambda j: (backbone.text_layer_fn(j), backbone.image_layer_fn(j)))
 
 

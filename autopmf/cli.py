@@ -365,7 +365,8 @@ def _add_prompt_init_option(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--prompt-init", choices=PROMPT_INITS, default=PROMPT_INITS[0],
                    help="how fused slots start: exactly the PMF paper's ('paper'), or "
-                        "with mappings centred on the training data ('centred') "
+                        "with mappings centred on the training data ('centred'), or with "
+                        "query prompts starting at the mean [CLS] state of their slot ('cls') "
                         "(default: %(default)s)")
     p.add_argument("--head-init", choices=HEAD_INITS, default=HEAD_INITS[0],
                    help="how the heads start: fitted as a linear probe of the untrained "

@@ -13,6 +13,12 @@ the input and the cross-modal path starts with almost no signal. Centred, the ma
 (after the mapping's LayerNorm) are mostly the input-dependent part. Only biases and the
 first layer's row scales change: the model is the same PMF model, with another starting
 point.
+
+`cls`: the paper's draw of every prompt, then each query prompt shifted by the mean [CLS]
+state entering its slot (over a sample of training streams). Why: a query prompt near zero
+attends to every token alike, so its output is nearly the same for every input; one that
+starts where the encoder's own [CLS] does reads the input as [CLS] does, from step 0 (issue
+15's first direction). The noise keeps the M prompts of a slot apart.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch
 
 from supernet.fusion import FusionSlot, LayerFn, SlicedMLP, Streams
 
-PROMPT_INITS = ("paper", "centred")  # the first is the default
+PROMPT_INITS = ("paper", "centred", "cls")  # the first is the default
 
 
 @torch.no_grad()
@@ -49,3 +55,15 @@ def centre_mappings(slots: Mapping[int, FusionSlot], streams_at: Callable[[int],
         text_q, image_q = slot.query(streams_at(j), *layer_fns(j), slot.size)
         centre_mapping(slot.text_to_image, text_q)
         centre_mapping(slot.image_to_text, image_q)
+
+
+@torch.no_grad()
+def shift_queries_to_cls(slots: Mapping[int, FusionSlot],
+                         streams_at: Callable[[int], Streams]) -> None:
+    """`cls` initialisation: every query prompt of each slot in `slots` plus the mean [CLS]
+    (first) token of the streams entering that slot."""
+    for j, slot in slots.items():
+        streams = streams_at(j)
+        for prompts, stream in ((slot.text_query, streams.text),
+                                (slot.image_query, streams.image)):
+            prompts.add_(stream[:, 0].mean(dim=0).to(prompts.dtype))

@@ -100,3 +100,28 @@ def test_a_supernet_centres_its_full_banks_and_subnets_inherit_them(space, backb
 def test_unknown_rule_is_refused(space, backbone, train_cache):
     with pytest.raises(ValueError, match="unknown prompt initialisation"):
         initialised(space, backbone, train_cache, "lsuv", 0)
+
+
+def test_cls_starts_each_query_prompt_at_its_slots_mean_cls_state(space, backbone,
+                                                                   train_cache):
+    seed = 4
+    model = initialised(space, backbone, train_cache, "cls", seed)
+    paper = initialised(space, backbone, train_cache, "paper", seed)
+    assert states_equal(initialised(space, backbone, train_cache, "cls", seed), model)
+    streams_at = stream_sampler(train_cache, backbone, seed)
+    shifted = set()
+    for j in model.slot_configs:
+        streams, slot, start = streams_at(j), model.fusion[str(j)], paper.fusion[str(j)]
+        for name, stream in (("text_query", streams.text), ("image_query", streams.image)):
+            mean_cls = stream[:, 0].mean(0)
+            offset = getattr(slot, name) - getattr(start, name)
+            # Every prompt row moved by the same vector, the [CLS] mean: the paper's noise
+            # (which keeps the rows apart) is kept.
+            assert torch.allclose(offset, mean_cls.expand_as(offset), atol=1e-6), (j, name)
+            assert mean_cls.abs().max() > 1e-3
+            shifted.add(f"fusion.{j}.{name}")
+    # Only the query prompts move; mappings, context prompts and heads keep the paper's values.
+    for name, tensor in model.trainable_state_dict().items():
+        if name not in shifted:
+            assert torch.equal(tensor, paper.trainable_state_dict()[name]), name
+    assert shifted and all(name in model.trainable_state_dict() for name in shifted)
