@@ -4,9 +4,9 @@ CLI can build its parser without loading a model)."""
 STRATEGIES = ("evolution", "random")  # search: mutate a population, or sample only
 SUPERNET_SCOPES = ("budget", "full")  # supernet training: subnets within the budget, or all
 RETRAIN_INITS = ("scratch", "supernet")  # retrain: fresh weights, or the supernet's
-# The search's inherited score: a linear probe fitted to each subnet's own [CLS] pair, or the
-# supernet's shared heads (autopmf.inherited).
-INHERITED_SCORINGS = ("probe", "heads")
+# The search's inherited score: a linear probe fitted to each subnet's own [CLS] pair, the
+# supernet's shared heads, or that probe then one short epoch of training (autopmf.inherited).
+INHERITED_SCORINGS = ("probe", "heads", "finetune")
 # Training examples a candidate's probe is fitted on, by default (--probe-examples).
 PROBE_EXAMPLES = 1024
 DEVICES = ("cpu", "cuda")  # `cuda:N` names one GPU of several

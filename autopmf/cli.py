@@ -401,8 +401,10 @@ def _add_inherited_score_option(p) -> None:
     p.add_argument("--inherited-score", choices=INHERITED_SCORINGS,
                    default=INHERITED_SCORINGS[0],
                    help="how a candidate is scored with the supernet's weights: a linear probe "
-                   "fitted to its own [CLS] features ('probe'), or the supernet's shared "
-                   "heads ('heads')")
+                   "fitted to its own [CLS] features ('probe'), the supernet's shared "
+                   "heads ('heads'), or that probe then one short epoch of training on the "
+                   "probe's examples ('finetune': about probe-examples / batch size steps "
+                   "per candidate)")
     p.add_argument("--probe-examples", type=int, default=PROBE_EXAMPLES,
                    help=f"training examples each candidate's probe is fitted on (default "
                    f"{PROBE_EXAMPLES}); more bring each probe closer to one fitted on the whole "

@@ -1,10 +1,16 @@
 """How the search scores a subnet with the supernet's weights (its "inherited" score).
 
-Two ways (`INHERITED_SCORINGS`, the first the default):
+Three ways (`INHERITED_SCORINGS`, the first the default):
 - "probe": the subnet's final [CLS] pair, computed with the supernet's shared prompts and
   mappings, is read by a linear probe fitted for this subnet alone (on a fixed sample of
   training examples, C picked on validation), and scored on validation.
 - "heads": the supernet's shared heads read it, as the supernet itself predicts.
+- "finetune": the subnet, extracted standalone with the supernet's weights, gets heads fitted
+  as that probe, then trains one short epoch over the probe's sample (its own warm-up and
+  cosine, at FINETUNE_LR), and scores the better of its start and its end on validation,
+  as a standalone training does. It costs about probe_examples / batch_size training steps
+  per candidate (a quarter epoch of the demo task): the price of asking how a design
+  *starts to learn*, which is what a short standalone training ranks designs by.
 
 Why a probe: the heads are shared by every subnet, but each subnet's features are its own.
 Through shared heads a subnet scores how well its features suit heads that were fitted and
@@ -16,7 +22,7 @@ per candidate, beside the validation pass that both ways make.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 import torch
@@ -24,8 +30,8 @@ import torch
 from autopmf.baselines import select_probe
 from autopmf.choices import INHERITED_SCORINGS, PROBE_EXAMPLES
 from autopmf.features import FeatureCache, SlotCaches
-from autopmf.head_init import cls_pairs
-from autopmf.train import TrainConfig, evaluate
+from autopmf.head_init import cls_pairs, fit_heads
+from autopmf.train import TrainConfig, evaluate, fit
 from supernet.supernet import Supernet
 
 
@@ -69,6 +75,29 @@ def probe_score(supernet: Supernet, arch: Mapping[str, int], train: SlotCaches,
     return probe.val
 
 
+# The fine-tune's peak rate: the yardstick's (bench/ranking.py). At 3e-3 the first steps lose
+# what the fitted heads read (BENCHMARKS.md, "Why every run first loses what the probe read").
+FINETUNE_LR = 3e-4
+
+
+def finetune_score(supernet: Supernet, arch: Mapping[str, int], train: SlotCaches,
+                   val: SlotCaches, cfg: TrainConfig, metric: str, num_classes: int) -> float:
+    """The subnet's best validation score over its inherited start (heads fitted as a probe
+    on `train`) and one epoch of training on `train` at FINETUNE_LR; the supernet is left
+    as it was (the subnet is a copy)."""
+    start = first_slot(supernet, arch)
+    model = supernet.extract(arch)
+    train_cache, val_cache = train.at(start), val.at(start)
+    fit_heads(model.heads,
+              lambda cache, rows: model.features_from(cache.streams(rows, cfg.device),
+                                                      cache.slot),
+              train_cache, val_cache, num_classes, metric)
+    short = replace(cfg, epochs=1, lr=FINETUNE_LR, head_init="probe", progress=False)
+    return fit(model, lambda cache, rows: model.forward_from(cache.streams(rows, cfg.device),
+                                                             cache.slot),
+               train_cache, val_cache, short, metric).best_val
+
+
 @dataclass
 class InheritedScorer:
     """Scores subnets with the supernet's weights on the validation split (`scoring`: one of
@@ -96,5 +125,8 @@ class InheritedScorer:
     def __call__(self, arch: Mapping[str, int]) -> float:
         if self.scoring == "heads":
             return heads_score(self.supernet, arch, self.val, self.cfg, self.metric)
+        if self.scoring == "finetune":
+            return finetune_score(self.supernet, arch, self.train, self.val, self.cfg,
+                                  self.metric, self.num_classes)
         return probe_score(self.supernet, arch, self.train, self.val, self.cfg, self.metric,
                            self.num_classes)

@@ -1,4 +1,5 @@
-"""Inherited scores: a subnet's own probe on its [CLS] pair, or the supernet's shared heads."""
+"""Inherited scores: a subnet's own probe on its [CLS] pair, the supernet's shared heads, or
+that probe then a short epoch of training."""
 
 import pytest
 import torch
@@ -6,10 +7,10 @@ import torch
 from autopmf.baselines import select_probe
 from autopmf.data.registry import load_dataset
 from autopmf.features import SlotCaches, build_feature_cache, encode_split
-from autopmf.head_init import cls_pairs
+from autopmf.head_init import cls_pairs, fit_heads
 from autopmf.inherited import InheritedScorer, probe_sample
 from autopmf.metrics import score
-from autopmf.train import TrainConfig
+from autopmf.train import TrainConfig, evaluate
 from supernet.sampling import largest_arch
 from supernet.supernet import Supernet
 
@@ -68,6 +69,49 @@ def test_the_two_scorings_differ_where_the_shared_heads_do_not_fit_the_subnet(se
     assert scorer(setup, "probe")(arch) != scorer(setup, "heads")(arch)
 
 
+def test_finetune_scores_the_better_of_the_fitted_start_and_a_short_epoch(setup, space):
+    supernet, slots = setup
+    arch = space.validate(space.reference_arch(2, 2))
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+    finetune = scorer(setup, "finetune", probe_examples=64)
+    value = finetune(arch)
+    # The supernet is not trained by scoring: the subnet is a copy.
+    assert all(torch.equal(before[k], v) for k, v in supernet.state_dict().items())
+    assert finetune(arch) == value  # deterministic
+    # Its start: the inherited subnet with heads fitted as a probe on the same examples.
+    start = min(space.fused_slots(arch))
+    model = supernet.extract(arch)
+    train = slots["train"].at(start).subset(finetune.rows)
+    val = slots["val"].at(start)
+    fit_heads(model.heads, lambda c, rows: model.features_from(c.streams(rows), c.slot),
+              train, val, 2, "accuracy")
+    model.eval()
+    fitted_start = evaluate(lambda c, rows: model.forward_from(c.streams(rows), c.slot), val,
+                            TrainConfig(), "accuracy")
+    assert value >= fitted_start and 0 <= value <= 1
+
+
+def test_finetune_trains_one_epoch_of_the_probe_sample_at_its_own_rate(setup, space,
+                                                                        monkeypatch):
+    import autopmf.inherited as inherited
+
+    calls = []
+
+    def spy(model, forward, train, val, cfg, metric):
+        result = real_fit(model, forward, train, val, cfg, metric)
+        calls.append((len(train), cfg, result))
+        return result
+    real_fit = inherited.fit
+    monkeypatch.setattr(inherited, "fit", spy)
+    value = scorer(setup, "finetune", probe_examples=64)(space.validate(
+        space.reference_arch(2, 2)))
+    (examples, cfg, result), = calls
+    assert examples == 64 and cfg.epochs == 1 and cfg.lr == inherited.FINETUNE_LR
+    assert len(result.history) == 1 and result.start_val is not None
+    assert value == result.best_val == max(result.start_val,
+                                           result.history[0]["val_accuracy"])
+
+
 def test_probe_sample_is_fixed_by_seed_and_never_larger_than_the_split(setup):
     supernet, slots = setup
     train = slots["train"].at(supernet.lowest_fusable_slot)
@@ -86,7 +130,7 @@ def test_search_refuses_an_unknown_inherited_score_and_writes_nothing(tmp_path):
     from autopmf.search import SearchConfig, run_search
     from tests.conftest import tiny_space
 
-    with pytest.raises(AutopmfError, match="--inherited-score 'oracle': use probe or heads"):
+    with pytest.raises(AutopmfError, match="--inherited-score 'oracle': use probe or heads or finetune"):
         run_search(tiny_space(), DATA, tmp_path / "run",
                    SearchConfig(budget_gb=1.0, inherited_score="oracle"))
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
