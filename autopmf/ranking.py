@@ -60,6 +60,20 @@ def seed_agreement(per_seed: Sequence[Sequence[float]]) -> float:
     return float(np.mean(taus)) if taus else math.nan
 
 
+def single_run_tau(per_seed: Sequence[Sequence[float]]) -> float:
+    """Mean over seeds of Kendall tau-b between that seed's scores and the mean of the other
+    seeds' (rows: designs, columns: seeds): how well one standalone training ranks designs
+    against the seed mean. A cheaper proxy of standalone training (a supernet's inherited
+    scores, a short fine-tune) can hardly beat it. NaN with fewer than two seeds."""
+    table = np.asarray(per_seed, dtype=float)
+    if table.shape[1] < 2:
+        return math.nan
+    taus = [kendall_tau_b(table[:, s], np.delete(table, s, axis=1).mean(axis=1))
+            for s in range(table.shape[1])]
+    taus = [t for t in taus if math.isfinite(t)]
+    return float(np.mean(taus)) if taus else math.nan
+
+
 def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int,
                  samples: int = BOOTSTRAP_SAMPLES, level: float = CI_LEVEL, seed: int = 0
                  ) -> tuple[float, float]:
@@ -98,6 +112,7 @@ def summarize_designs(per_seed: Sequence[Sequence[float]]) -> dict:
     return {"spread": float(means.max() - means.min()),
             "mean_seed_std": float(stds.mean()),
             "seed_tau": seed_agreement(table), "seed_tau_ci": [lo, hi],
+            "single_run_tau": single_run_tau(table),
             "means": means.tolist(), "stds": stds.tolist()}
 
 

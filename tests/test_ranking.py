@@ -7,8 +7,8 @@ import pytest
 from scipy import stats
 
 from autopmf.ranking import (average_ranks, bootstrap_ci, correlation_ci, kendall_tau_b, regret,
-                             seed_agreement, seed_agreement_ci, spearman_rho,
-                             summarize_designs, top_k_hit)
+                             seed_agreement, seed_agreement_ci, single_run_tau,
+                             spearman_rho, summarize_designs, top_k_hit)
 
 
 # ----- rank correlation ------------------------------------------------------------------
@@ -46,6 +46,18 @@ def test_seed_agreement_is_the_mean_tau_over_pairs_of_seeds():
     assert seed_agreement(per_seed) == pytest.approx(np.mean(pairs))
     assert math.isnan(seed_agreement([[0.5], [0.7]]))  # one seed: nothing to agree with
     assert math.isnan(seed_agreement([[0.5, 0.5], [0.5, 0.5]]))  # constant: undefined, not 0
+
+
+def test_single_run_tau_is_each_seed_against_the_mean_of_the_others():
+    per_seed = [[0.5, 0.6, 0.9], [0.7, 0.8, 0.6], [0.6, 0.5, 0.7], [0.9, 0.7, 0.8]]
+    a, b, c = (np.array(col) for col in zip(*per_seed))
+    expected = np.mean([stats.kendalltau(a, (b + c) / 2)[0], stats.kendalltau(b, (a + c) / 2)[0],
+                        stats.kendalltau(c, (a + b) / 2)[0]])
+    assert single_run_tau(per_seed) == pytest.approx(expected)
+    # Two seeds: each against the other, which is their pairwise tau.
+    two = [row[:2] for row in per_seed]
+    assert single_run_tau(two) == pytest.approx(seed_agreement(two))
+    assert math.isnan(single_run_tau([[0.5], [0.7]]))
 
 
 
@@ -95,6 +107,7 @@ def test_summary_spread_noise_and_seed_tau():
     assert s["seed_tau"] == pytest.approx(seed_agreement(PER_SEED))
     assert s["seed_tau_ci"][0] <= s["seed_tau"] <= s["seed_tau_ci"][1]
     assert s["seed_tau"] > 0.8  # these designs are well separated relative to seed noise
+    assert s["single_run_tau"] == pytest.approx(single_run_tau(PER_SEED))
 
 
 def test_top_k_hit_and_regret():
