@@ -8,6 +8,7 @@ ranking of designs would hold up on another set of designs like these.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable, Sequence
 
@@ -74,6 +75,24 @@ def single_run_tau(per_seed: Sequence[Sequence[float]]) -> float:
     return float(np.mean(taus)) if taus else math.nan
 
 
+def mean_agreement(per_seed: Sequence[Sequence[float]], k: int) -> float:
+    """Mean Kendall tau-b between the seed means of two disjoint groups of k seeds, over
+    every such pair of groups (rows: designs, columns: seeds): how alike two yardsticks that
+    each average k trainings rank the designs. k = 1 is `seed_agreement`. NaN when there
+    are fewer than 2k seeds."""
+    table = np.asarray(per_seed, dtype=float)
+    seeds = range(table.shape[1])
+    taus = []
+    for first in itertools.combinations(seeds, k):
+        rest = [s for s in seeds if s not in first]
+        for second in itertools.combinations(rest, k):
+            if first < second:  # each unordered pair of groups once
+                taus.append(kendall_tau_b(table[:, list(first)].mean(axis=1),
+                                          table[:, list(second)].mean(axis=1)))
+    taus = [t for t in taus if math.isfinite(t)]
+    return float(np.mean(taus)) if taus else math.nan
+
+
 def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int,
                  samples: int = BOOTSTRAP_SAMPLES, level: float = CI_LEVEL, seed: int = 0
                  ) -> tuple[float, float]:
@@ -113,6 +132,9 @@ def summarize_designs(per_seed: Sequence[Sequence[float]]) -> dict:
             "mean_seed_std": float(stds.mean()),
             "seed_tau": seed_agreement(table), "seed_tau_ci": [lo, hi],
             "single_run_tau": single_run_tau(table),
+            # Two yardsticks of k seeds each, for every k the seeds allow (k = 1: seed_tau).
+            "mean_of_k_tau": {k: mean_agreement(table, k)
+                              for k in range(1, table.shape[1] // 2 + 1)},
             "means": means.tolist(), "stds": stds.tolist()}
 
 

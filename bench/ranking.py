@@ -174,6 +174,8 @@ def main() -> None:
               # What one training ranks at against the other seeds' mean: the most a
               # cheaper proxy of it (issue 16's inherited scores) can be expected to reach.
               "single_run_tau": summary["single_run_tau"],
+              # Two yardsticks that each average k seeds: how alike they rank, per k.
+              "mean_of_k_tau": summary["mean_of_k_tau"],
               "spread": summary["spread"], "mean_seed_std": summary["mean_seed_std"],
               "spread_over_noise": summary["spread"] / max(summary["mean_seed_std"], 1e-12),
               "plateau": args.plateau,
@@ -267,7 +269,10 @@ def print_table(result: dict) -> None:
               f"{r['seeds_past_plateau']}/{len(r['val_scores'])} |")
     lo, hi = result["seed_tau_ci"]
     print(f"\nseed τ {result['seed_tau']:.3f} (90% CI {lo:.3f} – {hi:.3f}); one run against "
-          f"the other seeds' mean τ {result['single_run_tau']:.3f}; spread "
+          f"the other seeds' mean τ {result['single_run_tau']:.3f}; "
+          + "".join(f"two {k}-seed means τ {t:.3f}; " for k, t in
+                    result["mean_of_k_tau"].items() if int(k) > 1)
+          + "spread "
           f"{result['spread']:.3f} = {result['spread_over_noise']:.1f} × mean seed std "
           f"{result['mean_seed_std']:.3f}; {result['minutes']:.1f} min")
 

@@ -7,7 +7,8 @@ import pytest
 from scipy import stats
 
 from autopmf.ranking import (average_ranks, bootstrap_ci, correlation_ci, kendall_tau_b, regret,
-                             seed_agreement, seed_agreement_ci, single_run_tau,
+                             mean_agreement, seed_agreement, seed_agreement_ci,
+                             single_run_tau,
                              spearman_rho, summarize_designs, top_k_hit)
 
 
@@ -46,6 +47,20 @@ def test_seed_agreement_is_the_mean_tau_over_pairs_of_seeds():
     assert seed_agreement(per_seed) == pytest.approx(np.mean(pairs))
     assert math.isnan(seed_agreement([[0.5], [0.7]]))  # one seed: nothing to agree with
     assert math.isnan(seed_agreement([[0.5, 0.5], [0.5, 0.5]]))  # constant: undefined, not 0
+
+
+def test_mean_agreement_compares_the_means_of_disjoint_groups_of_seeds():
+    rng = np.random.default_rng(0)
+    per_seed = rng.random((6, 4))  # 6 designs, 4 seeds
+    # k = 2: the three ways to split 4 seeds into two pairs.
+    splits = [((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2))]
+    expected = np.mean([stats.kendalltau(per_seed[:, list(a)].mean(1),
+                                         per_seed[:, list(b)].mean(1))[0] for a, b in splits])
+    assert mean_agreement(per_seed, 2) == pytest.approx(expected)
+    assert mean_agreement(per_seed, 1) == pytest.approx(seed_agreement(per_seed))
+    assert math.isnan(mean_agreement(per_seed, 3))  # 4 seeds hold no two groups of 3
+    summary = summarize_designs(per_seed)["mean_of_k_tau"]
+    assert summary.keys() == {1, 2} and summary[2] == pytest.approx(expected)
 
 
 def test_single_run_tau_is_each_seed_against_the_mean_of_the_others():
