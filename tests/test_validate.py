@@ -204,6 +204,8 @@ def test_more_seeds_add_retrains_on_the_same_split_and_average_them(searched, va
     rows = result["archs"]
     assert result["seed_kendall_tau"] == as_reported(
         kendall_tau_b(*zip(*[r["val_scores"] for r in rows])))
+    # With two seeds, each against the other's "mean" is the same pair.
+    assert result["single_run_kendall_tau"] == result["seed_kendall_tau"]
     assert result["kendall_tau"] == as_reported(
         kendall_tau_b([r["inherited_score"] for r in rows], [r["val_score"] for r in rows]))
 
@@ -221,3 +223,4 @@ def test_agreement_reports_intervals_hits_and_regret_against_the_seed_mean():
     assert not result["top1_hit"] and result["top3_hit"]
     assert result["regret"] == pytest.approx(0.90 - 0.80)
     assert result["seed_kendall_tau"] == pytest.approx(1.0)
+    assert result["single_run_kendall_tau"] == pytest.approx(1.0)
