@@ -55,6 +55,8 @@ def run_settings(cfg) -> dict:
         del settings["data_seed"]  # the default: runs written before it existed stay the same
     if settings.get("few_shot") == "none":
         del settings["few_shot"]  # likewise
+    if settings.get("mapping_lr_scale") == 1.0:
+        del settings["mapping_lr_scale"]  # likewise
     return settings
 
 

@@ -44,6 +44,9 @@ class TrainConfig:
     # Heads read unnormalised [CLS] features (DINOv2-small: norm ~40): with Adam, each step
     # moves a logit by about lr * sum|x|, so they need a much smaller step than the prompts.
     head_lr_scale: float = 0.01
+    # The mapping MLPs' rate, as a multiple of lr: their weights move the fused features the
+    # most per Adam step (BENCHMARKS.md, "Why every run first loses what the probe read").
+    mapping_lr_scale: float = 1.0
     weight_decay: float = 0.01
     warmup_frac: float = 0.05
     batch_size: int = 32
@@ -120,14 +123,25 @@ def check_finite_loss(loss: float, epoch: int, step: int, cfg: TrainConfig) -> N
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     """Heads (modules named `heads`, at any depth: a few-shot supernet's are its shots', or a
-    bare linear probe) get lr * head_lr_scale."""
-    heads, rest = [], []
+    bare linear probe) get lr * head_lr_scale; with mapping_lr_scale other than 1, the
+    mapping MLPs (`text_to_image`, `image_to_text`) get lr * mapping_lr_scale in a third
+    group (only then, so the optimizer state of runs without it keeps its shape)."""
+    heads, mappings, rest = [], [], []
+    split_mappings = cfg.mapping_lr_scale != 1.0
     for name, p in model.named_parameters():
         if p.requires_grad:
-            is_head = "heads" in name.split(".")[:-1] or isinstance(model, nn.Linear)
-            (heads if is_head else rest).append(p)
-    return [{"params": rest, "lr": cfg.lr},
-            {"params": heads, "lr": cfg.lr * cfg.head_lr_scale}]
+            modules = name.split(".")[:-1]
+            if "heads" in modules or isinstance(model, nn.Linear):
+                heads.append(p)
+            elif split_mappings and {"text_to_image", "image_to_text"} & set(modules):
+                mappings.append(p)
+            else:
+                rest.append(p)
+    groups = [{"params": rest, "lr": cfg.lr},
+              {"params": heads, "lr": cfg.lr * cfg.head_lr_scale}]
+    if split_mappings:
+        groups.append({"params": mappings, "lr": cfg.lr * cfg.mapping_lr_scale})
+    return groups
 
 
 def batches_per_epoch(examples: int, batch_size: int, full_only: bool = False) -> int:

@@ -68,6 +68,8 @@ def settings_key(args) -> dict:
         key["head_lr_scale"] = args.head_lr_scale
     if args.warmup_frac != TrainConfig.warmup_frac:
         key["warmup_frac"] = args.warmup_frac
+    if args.mapping_lr_scale != TrainConfig.mapping_lr_scale:
+        key["mapping_lr_scale"] = args.mapping_lr_scale
     return key
 
 
@@ -97,6 +99,9 @@ def main() -> None:
     parser.add_argument("--head-init", default="probe")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--head-lr-scale", type=float, default=TrainConfig.head_lr_scale)
+    parser.add_argument("--mapping-lr-scale", type=float,
+                        default=TrainConfig.mapping_lr_scale,
+                        help="the mapping MLPs' rate as a multiple of --lr")
     parser.add_argument("--warmup-frac", type=float, default=TrainConfig.warmup_frac,
                         help="the share of the steps over which the learning rate rises")
     parser.add_argument("--data-seed", type=int, default=0)
@@ -168,7 +173,7 @@ def main() -> None:
     result = {"task": args.data, "space": args.space, "designs": len(designs),
               "seeds": args.seeds, "epochs": args.epochs, "prompt_init": args.prompt_init,
               "head_init": args.head_init, "lr": args.lr, "head_lr_scale": args.head_lr_scale,
-              "warmup_frac": args.warmup_frac,
+              "warmup_frac": args.warmup_frac, "mapping_lr_scale": args.mapping_lr_scale,
               "score": f"val {dataset.metric}",
               "seed_tau": summary["seed_tau"], "seed_tau_ci": summary["seed_tau_ci"],
               # What one training ranks at against the other seeds' mean: the most a
@@ -211,7 +216,8 @@ def run_side_by_side(args, space, designs: list[str]) -> None:
                 "--jobs", "1", "--no-summary", "--out", args.out]
         # The settings that key the log (so the children's records count here), plus these.
         settings = {**settings_key(args), "seeds": args.seeds,
-                    "head_lr_scale": args.head_lr_scale, "warmup_frac": args.warmup_frac}
+                    "head_lr_scale": args.head_lr_scale, "warmup_frac": args.warmup_frac,
+                    "mapping_lr_scale": args.mapping_lr_scale}
         for name, value in settings.items():
             argv += [f"--{name.replace('_', '-')}", str(value)]
         children.append(subprocess.Popen(argv))
@@ -227,6 +233,7 @@ def train_once(space, arch, backbone, slots, num_classes, metric, seed, args) ->
     start = model.first_fused_slot
     caches = {name: s.at(start) for name, s in slots.items()}
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, head_lr_scale=args.head_lr_scale,
+                      mapping_lr_scale=args.mapping_lr_scale,
                       warmup_frac=args.warmup_frac, seed=seed, batch_size=space.batch_size,
                       precision=space.precision, prompt_init=args.prompt_init,
                       head_init=args.head_init, progress=False)

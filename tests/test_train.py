@@ -138,3 +138,24 @@ def test_data_seed_option_reaches_the_train_config():
     cfg = config(*train, "--seed", "2", "--data-seed", "0")
     assert (cfg.seed, cfg.data_seed) == (2, 0)  # train_architecture splits by data_seed
     assert config("retrain", "--arch", "a.yaml", "--data-seed", "1").data_seed == 1
+
+
+def test_mapping_lr_scale_puts_the_mappings_in_a_group_of_their_own(space, backbone):
+    from autopmf.run_dir import run_settings
+    from autopmf.train import param_groups
+
+    model = build_pmf(space, space.reference_arch(2, 2), backbone, 2)
+    names = {id(p): n for n, p in model.named_parameters()}
+    # The default: two groups, as before the option (old checkpoints' optimizer state fits).
+    rest, heads = param_groups(model, TrainConfig(lr=1e-3))
+    assert rest["lr"] == 1e-3 and any("_to_" in names[id(p)] for p in rest["params"])
+    rest, heads, mappings = param_groups(model, TrainConfig(lr=1e-3, mapping_lr_scale=0.1))
+    assert mappings["lr"] == pytest.approx(1e-4) and heads["lr"] == pytest.approx(1e-5)
+    mapped = {names[id(p)] for p in mappings["params"]}
+    assert mapped and all(".text_to_image." in n or ".image_to_text." in n for n in mapped)
+    assert not any("_to_" in names[id(p)] for p in rest["params"])
+    trainable = sum(p.requires_grad for p in model.parameters())
+    assert len(rest["params"]) + len(heads["params"]) + len(mapped) == trainable
+    # Runs without it keep their identity; runs with it are another run.
+    assert "mapping_lr_scale" not in run_settings(TrainConfig())
+    assert run_settings(TrainConfig(mapping_lr_scale=0.1))["mapping_lr_scale"] == 0.1
