@@ -9,8 +9,10 @@ Three ways (`INHERITED_SCORINGS`, the first the default):
   as that probe, then trains one short epoch over the probe's sample (its own warm-up and
   cosine, at FINETUNE_LR), and scores the better of its start and its end on validation,
   as a standalone training does. It costs about probe_examples / batch_size training steps
-  per candidate (a quarter epoch of the demo task): the price of asking how a design
-  *starts to learn*, which is what a short standalone training ranks designs by.
+  per candidate: the price of asking how a design *starts to learn*, which is what a short
+  standalone training ranks designs by. On the demo task 1,024 examples (32 steps) end where
+  they start, so they score as the probe does; 4,096 (128 steps) ranked the yardstick's
+  designs best of every score measured (BENCHMARKS.md, "Scoring by a short fine-tune").
 
 Why a probe: the heads are shared by every subnet, but each subnet's features are its own.
 Through shared heads a subnet scores how well its features suit heads that were fitted and
