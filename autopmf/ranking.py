@@ -50,15 +50,17 @@ def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.sum(sx * sy)) / denom if denom > 0 else math.nan
 
 
+def _finite_mean(values: Sequence[float]) -> float:
+    """The mean of the defined (finite) values; NaN when none is."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
 def seed_agreement(per_seed: Sequence[Sequence[float]]) -> float:
     """Mean Kendall tau-b over every pair of seeds (rows: designs, columns: seeds): how alike
     two trainings that differ only in their seed rank the designs. NaN with one seed, or when
     no pair is defined."""
-    columns = np.asarray(per_seed, dtype=float).T
-    taus = [kendall_tau_b(columns[a], columns[b])
-            for a in range(len(columns)) for b in range(a + 1, len(columns))]
-    taus = [t for t in taus if math.isfinite(t)]
-    return float(np.mean(taus)) if taus else math.nan
+    return mean_agreement(per_seed, 1)
 
 
 def single_run_tau(per_seed: Sequence[Sequence[float]]) -> float:
@@ -69,16 +71,14 @@ def single_run_tau(per_seed: Sequence[Sequence[float]]) -> float:
     table = np.asarray(per_seed, dtype=float)
     if table.shape[1] < 2:
         return math.nan
-    taus = [kendall_tau_b(table[:, s], np.delete(table, s, axis=1).mean(axis=1))
-            for s in range(table.shape[1])]
-    taus = [t for t in taus if math.isfinite(t)]
-    return float(np.mean(taus)) if taus else math.nan
+    return _finite_mean([kendall_tau_b(table[:, s], np.delete(table, s, axis=1).mean(axis=1))
+                         for s in range(table.shape[1])])
 
 
 def mean_agreement(per_seed: Sequence[Sequence[float]], k: int) -> float:
     """Mean Kendall tau-b between the seed means of two disjoint groups of k seeds, over
     every such pair of groups (rows: designs, columns: seeds): how alike two yardsticks that
-    each average k trainings rank the designs. k = 1 is `seed_agreement`. NaN when there
+    each average k trainings rank the designs (k = 1: two single seeds). NaN when there
     are fewer than 2k seeds."""
     table = np.asarray(per_seed, dtype=float)
     seeds = range(table.shape[1])
@@ -89,8 +89,7 @@ def mean_agreement(per_seed: Sequence[Sequence[float]], k: int) -> float:
             if first < second:  # each unordered pair of groups once
                 taus.append(kendall_tau_b(table[:, list(first)].mean(axis=1),
                                           table[:, list(second)].mean(axis=1)))
-    taus = [t for t in taus if math.isfinite(t)]
-    return float(np.mean(taus)) if taus else math.nan
+    return _finite_mean(taus)
 
 
 def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int,

@@ -130,7 +130,8 @@ def test_search_refuses_an_unknown_inherited_score_and_writes_nothing(tmp_path):
     from autopmf.search import SearchConfig, run_search
     from tests.conftest import tiny_space
 
-    with pytest.raises(AutopmfError, match="--inherited-score 'oracle': use probe or heads or finetune"):
+    with pytest.raises(AutopmfError,
+                       match="--inherited-score 'oracle': use probe or heads or finetune"):
         run_search(tiny_space(), DATA, tmp_path / "run",
                    SearchConfig(budget_gb=1.0, inherited_score="oracle"))
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

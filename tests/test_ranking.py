@@ -75,8 +75,6 @@ def test_single_run_tau_is_each_seed_against_the_mean_of_the_others():
     assert math.isnan(single_run_tau([[0.5], [0.7]]))
 
 
-
-
 # ----- bootstrap intervals and the designs x seeds summary -------------------------------
 PER_SEED = [[0.91, 0.89, 0.93], [0.72, 0.80, 0.75], [0.55, 0.52, 0.60], [0.83, 0.86, 0.79],
             [0.64, 0.70, 0.61], [0.50, 0.51, 0.49]]
