@@ -57,6 +57,8 @@ def run_settings(cfg) -> dict:
         del settings["few_shot"]  # likewise
     if settings.get("mapping_lr_scale") == 1.0:
         del settings["mapping_lr_scale"]  # likewise
+    if settings.get("init_draws") == 1:
+        del settings["init_draws"]  # likewise
     return settings
 
 

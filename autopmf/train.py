@@ -59,6 +59,9 @@ class TrainConfig:
     # How fused slots start (supernet.init.PROMPT_INITS): exactly the paper's, or "centred"
     # mappings (BENCHMARKS.md, "Fusion that learns from the first step").
     prompt_init: str = "paper"
+    # How many random starts of the fused slots to draw, keeping the one a linear probe reads
+    # best on training examples (autopmf.init_draws); 1: the constructors' draw alone.
+    init_draws: int = 1
     # How the heads start (autopmf.head_init.HEAD_INITS): fitted as a linear probe of the
     # untrained model's [CLS] pair, or the paper's random init.
     head_init: str = "probe"

@@ -15,6 +15,7 @@ import torch
 
 from autopmf.baselines import frozen_feature_baselines, late_fusion_verdict
 from autopmf.build import build_backbone, build_pmf, initialise_fusion
+from autopmf.init_draws import keep_best_draw
 from autopmf.checkpoint import EpochCheckpoints, remove_checkpoints
 from autopmf.data.registry import load_dataset
 from autopmf.feature_store import feature_caches
@@ -74,9 +75,10 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
     caches = feature_caches(space, dataset, backbone, model.first_fused_slot, cfg.device,
                             feature_cache, cfg.precision)
     cache_seconds = time.perf_counter() - t0
+    draw_scores = None
     if init_weights is None:
-        initialise_training(model, backbone, caches["train"], caches["val"], cfg,
-                            len(dataset.label_names), dataset.metric)
+        draw_scores = initialise_training(model, backbone, caches["train"], caches["val"], cfg,
+                                          len(dataset.label_names), dataset.metric)
 
     def forward(cache, rows):
         return model.forward_from(cache.streams(rows, cfg.device), cache.slot)
@@ -100,6 +102,9 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
         "test_score": scores["test"][dataset.metric], "scores": scores,
         "best_epoch": result.best_epoch, "history": result.history,
         "val_at_start": result.start_val,
+        # With init_draws > 1: each random start's probe score on training examples (the
+        # best was kept).
+        **({"init_draw_scores": draw_scores} if draw_scores else {}),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_params": sum(p.numel() for p in model.parameters()),
         "examples": {name: len(split) for name, split in dataset.splits().items()},
@@ -133,16 +138,29 @@ def train_architecture(space: SearchSpace, arch: Mapping[str, int], data_spec: s
 
 def initialise_training(model: PMFModel, backbone: FrozenBackbone, train: FeatureCache,
                         val: FeatureCache, cfg: TrainConfig, num_classes: int,
-                        metric: str) -> None:
-    """A freshly built model's starting point, by cfg.prompt_init and cfg.head_init (the
-    caches must start at or below the model's first fused slot)."""
-    initialise_fusion({j: model.fusion[str(j)] for j in model.slot_configs}, backbone, train,
-                      cfg.prompt_init, cfg.seed, cfg.device)
+                        metric: str) -> list[float] | None:
+    """A freshly built model's starting point, by cfg.prompt_init, cfg.init_draws and
+    cfg.head_init (the caches must start at or below the model's first fused slot).
+    -> each draw's probe score when more than one was drawn, else None."""
+    slots = {j: model.fusion[str(j)] for j in model.slot_configs}
+
+    def initialise(slots, seed):
+        initialise_fusion(slots, backbone, train, cfg.prompt_init, seed, cfg.device)
+
+    draw_scores = None
+    if cfg.init_draws > 1 and slots:
+        draw_scores = keep_best_draw(
+            slots, lambda cache, rows: model.features_from(cache.streams(rows, cfg.device),
+                                                           cache.slot),
+            train, cfg.init_draws, cfg.seed, num_classes, metric, initialise)
+    else:
+        initialise(slots, cfg.seed)
     if cfg.head_init == "probe":
         fit_heads(model.heads,
                   lambda cache, rows: model.features_from(cache.streams(rows, cfg.device),
                                                           cache.slot),
                   train, val, num_classes, metric)
+    return draw_scores
 
 
 def run_identity(space: SearchSpace, arch: Mapping[str, int], data_spec: str,

@@ -70,6 +70,8 @@ def settings_key(args) -> dict:
         key["warmup_frac"] = args.warmup_frac
     if args.mapping_lr_scale != TrainConfig.mapping_lr_scale:
         key["mapping_lr_scale"] = args.mapping_lr_scale
+    if args.init_draws != TrainConfig.init_draws:
+        key["init_draws"] = args.init_draws
     return key
 
 
@@ -102,6 +104,9 @@ def main() -> None:
     parser.add_argument("--mapping-lr-scale", type=float,
                         default=TrainConfig.mapping_lr_scale,
                         help="the mapping MLPs' rate as a multiple of --lr")
+    parser.add_argument("--init-draws", type=int, default=TrainConfig.init_draws,
+                        help="random starts of the fused slots drawn per training, keeping "
+                        "the one a linear probe reads best on training examples")
     parser.add_argument("--warmup-frac", type=float, default=TrainConfig.warmup_frac,
                         help="the share of the steps over which the learning rate rises")
     parser.add_argument("--data-seed", type=int, default=0)
@@ -168,12 +173,14 @@ def main() -> None:
              "val_by_epoch": [done[d, s]["history"] for s in range(args.seeds)],
              "seeds_past_plateau": sum(max(done[d, s]["history"], default=0.0)
                                        >= args.plateau for s in range(args.seeds)),
-             "train_seconds": [done[d, s]["seconds"] for s in range(args.seeds)]}
+             "train_seconds": [done[d, s]["seconds"] for s in range(args.seeds)],
+             "init_seconds": [done[d, s].get("init_seconds") for s in range(args.seeds)]}
             for i, d in enumerate(designs)]
     result = {"task": args.data, "space": args.space, "designs": len(designs),
               "seeds": args.seeds, "epochs": args.epochs, "prompt_init": args.prompt_init,
               "head_init": args.head_init, "lr": args.lr, "head_lr_scale": args.head_lr_scale,
               "warmup_frac": args.warmup_frac, "mapping_lr_scale": args.mapping_lr_scale,
+              "init_draws": args.init_draws,
               "score": f"val {dataset.metric}",
               "seed_tau": summary["seed_tau"], "seed_tau_ci": summary["seed_tau_ci"],
               # What one training ranks at against the other seeds' mean: the most a
@@ -189,6 +196,8 @@ def main() -> None:
               # sum(train_seconds) is the training time behind every number.
               "minutes": (time.perf_counter() - started) / 60,
               "train_minutes": sum(sum(r["train_seconds"]) for r in rows) / 60,
+              # Logs from before init_seconds was recorded leave it out.
+              "init_minutes": sum(x or 0.0 for r in rows for x in r["init_seconds"]) / 60,
               "threads": args.threads, "jobs": args.jobs, "machine": f"{platform.machine()}, "
               f"{torch.get_num_threads()} torch threads", "date": str(datetime.date.today()),
               "per_design": rows}
@@ -217,7 +226,7 @@ def run_side_by_side(args, space, designs: list[str]) -> None:
         # The settings that key the log (so the children's records count here), plus these.
         settings = {**settings_key(args), "seeds": args.seeds,
                     "head_lr_scale": args.head_lr_scale, "warmup_frac": args.warmup_frac,
-                    "mapping_lr_scale": args.mapping_lr_scale}
+                    "mapping_lr_scale": args.mapping_lr_scale, "init_draws": args.init_draws}
         for name, value in settings.items():
             argv += [f"--{name.replace('_', '-')}", str(value)]
         children.append(subprocess.Popen(argv))
@@ -234,11 +243,14 @@ def train_once(space, arch, backbone, slots, num_classes, metric, seed, args) ->
     caches = {name: s.at(start) for name, s in slots.items()}
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, head_lr_scale=args.head_lr_scale,
                       mapping_lr_scale=args.mapping_lr_scale,
-                      warmup_frac=args.warmup_frac, seed=seed, batch_size=space.batch_size,
+                      warmup_frac=args.warmup_frac, init_draws=args.init_draws, seed=seed,
+                      batch_size=space.batch_size,
                       precision=space.precision, prompt_init=args.prompt_init,
                       head_init=args.head_init, progress=False)
-    initialise_training(model, backbone, caches["train"], caches["val"], cfg, num_classes,
-                        metric)
+    started = time.perf_counter()
+    draw_scores = initialise_training(model, backbone, caches["train"], caches["val"], cfg,
+                                      num_classes, metric)
+    init_seconds = time.perf_counter() - started  # drawing starts, fitting the heads
 
     def forward(cache, rows):
         return model.forward_from(cache.streams(rows), cache.slot)
@@ -252,6 +264,8 @@ def train_once(space, arch, backbone, slots, num_classes, metric, seed, args) ->
     return {"val": result.best_val, "test": evaluate(forward, caches["test"], cfg, metric),
             "val_at_start": initial,
             "history": [h[f"val_{metric}"] for h in result.history],
+            "init_seconds": init_seconds,
+            **({"init_draw_scores": draw_scores} if draw_scores else {}),
             "seconds": result.seconds}
 
 
