@@ -38,6 +38,7 @@ def _train_config(args, space):
                        batch_size=args.batch_size or space.batch_size,
                        precision=args.precision or space.precision,
                        prompt_init=args.prompt_init, head_init=args.head_init,
+                       init_draws=getattr(args, "init_draws", 1),  # train and retrain
                        device=args.device,
                        progress=not args.quiet)
 
@@ -374,6 +375,23 @@ def _add_prompt_init_option(p: argparse.ArgumentParser) -> None:
                         "('paper') (default: %(default)s)")
 
 
+def _add_init_draws_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--init-draws", type=_positive_int, default=1, metavar="K",
+                   help="draw the fused slots' random start K times and keep the one a "
+                   "linear probe of the final [CLS] features reads best on held-out training "
+                   "examples (1: the single draw of the paper; default: %(default)s)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more; got {text!r}")
+    return value
+
+
 def _add_data_seed_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-seed", type=int, default=None,
                    help="split the data with this seed instead of --seed: retrain with "
@@ -473,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the image-only and text-only baselines")
     _add_resume_option(p)
     _add_train_options(p, epochs=8)
+    _add_init_draws_option(p)
     _add_data_seed_option(p)
     _add_json_option(p)
     p.set_defaults(func=cmd_train)
@@ -504,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the image-only and text-only baselines")
     _add_resume_option(p)
     _add_train_options(p, epochs=8)
+    _add_init_draws_option(p)
     _add_data_seed_option(p)
     _add_json_option(p)
     p.set_defaults(func=cmd_retrain)

@@ -61,6 +61,8 @@ def test_version_and_python_dash_m(capsys):
     (["nope"], "invalid choice: 'nope'"),
     (["search", "--space", "tiny"], "required"),
     (["retrain", "--arch", "a.yaml", "--init", "weights"], "invalid choice: 'weights'"),
+    (["train", "--arch", "reference:2:2", "--init-draws", "0"], "1 or more; got '0'"),
+    (["retrain", "--arch", "a.yaml", "--init-draws", "two"], "1 or more; got 'two'"),
 ])
 def test_a_usage_error_is_one_line_and_exit_2(capsys, argv, expected):
     assert_one_line_error(main(argv), capsys.readouterr().err, expected)
@@ -104,6 +106,18 @@ def test_search_train_and_retrain_print_one_json_result(tmp_path, capsys):
                  "--no-baselines", "--out", str(tmp_path / "train"), *QUICK, "--json"]) == 0
     metrics = one_json_object(capsys.readouterr().out)
     assert metrics["fused_slots"] and "test_score" in metrics
+
+
+def test_init_draws_reaches_the_training_config_of_train_and_retrain():
+    from autopmf.cli import _train_config
+    from autopmf.space import load_space
+
+    space = load_space("tiny")
+    for argv in (["train", "--arch", "reference:2:2", "--out", "o"],
+                 ["retrain", "--arch", "a.yaml"]):
+        assert _train_config(build_parser().parse_args(argv), space).init_draws == 1
+        parsed = build_parser().parse_args(argv + ["--init-draws", "4"])
+        assert _train_config(parsed, space).init_draws == 4
 
 
 def test_slot_cache_gib_sets_the_runs_ram_budget_and_refuses_a_negative(tmp_path, capsys):
