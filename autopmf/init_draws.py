@@ -49,6 +49,20 @@ def probe_score(features: Features, fit: FeatureCache, held_out: FeatureCache,
                         held_out.labels, num_classes, metric).val
 
 
+def redraw(slots: dict[int, FusionSlot], seed: int) -> None:
+    """Give every slot a fresh draw of the constructors' random initialisation, seeded (no
+    global random numbers consumed)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for slot in slots.values():
+            fresh = FusionSlot(slot.text_query.shape[1], slot.image_query.shape[1], slot.size)
+            slot.load_state_dict(fresh.state_dict())
+
+
+def snapshot(slots: dict[int, FusionSlot]) -> dict[int, dict[str, torch.Tensor]]:
+    return {j: {k: v.clone() for k, v in slot.state_dict().items()} for j, slot in slots.items()}
+
+
 def keep_best_draw(slots: dict[int, FusionSlot], features: Features, train: FeatureCache,
                    draws: int, seed: int, num_classes: int, metric: str,
                    initialise: Callable[[dict[int, FusionSlot], int], None]) -> list[float]:
@@ -63,19 +77,13 @@ def keep_best_draw(slots: dict[int, FusionSlot], features: Features, train: Feat
     fit, held_out = train.sample(fit_rows), train.sample(held_rows)
     initialise(slots, seed)
     scores = [probe_score(features, fit, held_out, num_classes, metric)]
-    best = {j: {k: v.clone() for k, v in slot.state_dict().items()} for j, slot in slots.items()}
+    best = snapshot(slots)
     for draw in range(1, draws):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(draw_seed(seed, draw))
-            for slot in slots.values():
-                fresh = FusionSlot(slot.text_query.shape[1], slot.image_query.shape[1],
-                                   slot.size)
-                slot.load_state_dict(fresh.state_dict())
+        redraw(slots, draw_seed(seed, draw))
         initialise(slots, draw_seed(seed, draw))
         scores.append(probe_score(features, fit, held_out, num_classes, metric))
         if scores[-1] > max(scores[:-1]):
-            best = {j: {k: v.clone() for k, v in slot.state_dict().items()}
-                    for j, slot in slots.items()}
+            best = snapshot(slots)
     for j, slot in slots.items():
         slot.load_state_dict(best[j])
     return scores

@@ -92,6 +92,18 @@ def mean_agreement(per_seed: Sequence[Sequence[float]], k: int) -> float:
     return _finite_mean(taus)
 
 
+def within_design_correlation(x: Sequence[Sequence[float]], y: Sequence[float]) -> float:
+    """Pearson correlation of two scores of the same runs (rows: designs, columns: seeds)
+    after removing each design's mean of each: how much of a design's seed-to-seed spread in
+    y goes with its spread in x (e.g. the score a run starts from and the one it ends at).
+    NaN when either has no spread within designs."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    dx = (x - x.mean(axis=1, keepdims=True)).ravel()
+    dy = (y - y.mean(axis=1, keepdims=True)).ravel()
+    scale = math.sqrt(float(dx @ dx) * float(dy @ dy))
+    return float(dx @ dy) / scale if scale > 0 else math.nan
+
+
 def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int,
                  samples: int = BOOTSTRAP_SAMPLES, level: float = CI_LEVEL, seed: int = 0
                  ) -> tuple[float, float]:

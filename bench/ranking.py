@@ -38,7 +38,7 @@ from autopmf.build import build_backbone, build_pmf  # noqa: E402
 from autopmf.data.registry import load_dataset  # noqa: E402
 from autopmf.features import SlotCaches, build_feature_cache, encode_split  # noqa: E402
 from autopmf.memory import GIB, estimate_bytes, load_profile  # noqa: E402
-from autopmf.ranking import summarize_designs  # noqa: E402
+from autopmf.ranking import summarize_designs, within_design_correlation  # noqa: E402
 from autopmf.report import describe_arch  # noqa: E402
 from autopmf.space import load_space  # noqa: E402
 from autopmf.train import TrainConfig, evaluate, fit  # noqa: E402
@@ -190,6 +190,10 @@ def main() -> None:
               "mean_of_k_tau": summary["mean_of_k_tau"],
               "spread": summary["spread"], "mean_seed_std": summary["mean_seed_std"],
               "spread_over_noise": summary["spread"] / max(summary["mean_seed_std"], 1e-12),
+              # How much of a design's seed-to-seed spread its fitted-heads start explains.
+              "start_final_corr": within_design_correlation(
+                  [[done[d, s]["val_at_start"] for s in range(args.seeds)] for d in designs],
+                  table),
               "plateau": args.plateau,
               "runs_past_plateau": sum(r["seeds_past_plateau"] for r in rows),
               # Wall time of this invocation; a resumed run counts only its own part, and

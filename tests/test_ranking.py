@@ -8,8 +8,8 @@ from scipy import stats
 
 from autopmf.ranking import (average_ranks, bootstrap_ci, correlation_ci, kendall_tau_b, regret,
                              mean_agreement, seed_agreement, seed_agreement_ci,
-                             single_run_tau,
-                             spearman_rho, summarize_designs, top_k_hit)
+                             single_run_tau, spearman_rho, summarize_designs, top_k_hit,
+                             within_design_correlation)
 
 
 # ----- rank correlation ------------------------------------------------------------------
@@ -128,3 +128,19 @@ def test_top_k_hit_and_regret():
     assert regret(predicted, actual) == pytest.approx(0.85 - 0.78)
     assert not top_k_hit(predicted, actual, 2) and top_k_hit(predicted, actual, 3)
     assert regret(actual, actual) == 0.0
+
+
+def test_within_design_correlation_ignores_each_designs_level():
+    start = [[0.60, 0.70, 0.65], [0.80, 0.90, 0.85]]
+    # The second design is better everywhere; within designs, y follows x exactly...
+    assert within_design_correlation(start, [[0.1, 0.3, 0.2], [5.0, 5.2, 5.1]]) == \
+        pytest.approx(1.0)
+    # ... or against it; and a design's level alone correlates with nothing.
+    assert within_design_correlation(start, [[0.3, 0.1, 0.2], [0.3, 0.1, 0.2]]) == \
+        pytest.approx(-1.0)
+    assert math.isnan(within_design_correlation(start, [[1, 1, 1], [2, 2, 2]]))
+    x = np.random.default_rng(0).normal(size=(4, 5))
+    y = x + np.random.default_rng(1).normal(size=(4, 5))
+    dx, dy = x - x.mean(1, keepdims=True), y - y.mean(1, keepdims=True)
+    assert within_design_correlation(x, y) == pytest.approx(
+        np.corrcoef(dx.ravel(), dy.ravel())[0, 1])
