@@ -23,8 +23,9 @@ from autopmf.features import FeatureCache
 from autopmf.head_init import Features, cls_pairs
 from supernet.fusion import FusionSlot
 
-# Examples in each half of the scoring sample: 2,048 ranked the draws of the demo's designs
-# like the probe on the whole training split does (correlation 0.74-0.99); 1,024 did not.
+# Examples in each half of the scoring sample. In a pilot on two demo designs, halves of
+# 2,048 ranked the draws like their fitted-heads start (whole training split, read on
+# validation) at r 0.75 and 0.96; halves of 1,024 at 0.79 and 0.20 (BENCHMARKS.md).
 SCORE_EXAMPLES = 2048
 
 
