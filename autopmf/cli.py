@@ -163,7 +163,7 @@ def _supernet_config(args, space):
                           seed=args.seed, batch_size=args.batch_size or space.batch_size,
                           precision=args.precision or space.precision,
                           prompt_init=args.prompt_init, head_init=args.head_init,
-                       device=args.device,
+                          device=args.device,
                           progress=not args.quiet, sampling=args.sampling,
                           few_shot=args.few_shot, data_seed=getattr(args, "data_seed", None),
                           budget_gb=_supernet_budget(args),
