@@ -379,7 +379,8 @@ def _add_init_draws_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-draws", type=_positive_int, default=1, metavar="K",
                    help="draw the fused slots' random start K times and keep the one a "
                    "linear probe of the final [CLS] features reads best on held-out training "
-                   "examples (1: the single draw of the paper; default: %(default)s)")
+                   "examples (1: the single draw of the paper; ignored when starting from "
+                   "the supernet's weights; default: %(default)s)")
 
 
 def _positive_int(text: str) -> int:

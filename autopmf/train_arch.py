@@ -15,13 +15,13 @@ import torch
 
 from autopmf.baselines import frozen_feature_baselines, late_fusion_verdict
 from autopmf.build import build_backbone, build_pmf, initialise_fusion
-from autopmf.init_draws import keep_best_draw
 from autopmf.checkpoint import EpochCheckpoints, remove_checkpoints
 from autopmf.data.registry import load_dataset
 from autopmf.feature_store import feature_caches
 from autopmf.features import FeatureCache
 from autopmf.files import atomic_write_json, save_tensors
 from autopmf.head_init import fit_heads
+from autopmf.init_draws import keep_best_draw
 from autopmf.layout import ARCH, CONFIG, METRICS, TRAIN_OUTPUTS, WEIGHTS
 from autopmf.metrics import metrics_for, score
 from autopmf.progress import announce_data, announce_encoders, duration, say
