@@ -142,6 +142,8 @@ def initialise_training(model: PMFModel, backbone: FrozenBackbone, train: Featur
     """A freshly built model's starting point, by cfg.prompt_init, cfg.init_draws and
     cfg.head_init (the caches must start at or below the model's first fused slot).
     -> each draw's probe score when more than one was drawn, else None."""
+    if cfg.init_draws < 1:
+        raise ValueError(f"init_draws must be 1 or more, got {cfg.init_draws}")
     slots = {j: model.fusion[str(j)] for j in model.slot_configs}
 
     def initialise(slots, seed):

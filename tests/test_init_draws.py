@@ -130,3 +130,10 @@ def test_several_draws_through_initialise_training(space, backbone, caches):
                                  "accuracy")
     assert len(scores) == 3
     assert run_settings(cfg)["init_draws"] == 3
+
+
+def test_fewer_than_one_draw_is_refused(space, backbone, caches):
+    model = fresh(space, backbone)
+    with pytest.raises(ValueError, match="init_draws must be 1 or more, got 0"):
+        initialise_training(model, backbone, caches["train"], caches["val"],
+                            TrainConfig(init_draws=0), 2, "accuracy")
