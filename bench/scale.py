@@ -185,7 +185,7 @@ def run_one(repo: Path, images: int, work: Path, threads: int, cap_gib: float,
         metrics = json.loads(metrics_path.read_text())
         epochs = [record["seconds"] for record in metrics["history"]]
         row["images_per_s"] = round(total_images / metrics["seconds"]["feature_cache"], 2)
-        row["seconds_per_supernet_epoch"] = round(sum(epochs) / len(epochs), 1)
+        row["seconds_per_supernet_epoch"] = round(sum(epochs) / len(epochs), 3)
         row["steps_per_epoch"] = metrics["steps_per_epoch"]
     if row["status"] != "ok":
         row["stderr_tail"] = (out / "stderr.log").read_text()[-2000:]
