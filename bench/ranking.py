@@ -118,8 +118,11 @@ def main() -> None:
                         "the fitted-heads start not counted) to count as past the plateau")
     parser.add_argument("--jobs", type=int, default=1,
                         help="trainings side by side, in as many processes (each with "
-                        "--threads threads); the designs are split between them by cost")
+                        "--threads threads); the trainings (design, seed) are split between them "
+                        "by cost")
     parser.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)
+    # A side-by-side child trains only these trainings, "design@seed" joined by commas.
+    parser.add_argument("--trainings", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "bench/results/ranking.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -146,18 +149,22 @@ def main() -> None:
     key = settings_key(args)
     done = load_done(log, key)
     # Seed-major: every design has its first seed before any has a second.
-    for seed in range(args.seeds):
-        for design in designs:
-            if (design, seed) in done:
-                continue
-            record = train_once(space, archs[design], backbone, slots, num_classes,
-                                dataset.metric, seed, args)
-            record.update(design=design, seed=seed, settings=key)
-            with log.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            done[design, seed] = record
-            print(f"seed {seed} {design:>16}: val {record['val']:.4f} test "
-                  f"{record['test']:.4f} ({record['seconds']:.0f} s)", flush=True)
+    if args.trainings is None:
+        trainings = [(d, s) for s in range(args.seeds) for d in designs]
+    else:
+        trainings = [(t.rsplit("@", 1)[0], int(t.rsplit("@", 1)[1]))
+                     for t in args.trainings.split(",")]
+    for design, seed in trainings:
+        if (design, seed) in done:
+            continue
+        record = train_once(space, archs[design], backbone, slots, num_classes,
+                            dataset.metric, seed, args)
+        record.update(design=design, seed=seed, settings=key)
+        with log.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        done[design, seed] = record
+        print(f"seed {seed} {design:>16}: val {record['val']:.4f} test "
+              f"{record['test']:.4f} ({record['seconds']:.0f} s)", flush=True)
 
     if args.no_summary:
         return
@@ -217,15 +224,22 @@ def design_cost(space, spec: str) -> int:
 
 
 def run_side_by_side(args, space, designs: list[str]) -> None:
-    """Split the designs into --jobs groups of about equal cost (largest first, each to the
-    cheapest group so far) and train each group in its own process, all appending to the
-    same log (one short line per write). Returns when every process has ended."""
-    groups: list[list[str]] = [[] for _ in range(args.jobs)]
-    for spec in sorted(designs, key=lambda d: -design_cost(space, d)):
-        min(groups, key=lambda g: sum(design_cost(space, d) for d in g)).append(spec)
+    """Split the trainings, one per (design, seed), into --jobs groups of about equal cost
+    (largest first, each to the cheapest group so far) and run each group in its own
+    process, all appending to the same log (one short line per write). Splitting by
+    training rather than by design lets a benchmark of one design use every core. Returns
+    when every process has ended."""
+    groups: list[list[tuple[str, int]]] = [[] for _ in range(args.jobs)]
+    trainings = [(d, s) for s in range(args.seeds) for d in designs]
+    for design, seed in sorted(trainings, key=lambda t: -design_cost(space, t[0])):
+        min(groups, key=lambda g: sum(design_cost(space, d) for d, _ in g)).append(
+            (design, seed))
     children = []
     for group in filter(None, groups):
-        argv = [sys.executable, str(Path(__file__).resolve()), "--designs", ",".join(group),
+        group.sort(key=lambda t: t[1])  # seed-major within a process too
+        argv = [sys.executable, str(Path(__file__).resolve()),
+                "--designs", ",".join(dict.fromkeys(d for d, _ in group)),
+                "--trainings", ",".join(f"{d}@{s}" for d, s in group),
                 "--jobs", "1", "--no-summary", "--out", args.out]
         # The settings that key the log (so the children's records count here), plus these.
         settings = {**settings_key(args), "seeds": args.seeds,
