@@ -569,6 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     # best design; BENCHMARKS.md, "Inherited scores against the yardstick"), and training it
     # took 12 of the demo's 25 minutes. --epochs 6 trains it as before.
     _add_train_options(p, epochs=0)
+    _add_init_draws_option(p)  # for the winner's retraining
     p.set_defaults(func=cmd_demo)
     from autopmf.progress import add_verbosity_options
 

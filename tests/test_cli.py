@@ -108,13 +108,13 @@ def test_search_train_and_retrain_print_one_json_result(tmp_path, capsys):
     assert metrics["fused_slots"] and "test_score" in metrics
 
 
-def test_init_draws_reaches_the_training_config_of_train_and_retrain():
+def test_init_draws_reaches_the_training_config_of_train_retrain_and_the_demos_retrain():
     from autopmf.cli import _train_config
     from autopmf.space import load_space
 
     space = load_space("tiny")
     for argv in (["train", "--arch", "reference:2:2", "--out", "o"],
-                 ["retrain", "--arch", "a.yaml"]):
+                 ["retrain", "--arch", "a.yaml"], ["demo"]):
         assert _train_config(build_parser().parse_args(argv), space).init_draws == 1
         parsed = build_parser().parse_args(argv + ["--init-draws", "4"])
         assert _train_config(parsed, space).init_draws == 4
