@@ -150,7 +150,7 @@ def main() -> None:
     done = load_done(log, key)
     # Seed-major: every design has its first seed before any has a second.
     if args.trainings is None:
-        trainings = [(d, s) for s in range(args.seeds) for d in designs]
+        trainings = seed_major(designs, args.seeds)
     else:
         trainings = [(t.rsplit("@", 1)[0], int(t.rsplit("@", 1)[1]))
                      for t in args.trainings.split(",")]
@@ -216,6 +216,11 @@ def main() -> None:
     print_table(result)
 
 
+def seed_major(designs: list[str], seeds: int) -> list[tuple[str, int]]:
+    """Every (design, seed) training, each design's first seed before any design's second."""
+    return [(design, seed) for seed in range(seeds) for design in designs]
+
+
 def design_cost(space, spec: str) -> int:
     """A training's relative cost: the slots it computes (from its first fused slot up) plus
     its fused slots (each runs its layers twice more: query and fusion stages)."""
@@ -230,8 +235,8 @@ def run_side_by_side(args, space, designs: list[str]) -> None:
     training rather than by design lets a benchmark of one design use every core. Returns
     when every process has ended."""
     groups: list[list[tuple[str, int]]] = [[] for _ in range(args.jobs)]
-    trainings = [(d, s) for s in range(args.seeds) for d in designs]
-    for design, seed in sorted(trainings, key=lambda t: -design_cost(space, t[0])):
+    for design, seed in sorted(seed_major(designs, args.seeds),
+                               key=lambda t: -design_cost(space, t[0])):
         min(groups, key=lambda g: sum(design_cost(space, d) for d, _ in g)).append(
             (design, seed))
     children = []
