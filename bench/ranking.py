@@ -38,10 +38,11 @@ from autopmf.build import build_backbone, build_pmf  # noqa: E402
 from autopmf.data.registry import load_dataset  # noqa: E402
 from autopmf.features import SlotCaches, build_feature_cache, encode_split  # noqa: E402
 from autopmf.memory import GIB, estimate_bytes, load_profile  # noqa: E402
+from autopmf.metrics import binary_auc, mean_log_likelihood  # noqa: E402
 from autopmf.ranking import summarize_designs, within_design_correlation  # noqa: E402
 from autopmf.report import describe_arch  # noqa: E402
 from autopmf.space import load_space  # noqa: E402
-from autopmf.train import TrainConfig, evaluate, fit  # noqa: E402
+from autopmf.train import TrainConfig, evaluate, fit, predict  # noqa: E402
 from autopmf.train_arch import initialise_training  # noqa: E402
 
 # Ten designs of the demo space, all within its 0.285 GiB budget: one fused slot to four, low
@@ -195,6 +196,9 @@ def main() -> None:
               "single_run_tau": summary["single_run_tau"],
               # Two yardsticks that each average k seeds: how alike they rank, per k.
               "mean_of_k_tau": summary["mean_of_k_tau"],
+              # The same runs ranked by threshold-free scores of the kept model, where
+              # every run recorded them: seed tau and its interval, per score.
+              "seed_tau_by_score": threshold_free_agreement(done, designs, args.seeds),
               "spread": summary["spread"], "mean_seed_std": summary["mean_seed_std"],
               "spread_over_noise": summary["spread"] / max(summary["mean_seed_std"], 1e-12),
               # How much of a design's seed-to-seed spread its fitted-heads start explains.
@@ -214,6 +218,22 @@ def main() -> None:
               "per_design": rows}
     out.write_text(json.dumps(finite_or_null(result), indent=1) + "\n")
     print_table(result)
+
+
+def threshold_free_agreement(done: dict, designs: list[str], seeds: int) -> dict:
+    """{score: {"seed_tau", "seed_tau_ci", "spread_over_noise"}} for val and test AUC and
+    log-likelihood, over the runs' records; a score some run lacks (logs from before it
+    was recorded) is left out."""
+    out = {}
+    for name in ("val_auc", "val_ll", "test_auc", "test_ll"):
+        if not all(name in done[d, s] for d in designs for s in range(seeds)):
+            continue
+        summary = summarize_designs([[done[d, s][name] for s in range(seeds)]
+                                     for d in designs])
+        out[name] = {"seed_tau": summary["seed_tau"], "seed_tau_ci": summary["seed_tau_ci"],
+                     "spread_over_noise": summary["spread"]
+                     / max(summary["mean_seed_std"], 1e-12)}
+    return out
 
 
 def seed_major(designs: list[str], seeds: int) -> list[tuple[str, int]]:
@@ -285,11 +305,26 @@ def train_once(space, arch, backbone, slots, num_classes, metric, seed, args) ->
         initial = result.start_val
     model.eval()
     return {"val": result.best_val, "test": evaluate(forward, caches["test"], cfg, metric),
+            **threshold_free_scores(forward, caches, cfg, num_classes),
             "val_at_start": initial,
             "history": [h[f"val_{metric}"] for h in result.history],
             "init_seconds": init_seconds,
             **({"init_draw_scores": draw_scores} if draw_scores else {}),
             "seconds": result.seconds}
+
+
+def threshold_free_scores(forward, caches, cfg, num_classes: int) -> dict:
+    """The kept model's mean log-likelihood (val_ll, test_ll) and, with two classes, its ROC
+    AUC (val_auc, test_auc): scores of the same model that do not hinge on where its
+    decision threshold sits, to see whether they rank designs with less seed noise."""
+    scores = {}
+    for split in ("val", "test"):
+        logits, labels = predict(forward, caches[split], cfg), caches[split].labels
+        if labels.dim() == 1:
+            scores[f"{split}_ll"] = mean_log_likelihood(logits, labels)
+            if num_classes == 2:
+                scores[f"{split}_auc"] = binary_auc(logits, labels)
+    return scores
 
 
 def finite_or_null(value):
@@ -319,6 +354,10 @@ def print_table(result: dict) -> None:
           + "spread "
           f"{result['spread']:.3f} = {result['spread_over_noise']:.1f} × mean seed std "
           f"{result['mean_seed_std']:.3f}; {result['minutes']:.1f} min")
+    for name, agreement in result["seed_tau_by_score"].items():
+        lo, hi = agreement["seed_tau_ci"]
+        print(f"ranked by {name}: seed τ {agreement['seed_tau']:.3f} (90% CI {lo:.3f} – "
+              f"{hi:.3f}); spread {agreement['spread_over_noise']:.1f} × mean seed std")
 
 
 if __name__ == "__main__":
