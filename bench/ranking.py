@@ -38,7 +38,7 @@ from autopmf.build import build_backbone, build_pmf  # noqa: E402
 from autopmf.data.registry import load_dataset  # noqa: E402
 from autopmf.features import SlotCaches, build_feature_cache, encode_split  # noqa: E402
 from autopmf.memory import GIB, estimate_bytes, load_profile  # noqa: E402
-from autopmf.metrics import binary_auc, mean_log_likelihood  # noqa: E402
+from autopmf.metrics import binary_auc, mean_log_likelihood, score  # noqa: E402
 from autopmf.ranking import summarize_designs, within_design_correlation  # noqa: E402
 from autopmf.report import describe_arch  # noqa: E402
 from autopmf.space import load_space  # noqa: E402
@@ -304,8 +304,10 @@ def train_once(space, arch, backbone, slots, num_classes, metric, seed, args) ->
     if initial is None:
         initial = result.start_val
     model.eval()
-    return {"val": result.best_val, "test": evaluate(forward, caches["test"], cfg, metric),
-            **threshold_free_scores(forward, caches, cfg, num_classes),
+    test_logits = predict(forward, caches["test"], cfg)
+    return {"val": result.best_val, "test": score(metric, test_logits, caches["test"].labels),
+            **threshold_free_scores({"val": predict(forward, caches["val"], cfg),
+                                     "test": test_logits}, caches, num_classes),
             "val_at_start": initial,
             "history": [h[f"val_{metric}"] for h in result.history],
             "init_seconds": init_seconds,
@@ -313,13 +315,14 @@ def train_once(space, arch, backbone, slots, num_classes, metric, seed, args) ->
             "seconds": result.seconds}
 
 
-def threshold_free_scores(forward, caches, cfg, num_classes: int) -> dict:
+def threshold_free_scores(logits_by_split: dict, caches, num_classes: int) -> dict:
     """The kept model's mean log-likelihood (val_ll, test_ll) and, with two classes, its ROC
-    AUC (val_auc, test_auc): scores of the same model that do not hinge on where its
-    decision threshold sits, to see whether they rank designs with less seed noise."""
+    AUC (val_auc, test_auc), from its logits per split: scores of the same model that do not
+    hinge on where its decision threshold sits, to see whether they rank designs with less
+    seed noise."""
     scores = {}
-    for split in ("val", "test"):
-        logits, labels = predict(forward, caches[split], cfg), caches[split].labels
+    for split, logits in logits_by_split.items():
+        labels = caches[split].labels
         if labels.dim() == 1:
             scores[f"{split}_ll"] = mean_log_likelihood(logits, labels)
             if num_classes == 2:
