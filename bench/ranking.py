@@ -20,6 +20,7 @@ count changes results.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -73,6 +74,8 @@ def settings_key(args) -> dict:
         key["mapping_lr_scale"] = args.mapping_lr_scale
     if args.init_draws != TrainConfig.init_draws:
         key["init_draws"] = args.init_draws
+    if args.vary != "both":
+        key["vary"] = args.vary
     return key
 
 
@@ -111,6 +114,10 @@ def main() -> None:
     parser.add_argument("--warmup-frac", type=float, default=TrainConfig.warmup_frac,
                         help="the share of the steps over which the learning rate rises")
     parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--vary", choices=("both", "init", "order"), default="both",
+                        help="what the seed changes: both (default); init, the global random "
+                        "numbers (initialisation, draws), with seed 0's data order; or order, "
+                        "the data order, with seed 0's initialisation")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget-gb", type=float, default=0.285,
                         help="the budget the designs are meant to span (reported per design)")
@@ -280,13 +287,16 @@ def run_side_by_side(args, space, designs: list[str]) -> None:
 
 
 def train_once(space, arch, backbone, slots, num_classes, metric, seed, args) -> dict:
-    torch.manual_seed(seed)
+    # --vary splits the seed's two sources of randomness, to see which one the seed noise is.
+    init_seed = 0 if args.vary == "order" else seed
+    order_seed = 0 if args.vary == "init" else seed
+    torch.manual_seed(init_seed)
     model = build_pmf(space, arch, backbone, num_classes)
     start = model.first_fused_slot
     caches = {name: s.at(start) for name, s in slots.items()}
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, head_lr_scale=args.head_lr_scale,
                       mapping_lr_scale=args.mapping_lr_scale,
-                      warmup_frac=args.warmup_frac, init_draws=args.init_draws, seed=seed,
+                      warmup_frac=args.warmup_frac, init_draws=args.init_draws, seed=init_seed,
                       batch_size=space.batch_size,
                       precision=space.precision, prompt_init=args.prompt_init,
                       head_init=args.head_init, progress=False)
@@ -300,7 +310,8 @@ def train_once(space, arch, backbone, slots, num_classes, metric, seed, args) ->
     # With fitted heads, fit scores the start itself (epoch 0); otherwise score it here.
     initial = None if args.head_init == "probe" else evaluate(forward, caches["val"], cfg,
                                                               metric)
-    result = fit(model, forward, caches["train"], caches["val"], cfg, metric)
+    result = fit(model, forward, caches["train"], caches["val"],
+                 dataclasses.replace(cfg, seed=order_seed), metric)
     if initial is None:
         initial = result.start_val
     model.eval()
