@@ -18,11 +18,12 @@ RUN_KEYS = ("val", "test", "val_auc", "test_auc", "val_ll", "test_ll", "val_at_s
             "history")
 
 
-def run_benchmark(out: Path, jobs: int) -> dict:
+def run_benchmark(out: Path, jobs: int, designs: str = DESIGNS, *extra: str) -> dict:
     subprocess.run([sys.executable, str(ROOT / "bench" / "ranking.py"), "--space", "tiny",
-                    "--data", "digits:examples_per_image=1", "--designs", DESIGNS,
+                    "--data", "digits:examples_per_image=1", "--designs", designs,
                     "--epochs", "1", "--seeds", "2", "--threads", "1", "--jobs", str(jobs),
-                    "--out", str(out)], check=True, capture_output=True, cwd=ROOT, timeout=600)
+                    "--out", str(out), *extra], check=True, capture_output=True, cwd=ROOT,
+                   timeout=600)
     return json.loads(out.read_text())
 
 
@@ -67,3 +68,16 @@ def test_a_score_some_run_lacks_is_left_out():
     agreement = threshold_free_agreement(done, ["a", "b"], 2)
     assert set(agreement) == {"val_auc"}
     assert agreement["val_auc"]["seed_tau"] == 1.0  # both seeds put a above b
+
+
+def test_vary_order_keeps_the_initialisation_and_changes_the_run(both_ways, tmp_path):
+    _, default, _, _ = both_ways
+    out = tmp_path / "order.json"
+    run_benchmark(out, 1, "2:1", "--vary", "order")
+    runs = records(out)
+    assert runs["2:1", 0] == default["2:1", 0]  # seed 0 is seed 0 either way
+    # Seed 1 starts where seed 0 does (same initialisation, fitted heads), then trains on
+    # another order, so its epoch ends elsewhere.
+    assert runs["2:1", 1]["val_at_start"] == runs["2:1", 0]["val_at_start"]
+    assert runs["2:1", 1]["history"] != runs["2:1", 0]["history"]
+    assert default["2:1", 1]["val_at_start"] != default["2:1", 0]["val_at_start"]
