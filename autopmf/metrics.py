@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from autopmf.ranking import average_ranks
+
 SINGLE_LABEL_METRICS = ("accuracy",)
 MULTILABEL_METRICS = ("f1_macro", "f1_micro")
 METRICS = SINGLE_LABEL_METRICS + MULTILABEL_METRICS
@@ -56,21 +58,12 @@ def binary_auc(logits: torch.Tensor, labels: torch.Tensor) -> float:
     (Mann-Whitney U over the logit margin). Unlike accuracy it does not depend on where the
     model's threshold happens to sit, so it ranks models with less noise. NaN when a class
     is missing."""
-    margin = (logits[:, 1] - logits[:, 0]).double()
-    positive = labels == 1
+    positive = (labels == 1).numpy()
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    # Average ranks: tied margins share the mean of the ranks they span.
-    order = torch.argsort(margin, stable=True)
-    sorted_margin = margin[order]
-    _, inverse, counts = torch.unique_consecutive(sorted_margin, return_inverse=True,
-                                                  return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    mean_rank = (ends - (counts.double() - 1) / 2)[inverse]
-    ranks = torch.empty_like(mean_rank)
-    ranks[order] = mean_rank
-    u = ranks[positive].sum().item() - n_pos * (n_pos + 1) / 2
+    ranks = average_ranks((logits[:, 1] - logits[:, 0]).double().numpy())
+    u = float(ranks[positive].sum()) - n_pos * (n_pos + 1) / 2
     return u / (n_pos * n_neg)
 
 
