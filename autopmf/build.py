@@ -47,21 +47,28 @@ def initialise_fusion(slots: Mapping[int, FusionSlot], backbone: FrozenBackbone,
     """Give freshly built fused slots their starting point by `rule` (supernet.init): under
     "centred", their mappings are centred on a seeded sample of the training streams (drawn
     from `train_cache`, which must start at or below every slot); under "cls", their query
-    prompts start at that sample's mean [CLS] state (plus the paper's noise); "paper" leaves the
-    constructors' initialisation as it is. Deterministic by seed; consumes no global RNG."""
+    prompts start at that sample's mean [CLS] state (plus the paper's noise); under
+    "principal", prompts and mappings are set from the principal axes of a fixed sample (the
+    same for every seed: nothing random is left); "paper" leaves the constructors'
+    initialisation as it is. Deterministic by seed; consumes no global RNG."""
     from autopmf.features import stream_sampler
-    from supernet.init import PROMPT_INITS, centre_mappings, shift_queries_to_cls
+    from supernet.init import (PROMPT_INITS, SEED_FREE_INITS, centre_mappings, principal_slots,
+                               shift_queries_to_cls)
 
     if rule not in PROMPT_INITS:
         raise ValueError(f"unknown prompt initialisation {rule!r}; one of {PROMPT_INITS}")
     if rule == "paper" or not slots:
         return
-    streams_at = stream_sampler(train_cache, backbone, seed, device)
+    streams_at = stream_sampler(train_cache, backbone, 0 if rule in SEED_FREE_INITS else seed,
+                                device)
     if rule == "cls":
         shift_queries_to_cls(slots, streams_at)
         return
-    centre_mappings(slots, streams_at,
-                    lambda j: (backbone.text_layer_fn(j), backbone.image_layer_fn(j)))
+    layer_fns = lambda j: (backbone.text_layer_fn(j), backbone.image_layer_fn(j))  # noqa: E731
+    if rule == "principal":
+        principal_slots(slots, streams_at, layer_fns)
+        return
+    centre_mappings(slots, streams_at, layer_fns)
 
 
 def initialise_supernet(supernet, train_cache: FeatureCache, rule: str, seed: int,

@@ -367,7 +367,9 @@ def _add_prompt_init_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-init", choices=PROMPT_INITS, default=PROMPT_INITS[0],
                    help="how fused slots start: exactly the PMF paper's ('paper'), or "
                         "with mappings centred on the training data ('centred'), or with "
-                        "query prompts starting at the mean [CLS] state of their slot ('cls') "
+                        "query prompts starting at the mean [CLS] state of their slot ('cls'), "
+                        "or with prompts and mappings set from the principal axes of the "
+                        "frozen features, with no random part ('principal') "
                         "(default: %(default)s)")
     p.add_argument("--head-init", choices=HEAD_INITS, default=HEAD_INITS[0],
                    help="how the heads start: fitted as a linear probe of the untrained "
@@ -653,6 +655,13 @@ def check_settings(args) -> None:
     scale = getattr(args, "head_lr_scale", None)
     if scale is not None and not (math.isfinite(scale) and scale >= 0):
         raise AutopmfError(f"--head-lr-scale must be a finite number >= 0, got {scale}")
+    from supernet.init import SEED_FREE_INITS
+
+    prompt_init = getattr(args, "prompt_init", None)
+    if getattr(args, "init_draws", 1) > 1 and prompt_init in SEED_FREE_INITS:
+        raise AutopmfError(f"--init-draws needs a random start to draw, and --prompt-init "
+                           f"{prompt_init} has none; use --init-draws 1 or another "
+                           "--prompt-init")
     budget = getattr(args, "budget_gb", None)
     if budget is not None and not 0 < budget <= MAX_BUDGET_GB:  # NaN fails both
         raise AutopmfError(f"--budget-gb must be a positive number of GiB (at most "

@@ -31,6 +31,7 @@ from autopmf.space import SearchSpace, save_arch
 from autopmf.train import TrainConfig, fit, predict
 from autopmf.units import gib
 from supernet.backbone import FrozenBackbone
+from supernet.init import SEED_FREE_INITS
 from supernet.pmf import PMFModel
 
 SPLITS = ("train", "val", "test")
@@ -144,6 +145,9 @@ def initialise_training(model: PMFModel, backbone: FrozenBackbone, train: Featur
     -> each draw's probe score when more than one was drawn, else None."""
     if cfg.init_draws < 1:
         raise ValueError(f"init_draws must be 1 or more, got {cfg.init_draws}")
+    if cfg.init_draws > 1 and cfg.prompt_init in SEED_FREE_INITS:
+        raise ValueError(f"init_draws {cfg.init_draws}: prompt_init {cfg.prompt_init!r} has no "
+                         "random start to draw")
     slots = {j: model.fusion[str(j)] for j in model.slot_configs}
 
     def initialise(slots, seed):

@@ -45,6 +45,7 @@ from autopmf.report import describe_arch  # noqa: E402
 from autopmf.space import load_space  # noqa: E402
 from autopmf.train import TrainConfig, evaluate, fit, predict  # noqa: E402
 from autopmf.train_arch import initialise_training  # noqa: E402
+from supernet.init import SEED_FREE_INITS  # noqa: E402
 
 # Ten designs of the demo space, all within its 0.285 GiB budget: one fused slot to four, low
 # slots and high, short prompts and long, with the PMF paper's reference:2:4 (4:M4 5:M4) and
@@ -162,11 +163,13 @@ def main() -> None:
     else:
         trainings = [(t.rsplit("@", 1)[0], int(t.rsplit("@", 1)[1]))
                      for t in args.trainings.split(",")]
+    starts = {}  # design -> its start, when every seed starts alike (seed_free_start)
     for design, seed in trainings:
         if (design, seed) in done:
             continue
         record = train_once(space, archs[design], backbone, slots, num_classes,
-                            dataset.metric, seed, args)
+                            dataset.metric, seed, args,
+                            starts.setdefault(design, {}) if seed_free_start(args) else None)
         record.update(design=design, seed=seed, settings=key)
         with log.open("a") as f:
             f.write(json.dumps(record) + "\n")
@@ -248,6 +251,13 @@ def seed_major(designs: list[str], seeds: int) -> list[tuple[str, int]]:
     return [(design, seed) for seed in range(seeds) for design in designs]
 
 
+def seed_free_start(args) -> bool:
+    """Whether every seed of a design starts from the same weights (a start that draws no
+    random numbers, read by fitted heads): then it is computed once per design and process."""
+    return (args.prompt_init in SEED_FREE_INITS and args.head_init == "probe"
+            and args.init_draws == 1)
+
+
 def design_cost(space, spec: str) -> int:
     """A training's relative cost: the slots it computes (from its first fused slot up) plus
     its fused slots (each runs its layers twice more: query and fusion stages)."""
@@ -259,13 +269,14 @@ def run_side_by_side(args, space, designs: list[str]) -> None:
     """Split the trainings, one per (design, seed), into --jobs groups of about equal cost
     (largest first, each to the cheapest group so far) and run each group in its own
     process, all appending to the same log (one short line per write). Splitting by
-    training rather than by design lets a benchmark of one design use every core. Returns
-    when every process has ended."""
+    training rather than by design lets a benchmark of one design use every core; with a
+    seed-free start, a design's seeds stay in one process, which computes their start once.
+    Returns when every process has ended."""
     groups: list[list[tuple[str, int]]] = [[] for _ in range(args.jobs)]
-    for design, seed in sorted(seed_major(designs, args.seeds),
-                               key=lambda t: -design_cost(space, t[0])):
-        min(groups, key=lambda g: sum(design_cost(space, d) for d, _ in g)).append(
-            (design, seed))
+    units = ([[(d, s) for s in range(args.seeds)] for d in designs] if seed_free_start(args)
+             else [[t] for t in seed_major(designs, args.seeds)])
+    for unit in sorted(units, key=lambda u: -len(u) * design_cost(space, u[0][0])):
+        min(groups, key=lambda g: sum(design_cost(space, d) for d, _ in g)).extend(unit)
     children = []
     for group in filter(None, groups):
         group.sort(key=lambda t: t[1])  # seed-major within a process too
@@ -286,7 +297,10 @@ def run_side_by_side(args, space, designs: list[str]) -> None:
                          "the same command to continue where they stopped")
 
 
-def train_once(space, arch, backbone, slots, num_classes, metric, seed, args) -> dict:
+def train_once(space, arch, backbone, slots, num_classes, metric, seed, args,
+               shared_start: dict | None = None) -> dict:
+    """`shared_start`: where a seed-free start is kept for the design's next seeds (empty
+    until its first training has computed it)."""
     # --vary splits the seed's two sources of randomness, to see which one the seed noise is.
     init_seed = 0 if args.vary == "order" else seed
     order_seed = 0 if args.vary == "init" else seed
@@ -301,8 +315,15 @@ def train_once(space, arch, backbone, slots, num_classes, metric, seed, args) ->
                       precision=space.precision, prompt_init=args.prompt_init,
                       head_init=args.head_init, progress=False)
     started = time.perf_counter()
-    draw_scores = initialise_training(model, backbone, caches["train"], caches["val"], cfg,
-                                      num_classes, metric)
+    if shared_start:
+        model.load_trainable_state_dict(shared_start["weights"])
+        draw_scores = None
+    else:
+        draw_scores = initialise_training(model, backbone, caches["train"], caches["val"], cfg,
+                                          num_classes, metric)
+        if shared_start is not None:
+            shared_start["weights"] = {k: v.clone()
+                                       for k, v in model.trainable_state_dict().items()}
     init_seconds = time.perf_counter() - started  # drawing starts, fitting the heads
 
     def forward(cache, rows):

@@ -19,6 +19,19 @@ state entering its slot (over a sample of training streams). Why: a query prompt
 attends to every token alike, so its output is nearly the same for every input; one that
 starts where the encoder's own [CLS] does reads the input as [CLS] does, from step 0 (issue
 15's first direction). The noise keeps the M prompts of a slot apart.
+
+`principal`: a start with no random part, so that a run's seed changes only its data order.
+Why: on the demo task most of the seed-to-seed spread of a design's score comes from the random
+draw of its prompts and mappings (BENCHMARKS.md, "Which of the seed's random choices is the
+noise?"), which makes the ranking of designs a ranking of lucky draws. Every prompt bank takes
+principal directions of the tokens entering its slot (at the paper's norm, 0.02 sqrt(d); the
+banks of one side take successive directions, so no two prompts coincide). Each mapping reads
+the principal coordinates of its input (the query outputs, standardised) through ReLU pairs
+(+z, -z) and writes coordinate k along the other encoder's k-th principal direction, weighted by
+its share of that encoder's variance: an exact linear map from one encoder's main axes of
+variation to the other's, before the LayerNorm. Directions are ordered by variance, so the
+first units and prompts (what a narrower subnet of a supernet uses) are the leading ones. The
+sample is a fixed one, not the run's seed's.
 """
 
 from __future__ import annotations
@@ -27,9 +40,10 @@ from typing import Callable, Mapping
 
 import torch
 
-from supernet.fusion import FusionSlot, LayerFn, SlicedMLP, Streams
+from supernet.fusion import PROMPT_INIT_STD, FusionSlot, LayerFn, SlicedMLP, Streams
 
-PROMPT_INITS = ("paper", "centred", "cls")  # the first is the default
+PROMPT_INITS = ("paper", "centred", "cls", "principal")  # the first is the default
+SEED_FREE_INITS = ("principal",)  # starts that draw no random numbers at all
 
 
 @torch.no_grad()
@@ -67,3 +81,76 @@ def shift_queries_to_cls(slots: Mapping[int, FusionSlot],
         for prompts, stream in ((slot.text_query, streams.text),
                                 (slot.image_query, streams.image)):
             prompts.add_(stream[:, 0].mean(dim=0).to(prompts.dtype))
+
+
+def principal_axes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean [d], variances [d] descending, directions [d, d] as columns) of the rows of
+    `x` [n, d], in float64. Each direction's sign is fixed (its largest entry positive), so
+    the result depends on the data alone."""
+    x = x.reshape(-1, x.shape[-1]).double()
+    mean = x.mean(dim=0)
+    centred = x - mean
+    variances, axes = torch.linalg.eigh(centred.T @ centred / max(len(x) - 1, 1))
+    variances, axes = variances.flip(0).clamp_min(0), axes.flip(1)
+    peak = axes.abs().argmax(dim=0)
+    axes = axes * torch.sign(axes[peak, torch.arange(axes.shape[1])]).unsqueeze(0)
+    return mean, variances, axes
+
+
+@torch.no_grad()
+def principal_prompts(banks: list[torch.Tensor], tokens: torch.Tensor) -> None:
+    """Fill `banks` (each [rows, d]) with successive principal directions of `tokens`
+    [n, d] (cycling if they need more than d), at the norm of the paper's N(0, 0.02) draw."""
+    _, _, axes = principal_axes(tokens)
+    d = axes.shape[0]
+    offset = 0
+    for bank in banks:
+        columns = (offset + torch.arange(bank.shape[0])) % d
+        bank.copy_((axes[:, columns].T * PROMPT_INIT_STD * d ** 0.5).to(bank.dtype))
+        offset += bank.shape[0]
+
+
+@torch.no_grad()
+def principal_mapping(mlp: SlicedMLP, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """Set `mlp` so that hidden units (2k, 2k+1) are relu(+z_k), relu(-z_k), z_k the k-th
+    standardised principal coordinate of `inputs` [..., d_in], and the output before the
+    LayerNorm is sum_k z_k w_k t_k: t_k the k-th principal direction of `targets` [n, d_out],
+    w_k the square root of its share of their variance."""
+    mean, variances, axes = principal_axes(inputs)
+    _, target_variances, target_axes = principal_axes(targets)
+    hidden = mlp.fc1.out_features
+    unit = torch.arange(hidden)
+    sign = 1.0 - 2.0 * (unit % 2).double()  # +z, -z, +z, ...
+    k_in = (unit // 2) % axes.shape[1]
+    k_out = (unit // 2) % target_axes.shape[1]
+    scale = variances[k_in].clamp_min(1e-12 * float(variances[0]) + 1e-30).rsqrt()
+    weight = sign.unsqueeze(1) * scale.unsqueeze(1) * axes[:, k_in].T
+    mlp.fc1.weight.copy_(weight.to(mlp.fc1.weight.dtype))
+    mlp.fc1.bias.copy_((-(weight @ mean)).to(mlp.fc1.bias.dtype))
+    share = (target_variances / target_variances.sum().clamp_min(1e-30)).sqrt()
+    mlp.fc2.weight.copy_((target_axes[:, k_out] * (sign * share[k_out]).unsqueeze(0))
+                         .to(mlp.fc2.weight.dtype))
+    mlp.fc2.bias.zero_()
+
+
+def stream_tokens(streams: Streams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every real token of the (text, image) streams, as rows [n, d]."""
+    return streams.text[streams.text_mask], streams.image.reshape(-1, streams.image.shape[-1])
+
+
+@torch.no_grad()
+def principal_slots(slots: Mapping[int, FusionSlot], streams_at: Callable[[int], Streams],
+                    layer_fns: Callable[[int], tuple[LayerFn, LayerFn]]) -> None:
+    """`principal` initialisation of every slot in `slots` (arguments as centre_mappings')."""
+    for j, slot in slots.items():
+        streams = streams_at(j)
+        text_tokens, image_tokens = stream_tokens(streams)
+        principal_prompts([slot.text_query, slot.text_query_context, slot.text_fusion_context],
+                          text_tokens)
+        principal_prompts([slot.image_query, slot.image_query_context,
+                           slot.image_fusion_context], image_tokens)
+        text_q, image_q = slot.query(streams, *layer_fns(j), slot.size)
+        principal_mapping(slot.text_to_image, text_q, image_tokens)
+        principal_mapping(slot.image_to_text, image_q, text_tokens)
+        for mlp in (slot.text_to_image, slot.image_to_text):
+            mlp.norm.reset_parameters()

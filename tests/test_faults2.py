@@ -222,6 +222,14 @@ def test_invalid_settings_are_refused(case, command, tmp_path, cache_dir, capsys
     assert not (tmp_path / "out").exists()
 
 
+def test_drawing_several_starts_that_have_no_random_part_is_refused(tmp_path, cache_dir,
+                                                                    capsys):
+    argv = train_argv(tmp_path / "out", "--prompt-init", "principal", "--init-draws", "3",
+                      data=NO_DATA)
+    fails_with(capsys, argv, "--prompt-init principal has none; use --init-draws 1")
+    assert not (tmp_path / "out").exists()
+
+
 def supernet_argv(out: Path, *extra: str, data: str = DATA) -> list[str]:
     return ["supernet", "--space", "tiny", "--data", data, "--out", str(out), *QUICK, *extra]
 

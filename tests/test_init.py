@@ -125,3 +125,97 @@ def test_cls_starts_each_query_prompt_at_its_slots_mean_cls_state(space, backbon
         if name not in shifted:
             assert torch.equal(tensor, paper.trainable_state_dict()[name]), name
     assert shifted and all(name in model.trainable_state_dict() for name in shifted)
+
+
+def fusion_state(model):
+    return {k: v for k, v in model.trainable_state_dict().items() if k.startswith("fusion.")}
+
+
+def test_principal_has_no_random_part(space, backbone, train_cache):
+    # Built under different seeds (so the constructors drew different values), the fused
+    # slots end up identical: the seed is left with the data order alone.
+    a = fusion_state(initialised(space, backbone, train_cache, "principal", 1))
+    b = fusion_state(initialised(space, backbone, train_cache, "principal", 2))
+    paper = fusion_state(initialised(space, backbone, train_cache, "paper", 1))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(torch.equal(a[k], paper[k]) for k in a if not k.endswith(".norm.weight")
+                   and not k.endswith(".norm.bias"))
+
+
+def test_principal_axes_match_numpy_and_have_a_fixed_sign():
+    import numpy as np
+
+    from supernet.init import principal_axes
+
+    x = torch.randn(500, 5, generator=torch.Generator().manual_seed(0)) * torch.tensor(
+        [5.0, 3.0, 2.0, 1.0, 0.5]) + torch.tensor([1.0, -2.0, 0.0, 3.0, 4.0])
+    mean, variances, axes = principal_axes(x)
+    expected = np.sort(np.linalg.eigvalsh(np.cov(x.double().numpy(), rowvar=False)))[::-1]
+    assert np.allclose(variances.numpy(), expected, rtol=1e-10)
+    assert torch.allclose(mean, x.double().mean(0))
+    assert torch.allclose(axes.T @ axes, torch.eye(5, dtype=torch.float64), atol=1e-10)
+    # Each direction's largest entry is positive, whatever sign the solver returned.
+    assert all(axes[axes[:, k].abs().argmax(), k] > 0 for k in range(5))
+    _, _, flipped = principal_axes(-x)
+    assert torch.allclose(flipped, axes, atol=1e-10)
+
+
+def test_principal_prompts_are_leading_directions_at_the_papers_norm():
+    from supernet.fusion import PROMPT_INIT_STD
+    from supernet.init import principal_axes, principal_prompts
+
+    tokens = torch.randn(400, 8, generator=torch.Generator().manual_seed(1)) * torch.arange(
+        8, 0, -1).float()
+    banks = [torch.zeros(2, 8), torch.zeros(3, 8), torch.zeros(4, 8)]
+    principal_prompts(banks, tokens)
+    _, _, axes = principal_axes(tokens)
+    rows = torch.cat(banks).double()
+    norm = PROMPT_INIT_STD * 8 ** 0.5
+    # Banks take successive directions (2 + 3 = the first 5, then 3 more and the first again).
+    assert torch.allclose(rows[:8], axes.T * norm, atol=1e-6)
+    assert torch.allclose(rows[8], axes[:, 0] * norm, atol=1e-6)
+
+
+def test_principal_mapping_is_an_exact_linear_map_between_principal_axes():
+    from supernet.fusion import SlicedMLP
+    from supernet.init import principal_axes, principal_mapping
+
+    g = torch.Generator().manual_seed(2)
+    inputs = torch.randn(300, 6, generator=g) @ torch.randn(6, 6, generator=g) + 3.0
+    targets = torch.randn(300, 5, generator=g) * torch.tensor([4.0, 2.0, 1.0, 0.5, 0.1])
+    mlp = SlicedMLP(6, 7, 5).double()  # odd width: the last unit is +z alone
+    principal_mapping(mlp, inputs, targets)
+    mean, variances, axes = principal_axes(inputs)
+    _, t_var, t_axes = principal_axes(targets)
+    x = inputs.double()
+    z = (x - mean) @ axes / variances.sqrt()  # standardised principal coordinates
+    pre = x @ mlp.fc1.weight.T + mlp.fc1.bias
+    assert torch.allclose(pre[:, 0::2], z[:, :4], atol=1e-8)
+    assert torch.allclose(pre[:, 1::2], -z[:, :3], atol=1e-8)
+    # Hidden pairs (0,1), (2,3), (4,5) recover z_0..z_2 exactly; unit 6 passes relu(z_3).
+    share = (t_var / t_var.sum()).sqrt()
+    expected = (z[:, :3] * share[:3]) @ t_axes[:, :3].T + torch.relu(z[:, 3:4]) * (
+        share[3] * t_axes[:, 3])
+    out = torch.relu(pre) @ mlp.fc2.weight.T + mlp.fc2.bias
+    assert torch.allclose(out, expected, atol=1e-8)
+
+
+def test_principal_hands_on_input_dependent_tokens_in_a_supernet_too(space, backbone,
+                                                                     train_cache):
+    from supernet.init import SEED_FREE_INITS
+
+    assert "principal" in SEED_FREE_INITS
+    torch.manual_seed(0)
+    supernet = Supernet(space, backbone, 3)
+    initialise_fusion({int(j): s for j, s in supernet.fusion.items()}, backbone, train_cache,
+                      "principal", 0)
+    streams_at = stream_sampler(train_cache, backbone, 0)
+    for j, slot in supernet.fusion.items():
+        with torch.no_grad():
+            q, _ = slot.query(streams_at(int(j)), backbone.text_layer_fn(int(j)),
+                              backbone.image_layer_fn(int(j)), slot.size)
+            pre = slot.text_to_image.fc1(q.reshape(-1, q.shape[-1]))
+        # Standardised on the sample: every hidden unit reads a centred, unit-spread
+        # coordinate, so a narrower subnet (the first units) reads the leading ones.
+        assert pre.mean(0).abs().max() < 1e-3
+        assert torch.allclose(pre.std(0)[:4], torch.ones(4), atol=1e-3)

@@ -81,3 +81,26 @@ def test_vary_order_keeps_the_initialisation_and_changes_the_run(both_ways, tmp_
     assert runs["2:1", 1]["val_at_start"] == runs["2:1", 0]["val_at_start"]
     assert runs["2:1", 1]["history"] != runs["2:1", 0]["history"]
     assert default["2:1", 1]["val_at_start"] != default["2:1", 0]["val_at_start"]
+
+
+def test_a_seed_free_start_is_computed_once_per_design_and_changes_nothing(tmp_path):
+    principal = ("--prompt-init", "principal")
+    shared, alone = tmp_path / "shared.json", tmp_path / "alone.json"
+    result = run_benchmark(shared, 2, "2:1,0:4", *principal)
+    assert result["prompt_init"] == "principal"
+    runs = records(shared)
+    log = {(r["design"], r["seed"]): r for r in map(
+        json.loads, shared.with_suffix(".runs.jsonl").read_text().splitlines())}
+    for design in ("2:1", "0:4"):
+        # Every seed starts from the same weights; the first computed them, the second
+        # loaded them (no probe fit), and then each trains on its own data order.
+        assert runs[design, 1]["val_at_start"] == runs[design, 0]["val_at_start"]
+        assert runs[design, 1]["history"] != runs[design, 0]["history"]
+        assert log[design, 1]["init_seconds"] < log[design, 0]["init_seconds"] / 5
+    # Seed 1 trained on its own, computing its start afresh, is the same run bit for bit.
+    subprocess.run([sys.executable, str(ROOT / "bench" / "ranking.py"), "--space", "tiny",
+                    "--data", "digits:examples_per_image=1", "--designs", "2:1",
+                    "--trainings", "2:1@1", "--no-summary", "--epochs", "1", "--seeds", "2",
+                    "--threads", "1", "--out", str(alone), *principal], check=True,
+                   capture_output=True, cwd=ROOT, timeout=600)
+    assert records(alone)["2:1", 1] == runs["2:1", 1]
