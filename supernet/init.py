@@ -25,13 +25,14 @@ Why: on the demo task most of the seed-to-seed spread of a design's score comes 
 draw of its prompts and mappings (BENCHMARKS.md, "Which of the seed's random choices is the
 noise?"), which makes the ranking of designs a ranking of lucky draws. Every prompt bank takes
 principal directions of the tokens entering its slot (at the paper's norm, 0.02 sqrt(d); the
-banks of one side take successive directions, so no two prompts coincide). Each mapping reads
+banks of one side take interleaved directions, so no two prompts coincide). Each mapping reads
 the principal coordinates of its input (the query outputs, standardised) through ReLU pairs
 (+z, -z) and writes coordinate k along the other encoder's k-th principal direction, weighted by
 its share of that encoder's variance: an exact linear map from one encoder's main axes of
 variation to the other's, before the LayerNorm. Directions are ordered by variance, so the
-first units and prompts (what a narrower subnet of a supernet uses) are the leading ones. The
-sample is a fixed one, not the run's seed's.
+first units and prompts (what a narrower subnet of a supernet uses) are the leading ones, and
+a prompt's direction does not depend on its bank's length. The sample is a fixed one, not the
+run's seed's.
 """
 
 from __future__ import annotations
@@ -99,15 +100,15 @@ def principal_axes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 @torch.no_grad()
 def principal_prompts(banks: list[torch.Tensor], tokens: torch.Tensor) -> None:
-    """Fill `banks` (each [rows, d]) with successive principal directions of `tokens`
-    [n, d] (cycling if they need more than d), at the norm of the paper's N(0, 0.02) draw."""
+    """Fill `banks` (each [rows, d]) with principal directions of `tokens` [n, d], at the
+    norm of the paper's N(0, 0.02) draw: row r of bank b takes direction r * len(banks) + b
+    (cycling if that passes d), so no two rows coincide, and a bank's first rows are the same
+    whatever its length (a supernet's banks start as every subnet's would)."""
     _, _, axes = principal_axes(tokens)
     d = axes.shape[0]
-    offset = 0
-    for bank in banks:
-        columns = (offset + torch.arange(bank.shape[0])) % d
+    for b, bank in enumerate(banks):
+        columns = (torch.arange(bank.shape[0]) * len(banks) + b) % d
         bank.copy_((axes[:, columns].T * PROMPT_INIT_STD * d ** 0.5).to(bank.dtype))
-        offset += bank.shape[0]
 
 
 @torch.no_grad()

@@ -169,11 +169,15 @@ def test_principal_prompts_are_leading_directions_at_the_papers_norm():
     banks = [torch.zeros(2, 8), torch.zeros(3, 8), torch.zeros(4, 8)]
     principal_prompts(banks, tokens)
     _, _, axes = principal_axes(tokens)
-    rows = torch.cat(banks).double()
     norm = PROMPT_INIT_STD * 8 ** 0.5
-    # Banks take successive directions (2 + 3 = the first 5, then 3 more and the first again).
-    assert torch.allclose(rows[:8], axes.T * norm, atol=1e-6)
-    assert torch.allclose(rows[8], axes[:, 0] * norm, atol=1e-6)
+    # Row r of bank b takes direction 3r + b, modulo d = 8.
+    expected = {0: [0, 3], 1: [1, 4, 7], 2: [2, 5, 0, 3]}
+    for b, bank in enumerate(banks):
+        assert torch.allclose(bank.double(), axes[:, expected[b]].T * norm, atol=1e-6), b
+    # A longer bank starts with the shorter one's rows.
+    longer = [torch.zeros(5, 8), torch.zeros(3, 8), torch.zeros(4, 8)]
+    principal_prompts(longer, tokens)
+    assert torch.equal(longer[0][:2], banks[0])
 
 
 def test_principal_mapping_is_an_exact_linear_map_between_principal_axes():
