@@ -49,15 +49,19 @@ def initialise_fusion(slots: Mapping[int, FusionSlot], backbone: FrozenBackbone,
     from `train_cache`, which must start at or below every slot); under "cls", their query
     prompts start at that sample's mean [CLS] state (plus the paper's noise); under
     "principal", prompts and mappings are set from the principal axes of a fixed sample (the
-    same for every seed: nothing random is left); "paper" leaves the constructors'
+    same for every seed: nothing random is left); under "fixed", they are the paper's
+    distributions drawn from seeds fixed by position, not by `seed`; "paper" leaves the constructors'
     initialisation as it is. Deterministic by seed; consumes no global RNG."""
     from autopmf.features import stream_sampler
-    from supernet.init import (PROMPT_INITS, SEED_FREE_INITS, centre_mappings, principal_slots,
-                               shift_queries_to_cls)
+    from supernet.init import (PROMPT_INITS, SEED_FREE_INITS, centre_mappings, fixed_draw,
+                               principal_slots, shift_queries_to_cls)
 
     if rule not in PROMPT_INITS:
         raise ValueError(f"unknown prompt initialisation {rule!r}; one of {PROMPT_INITS}")
     if rule == "paper" or not slots:
+        return
+    if rule == "fixed":
+        fixed_draw(slots)
         return
     streams_at = stream_sampler(train_cache, backbone, 0 if rule in SEED_FREE_INITS else seed,
                                 device)

@@ -369,8 +369,9 @@ def _add_prompt_init_option(p: argparse.ArgumentParser) -> None:
                         "with mappings centred on the training data ('centred'), or with "
                         "query prompts starting at the mean [CLS] state of their slot ('cls'), "
                         "or with prompts and mappings set from the principal axes of the "
-                        "frozen features, with no random part ('principal') "
-                        "(default: %(default)s)")
+                        "frozen features ('principal'), or the paper's draw seeded by each "
+                        "weight's position instead of --seed ('fixed'); the last two have no "
+                        "part that depends on the seed (default: %(default)s)")
     p.add_argument("--head-init", choices=HEAD_INITS, default=HEAD_INITS[0],
                    help="how the heads start: fitted as a linear probe of the untrained "
                         "model's [CLS] features ('probe'), or the paper's random init "

@@ -33,18 +33,28 @@ variation to the other's, before the LayerNorm. Directions are ordered by varian
 first units and prompts (what a narrower subnet of a supernet uses) are the leading ones, and
 a prompt's direction does not depend on its bank's length. The sample is a fixed one, not the
 run's seed's.
+
+`fixed`: the paper's distributions, N(0, 0.02) prompts and PyTorch's default Linear init, but
+drawn from a seed fixed by position (slot, parameter, row or hidden unit) instead of the
+run's seed. Why: the same as `principal` (the seed then changes the data order alone), without
+changing what is drawn: a design starts from one fixed draw of the paper's start. Seeded by
+position, a supernet's banks hold exactly what each subnet's would at the same slot, so a
+subnet extracted before training starts as that design trained alone does (with the mapping
+widths the same: the second layer's range depends on the built width, as PyTorch's does).
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Callable, Mapping
 
+import numpy as np
 import torch
 
 from supernet.fusion import PROMPT_INIT_STD, FusionSlot, LayerFn, SlicedMLP, Streams
 
-PROMPT_INITS = ("paper", "centred", "cls", "principal")  # the first is the default
-SEED_FREE_INITS = ("principal",)  # starts that draw no random numbers at all
+PROMPT_INITS = ("paper", "centred", "cls", "principal", "fixed")  # the first is the default
+SEED_FREE_INITS = ("principal", "fixed")  # starts that draw no random numbers at all
 
 
 @torch.no_grad()
@@ -154,4 +164,42 @@ def principal_slots(slots: Mapping[int, FusionSlot], streams_at: Callable[[int],
         principal_mapping(slot.text_to_image, text_q, image_tokens)
         principal_mapping(slot.image_to_text, image_q, text_tokens)
         for mlp in (slot.text_to_image, slot.image_to_text):
+            mlp.norm.reset_parameters()
+
+
+def position_generator(slot: int, name: str, index: int = 0) -> torch.Generator:
+    """A generator seeded by a parameter's position alone: slot, parameter name, row."""
+    state = np.random.SeedSequence([slot, zlib.crc32(name.encode()), index]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _uniform(n: int, bound: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=generator, dtype=torch.float64) * (2 * bound) - bound
+
+
+@torch.no_grad()
+def fixed_draw(slots: Mapping[int, FusionSlot]) -> None:
+    """`fixed` initialisation of every slot in `slots`: each prompt row, each first-layer
+    unit (its weights and bias), each second-layer column and bias drawn from its own
+    position's generator, with the constructors' distributions."""
+    for j, slot in slots.items():
+        for name, param in slot.named_parameters():
+            if param.dim() == 2 and "." not in name:  # a prompt bank: one draw per row
+                for r in range(param.shape[0]):
+                    param[r] = torch.randn(param.shape[1], generator=position_generator(
+                        j, name, r)) * PROMPT_INIT_STD
+        for prefix, mlp in (("text_to_image", slot.text_to_image),
+                            ("image_to_text", slot.image_to_text)):
+            fc1, fc2 = mlp.fc1, mlp.fc2
+            bound = fc1.in_features ** -0.5  # nn.Linear's default range
+            for i in range(fc1.out_features):
+                row = _uniform(fc1.in_features + 1, bound,
+                               position_generator(j, f"{prefix}.fc1", i))
+                fc1.weight[i], fc1.bias[i] = row[:-1], row[-1]
+            bound = fc2.in_features ** -0.5
+            for i in range(fc2.in_features):
+                fc2.weight[:, i] = _uniform(fc2.out_features, bound,
+                                            position_generator(j, f"{prefix}.fc2", i))
+            fc2.bias.copy_(_uniform(fc2.out_features, bound,
+                                    position_generator(j, f"{prefix}.fc2.bias")))
             mlp.norm.reset_parameters()

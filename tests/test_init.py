@@ -223,3 +223,44 @@ def test_principal_hands_on_input_dependent_tokens_in_a_supernet_too(space, back
         # coordinate, so a narrower subnet (the first units) reads the leading ones.
         assert pre.mean(0).abs().max() < 1e-3
         assert torch.allclose(pre.std(0)[:4], torch.ones(4), atol=1e-3)
+
+
+def test_fixed_is_the_papers_draw_seeded_by_position_not_by_the_run(space, backbone,
+                                                                      train_cache):
+    from supernet.fusion import PROMPT_INIT_STD
+
+    a = initialised(space, backbone, train_cache, "fixed", 1)
+    b = fusion_state(initialised(space, backbone, train_cache, "fixed", 2))
+    assert all(torch.equal(v, b[k]) for k, v in fusion_state(a).items())
+    # It draws nothing from the global generator.
+    torch.manual_seed(7)
+    initialised(space, backbone, train_cache, "fixed", 7)
+    after_fixed = torch.rand(3)
+    torch.manual_seed(7)
+    initialised(space, backbone, train_cache, "paper", 7)
+    assert torch.equal(torch.rand(3), after_fixed)
+    # The constructors' distributions: prompts N(0, 0.02), Linear weights and biases within
+    # +-1/sqrt(fan_in); and every slot draws its own.
+    slots = [a.fusion[str(j)] for j in a.slot_configs]
+    prompts = torch.cat([s.text_query.flatten() for s in slots]
+                        + [s.image_fusion_context.flatten() for s in slots])
+    assert abs(prompts.std().item() - PROMPT_INIT_STD) < 0.1 * PROMPT_INIT_STD
+    for s in slots:
+        for fc in (s.text_to_image.fc1, s.image_to_text.fc2):
+            bound = fc.in_features ** -0.5
+            assert fc.weight.abs().max() <= bound and fc.bias.abs().max() <= bound
+            assert fc.weight.abs().max() > 0.9 * bound  # spread over the whole range
+    assert len(slots) > 1 and not torch.equal(slots[0].text_query, slots[1].text_query)
+
+
+def test_fixed_subnets_of_a_supernet_start_as_their_designs_do_alone(space, backbone,
+                                                                      train_cache):
+    torch.manual_seed(0)
+    supernet = Supernet(space, backbone, 3)
+    initialise_fusion({int(j): s for j, s in supernet.fusion.items()}, backbone, train_cache,
+                      "fixed", 0)
+    for arch in (space.reference_arch(2, 1), space.reference_arch(1, 2)):
+        alone = initialised(space, backbone, train_cache, "fixed", 5, arch)
+        extracted = fusion_state(supernet.extract(arch))
+        assert extracted.keys() == fusion_state(alone).keys()
+        assert all(torch.equal(v, extracted[k]) for k, v in fusion_state(alone).items())
