@@ -309,7 +309,8 @@ def _add_train_options(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="default: the search space's precision")
     p.add_argument("--seed", type=int, default=0,
-                   help="seeds the weights, the data split and the sampling")
+                   help="seeds the data split, the data order and the sampling (and the "
+                        "fused slots' start under --prompt-init paper, centred or cls)")
     _add_prompt_init_option(p)
     _add_device_options(p)
     _add_feature_cache_option(p)
@@ -365,13 +366,14 @@ def _add_prompt_init_option(p: argparse.ArgumentParser) -> None:
     from supernet.init import PROMPT_INITS
 
     p.add_argument("--prompt-init", choices=PROMPT_INITS, default=PROMPT_INITS[0],
-                   help="how fused slots start: exactly the PMF paper's ('paper'), or "
+                   help="how fused slots start: the PMF paper's draw seeded by each weight's "
+                        "position, so that --seed changes only the data order ('fixed'), or "
+                        "exactly the PMF paper's, drawn from --seed ('paper'), or "
                         "with mappings centred on the training data ('centred'), or with "
                         "query prompts starting at the mean [CLS] state of their slot ('cls'), "
                         "or with prompts and mappings set from the principal axes of the "
-                        "frozen features ('principal'), or the paper's draw seeded by each "
-                        "weight's position instead of --seed ('fixed'); the last two have no "
-                        "part that depends on the seed (default: %(default)s)")
+                        "frozen features, with no random part ('principal') "
+                        "(default: %(default)s)")
     p.add_argument("--head-init", choices=HEAD_INITS, default=HEAD_INITS[0],
                    help="how the heads start: fitted as a linear probe of the untrained "
                         "model's [CLS] features ('probe'), or the paper's random init "
@@ -382,7 +384,8 @@ def _add_init_draws_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-draws", type=_positive_int, default=1, metavar="K",
                    help="draw the fused slots' random start K times and keep the one a "
                    "linear probe of the final [CLS] features reads best on held-out training "
-                   "examples (1: the single draw of the paper; ignored when starting from "
+                   "examples (needs a random start: --prompt-init paper, centred or cls; "
+                   "1: the single draw of the paper; ignored when starting from "
                    "the supernet's weights; default: %(default)s)")
 
 

@@ -88,8 +88,10 @@ def restate(out: Path, ranking: Path) -> None:
 
 
 def yardstick_name(yardstick: dict) -> str:
+    start = yardstick.get("prompt_init", "paper")
     return (f"{yardstick['designs']} designs x {yardstick['seeds']} seeds, "
-            f"{yardstick['epochs']} epochs at lr {yardstick.get('lr', 3e-3):g}")
+            f"{yardstick['epochs']} epochs at lr {yardstick.get('lr', 3e-3):g}"
+            + ("" if start == "paper" else f", --prompt-init {start}"))
 
 
 def load_supernet(args, yardstick: dict):
