@@ -366,9 +366,9 @@ def _add_prompt_init_option(p: argparse.ArgumentParser) -> None:
     from supernet.init import PROMPT_INITS
 
     p.add_argument("--prompt-init", choices=PROMPT_INITS, default=PROMPT_INITS[0],
-                   help="how fused slots start: the PMF paper's draw seeded by each weight's "
-                        "position, so that --seed changes only the data order ('fixed'), or "
-                        "exactly the PMF paper's, drawn from --seed ('paper'), or "
+                   help="how fused slots start: exactly the PMF paper's, drawn from --seed "
+                        "('paper'), or the paper's draw seeded by each weight's position, so "
+                        "that --seed changes only the data order ('fixed'), or "
                         "with mappings centred on the training data ('centred'), or with "
                         "query prompts starting at the mean [CLS] state of their slot ('cls'), "
                         "or with prompts and mappings set from the principal axes of the "
@@ -384,7 +384,7 @@ def _add_init_draws_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-draws", type=_positive_int, default=1, metavar="K",
                    help="draw the fused slots' random start K times and keep the one a "
                    "linear probe of the final [CLS] features reads best on held-out training "
-                   "examples (needs a random start: --prompt-init paper, centred or cls; "
+                   "examples (needs a random start: not --prompt-init fixed or principal; "
                    "1: the single draw of the paper; ignored when starting from "
                    "the supernet's weights; default: %(default)s)")
 

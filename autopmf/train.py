@@ -56,9 +56,9 @@ class TrainConfig:
     # another seed retrain on the very same split (`autopmf validate --seeds`).
     data_seed: int | None = None
     precision: str = "fp32"
-    # How fused slots start (supernet.init.PROMPT_INITS): by default the paper's draw, seeded
-    # by position rather than by `seed` ("fixed"); "paper" is exactly the paper's.
-    prompt_init: str = "fixed"
+    # How fused slots start (supernet.init.PROMPT_INITS): exactly the paper's draw from `seed`
+    # ("paper"), or the paper's draw seeded by position, the same for every seed ("fixed").
+    prompt_init: str = "paper"
     # How many random starts of the fused slots to draw, keeping the one a linear probe reads
     # best on training examples (autopmf.init_draws); 1: the constructors' draw alone.
     init_draws: int = 1

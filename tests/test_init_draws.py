@@ -124,16 +124,16 @@ def test_one_draw_is_todays_initialisation(space, backbone, caches):
 
 
 def test_several_draws_through_initialise_training(space, backbone, caches):
-    cfg = TrainConfig(seed=1, init_draws=3, prompt_init="paper")
+    cfg = TrainConfig(seed=1, init_draws=3)
     model = fresh(space, backbone, seed=1)
     scores = initialise_training(model, backbone, caches["train"], caches["val"], cfg, 2,
                                  "accuracy")
     assert len(scores) == 3
     assert run_settings(cfg)["init_draws"] == 3
-    # The default start has no random part, so there is nothing to draw again.
+    # A start with no random part leaves nothing to draw again.
     with pytest.raises(ValueError, match="'fixed' has no random start to draw"):
         initialise_training(model, backbone, caches["train"], caches["val"],
-                            TrainConfig(init_draws=3), 2, "accuracy")
+                            TrainConfig(init_draws=3, prompt_init="fixed"), 2, "accuracy")
 
 
 def test_fewer_than_one_draw_is_refused(space, backbone, caches):
