@@ -26,6 +26,14 @@ def initialised(space, backbone, train_cache, rule, seed, arch=None):
     return model
 
 
+def initialised_supernet(space, backbone, train_cache, rule):
+    torch.manual_seed(0)
+    supernet = Supernet(space, backbone, 3)
+    initialise_fusion({int(j): s for j, s in supernet.fusion.items()}, backbone, train_cache,
+                      rule, 0)
+    return supernet
+
+
 def states_equal(a, b):
     sa, sb = a.trainable_state_dict(), b.trainable_state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -37,12 +45,18 @@ def test_paper_is_bit_identical_to_the_constructors(space, backbone, train_cache
     before = build_pmf(space, space.reference_arch(2, 2), backbone, 3)
     assert states_equal(initialised(space, backbone, train_cache, "paper", 3), before)
     # ... and it draws nothing from the global generator either way.
-    torch.manual_seed(5)
-    initialised(space, backbone, train_cache, "centred", 5)
-    after_centred = torch.rand(3)
-    torch.manual_seed(5)
-    initialised(space, backbone, train_cache, "paper", 5)
-    assert torch.equal(torch.rand(3), after_centred)
+    assert draws_no_global_random_numbers(space, backbone, train_cache, "centred")
+
+
+def draws_no_global_random_numbers(space, backbone, train_cache, rule) -> bool:
+    """Whether initialising by `rule` leaves the global generator where `paper` leaves it
+    (the constructors' draw, nothing more)."""
+    after = []
+    for name in (rule, "paper"):
+        torch.manual_seed(5)
+        initialised(space, backbone, train_cache, name, 5)
+        after.append(torch.rand(3))
+    return torch.equal(*after)
 
 
 def test_centred_is_deterministic_by_seed(space, backbone, train_cache):
@@ -84,10 +98,7 @@ def test_centred_mappings_hand_on_input_dependent_tokens(space, backbone, train_
 
 def test_a_supernet_centres_its_full_banks_and_subnets_inherit_them(space, backbone,
                                                                      train_cache):
-    torch.manual_seed(0)
-    supernet = Supernet(space, backbone, 3)
-    initialise_fusion({int(j): s for j, s in supernet.fusion.items()}, backbone, train_cache,
-                      "centred", 0)
+    supernet = initialised_supernet(space, backbone, train_cache, "centred")
     arch = space.reference_arch(2, 1)
     extracted = supernet.extract(arch)
     for j in extracted.slot_configs:
@@ -209,10 +220,7 @@ def test_principal_hands_on_input_dependent_tokens_in_a_supernet_too(space, back
     from supernet.init import SEED_FREE_INITS
 
     assert "principal" in SEED_FREE_INITS
-    torch.manual_seed(0)
-    supernet = Supernet(space, backbone, 3)
-    initialise_fusion({int(j): s for j, s in supernet.fusion.items()}, backbone, train_cache,
-                      "principal", 0)
+    supernet = initialised_supernet(space, backbone, train_cache, "principal")
     streams_at = stream_sampler(train_cache, backbone, 0)
     for j, slot in supernet.fusion.items():
         with torch.no_grad():
@@ -232,13 +240,7 @@ def test_fixed_is_the_papers_draw_seeded_by_position_not_by_the_run(space, backb
     a = initialised(space, backbone, train_cache, "fixed", 1)
     b = fusion_state(initialised(space, backbone, train_cache, "fixed", 2))
     assert all(torch.equal(v, b[k]) for k, v in fusion_state(a).items())
-    # It draws nothing from the global generator.
-    torch.manual_seed(7)
-    initialised(space, backbone, train_cache, "fixed", 7)
-    after_fixed = torch.rand(3)
-    torch.manual_seed(7)
-    initialised(space, backbone, train_cache, "paper", 7)
-    assert torch.equal(torch.rand(3), after_fixed)
+    assert draws_no_global_random_numbers(space, backbone, train_cache, "fixed")
     # The constructors' distributions: prompts N(0, 0.02), Linear weights and biases within
     # +-1/sqrt(fan_in); and every slot draws its own.
     slots = [a.fusion[str(j)] for j in a.slot_configs]
@@ -255,10 +257,7 @@ def test_fixed_is_the_papers_draw_seeded_by_position_not_by_the_run(space, backb
 
 def test_fixed_subnets_of_a_supernet_start_as_their_designs_do_alone(space, backbone,
                                                                       train_cache):
-    torch.manual_seed(0)
-    supernet = Supernet(space, backbone, 3)
-    initialise_fusion({int(j): s for j, s in supernet.fusion.items()}, backbone, train_cache,
-                      "fixed", 0)
+    supernet = initialised_supernet(space, backbone, train_cache, "fixed")
     for arch in (space.reference_arch(2, 1), space.reference_arch(1, 2)):
         alone = initialised(space, backbone, train_cache, "fixed", 5, arch)
         extracted = fusion_state(supernet.extract(arch))
