@@ -50,8 +50,8 @@ def initialise_fusion(slots: Mapping[int, FusionSlot], backbone: FrozenBackbone,
     prompts start at that sample's mean [CLS] state (plus the paper's noise); under
     "principal", prompts and mappings are set from the principal axes of a fixed sample (the
     same for every seed: nothing random is left); under "fixed", they are the paper's
-    distributions drawn from seeds fixed by position, not by `seed`; "paper" leaves the constructors'
-    initialisation as it is. Deterministic by seed; consumes no global RNG."""
+    distributions drawn from seeds fixed by position, not by `seed`; "paper" leaves the
+    constructors' initialisation as it is. Deterministic by seed; consumes no global RNG."""
     from autopmf.features import stream_sampler
     from supernet.init import (PROMPT_INITS, SEED_FREE_INITS, centre_mappings, fixed_draw,
                                principal_slots, shift_queries_to_cls)
