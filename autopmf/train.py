@@ -81,6 +81,9 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     start_val: float | None = None  # the validation score before training, when measured
+    # The kept weights' validation logits, when this fit computed them (not after a resume
+    # that restored the best epoch): a caller that needs them need not predict again.
+    val_logits: torch.Tensor | None = None
 
 
 def autocast(precision: str, device: str):
@@ -251,6 +254,7 @@ class _BestEpoch(LoopHooks):
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.best_val, self.best_epoch = -math.inf, -1
         self.best_state: list[torch.Tensor] | None = None
+        self.best_logits: torch.Tensor | None = None
         self.start_val: float | None = None
 
     def start(self) -> None:
@@ -259,8 +263,9 @@ class _BestEpoch(LoopHooks):
             # that only fusion solves, it already reads the task's signal, and the first
             # steps of training can lose it before they improve on it.
             self.model.eval()
-            self.start_val = self.best_val = evaluate(self.run, self.val, self.cfg,
-                                                      self.metric)
+            self.best_logits = predict(self.run, self.val, self.cfg)
+            self.start_val = self.best_val = score(self.metric, self.best_logits,
+                                                   self.val.labels)
             self.best_epoch = 0
             self.best_state = [p.detach().clone() for p in self.trainable]
 
@@ -271,10 +276,12 @@ class _BestEpoch(LoopHooks):
         return self.run(self.train, rows), self.train.labels[rows]
 
     def validate(self, epoch: int, loss: float, seconds: float) -> tuple[dict, str]:
-        val_score = evaluate(self.run, self.val, self.cfg, self.metric)
+        logits = predict(self.run, self.val, self.cfg)
+        val_score = score(self.metric, logits, self.val.labels)
         if val_score > self.best_val:
             self.best_val, self.best_epoch = val_score, epoch + 1
             self.best_state = [p.detach().clone() for p in self.trainable]
+            self.best_logits = logits
         return ({"epoch": epoch + 1, "loss": loss, f"val_{self.metric}": val_score},
                 f"val {self.metric} {val_score:.4f}")
 
@@ -295,6 +302,7 @@ class _BestEpoch(LoopHooks):
             raise ValueError("its best-so-far weights do not fit this model")
         self.generator.set_state(tensors["generator"])
         self.best_state = best or None
+        self.best_logits = None  # not checkpointed: the caller predicts them if it needs them
         self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
         self.start_val = state.get("start_val")
 
@@ -315,4 +323,5 @@ def fit(model: nn.Module, forward: Forward, train: Examples, val: Examples, cfg:
             for p, best in zip(hooks.trainable, hooks.best_state):
                 p.copy_(best)
     return FitResult(best_val=hooks.best_val, best_epoch=hooks.best_epoch, history=history,
-                     seconds=time.perf_counter() - started, start_val=hooks.start_val)
+                     seconds=time.perf_counter() - started, start_val=hooks.start_val,
+                     val_logits=hooks.best_logits)

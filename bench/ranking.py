@@ -258,11 +258,17 @@ def seed_free_start(args) -> bool:
             and args.init_draws == 1)
 
 
-def design_cost(space, spec: str) -> int:
-    """A training's relative cost: the slots it computes (from its first fused slot up) plus
-    its fused slots (each runs its layers twice more: query and fusion stages)."""
-    fused = space.fused_slots(parse_design(space, spec))
-    return len([j for j in space.fusable_slots if j >= min(fused)]) + len(fused)
+def design_cost(space, spec: str) -> float:
+    """A training's relative cost, for splitting trainings between processes: 10 per slot it
+    computes below the top one (the top computes its [CLS] rows only), 3 per fused slot (its
+    query stage), 1 per prompt row, plus 2. Fitted to the measured seconds of the ten demo
+    designs (`ranking_fixed.runs.jsonl`: within 3% for each)."""
+    arch = parse_design(space, spec)
+    fused = space.fused_slots(arch)
+    top = max(space.fusable_slots)
+    below_top = len([j for j in space.fusable_slots if min(fused) <= j < top])
+    prompts = sum(arch[f"prompt_{j}"] for j in fused)
+    return 10 * below_top + 3 * len(fused) + prompts + 2
 
 
 def run_side_by_side(args, space, designs: list[str]) -> None:
@@ -337,9 +343,11 @@ def train_once(space, arch, backbone, slots, num_classes, metric, seed, args,
         initial = result.start_val
     model.eval()
     test_logits = predict(forward, caches["test"], cfg)
+    val_logits = (result.val_logits if result.val_logits is not None
+                  else predict(forward, caches["val"], cfg))
     return {"val": result.best_val, "test": score(metric, test_logits, caches["test"].labels),
-            **threshold_free_scores({"val": predict(forward, caches["val"], cfg),
-                                     "test": test_logits}, caches, num_classes),
+            **threshold_free_scores({"val": val_logits, "test": test_logits}, caches,
+                                    num_classes),
             "val_at_start": initial,
             "history": [h[f"val_{metric}"] for h in result.history],
             "init_seconds": init_seconds,

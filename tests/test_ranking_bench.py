@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ranking import seed_major, threshold_free_agreement  # noqa: E402
+from ranking import design_cost, seed_major, threshold_free_agreement  # noqa: E402
 
 DESIGNS = "2:1,1:2+2:1,0:4"
 RUN_KEYS = ("val", "test", "val_auc", "test_auc", "val_ll", "test_ll", "val_at_start",
@@ -56,6 +56,26 @@ def test_the_result_holds_the_issues_figures(both_ways):
 def test_two_processes_train_exactly_what_one_does(both_ways):
     _, one, _, two = both_ways
     assert one == two
+
+
+def test_design_cost_is_proportional_to_the_measured_training_time():
+    """The split between processes is only as even as the cost model: against the fixed-start
+    yardstick's measured seconds (start and training), every demo design's cost is within 5%
+    of one common seconds-per-unit rate, except the cheapest (5:1), which is within 20%."""
+    from autopmf.space import load_space
+
+    space = load_space("demo")
+    seconds: dict[str, float] = {}
+    log = ROOT / "bench" / "results" / "ranking_fixed.runs.jsonl"
+    for line in log.read_text().splitlines():
+        run = json.loads(line)
+        seconds[run["design"]] = (seconds.get(run["design"], 0.0) + run["seconds"]
+                                  + run["init_seconds"])
+    rates = {d: s / design_cost(space, d) for d, s in seconds.items()}
+    typical = sorted(rates.values())[len(rates) // 2]
+    assert len(rates) == 10
+    for design, rate in rates.items():
+        assert abs(rate / typical - 1) < (0.2 if design == "5:1" else 0.05), design
 
 
 def test_seed_major_gives_every_design_its_first_seed_first():

@@ -159,3 +159,28 @@ def test_mapping_lr_scale_puts_the_mappings_in_a_group_of_their_own(space, backb
     # Runs without it keep their identity; runs with it are another run.
     assert "mapping_lr_scale" not in run_settings(TrainConfig())
     assert run_settings(TrainConfig(mapping_lr_scale=0.1))["mapping_lr_scale"] == 0.1
+
+
+@pytest.mark.parametrize("head_init", ["probe", "paper"])
+def test_fit_returns_the_kept_weights_val_logits_exactly(space, backbone, head_init):
+    """bench/ranking.py reads the kept model's val logits from fit instead of predicting them
+    again: they must be exactly what a fresh prediction with the kept weights gives, whether
+    the start (epoch 0, fitted heads) or a trained epoch was kept."""
+    from autopmf.train import fit, predict
+    from autopmf.train_arch import initialise_training
+
+    torch.manual_seed(0)
+    split = load_dataset(DATA, image_size=space.image_size).splits()
+    caches = {name: build_feature_cache(encode_split(split[name], backbone, space), backbone, 1)
+              for name in ("train", "val")}
+    model = build_pmf(space, space.reference_arch(2, 2), backbone, 2)
+    cfg = TrainConfig(epochs=2, batch_size=16, progress=False, lr=0.05, head_init=head_init)
+    initialise_training(model, backbone, caches["train"], caches["val"], cfg, 2, "accuracy")
+
+    def forward(cache, rows):
+        return model.forward_from(cache.streams(rows), cache.slot)
+    result = fit(model, forward, caches["train"], caches["val"], cfg, "accuracy")
+    model.eval()
+    again = predict(forward, caches["val"], cfg)
+    assert result.val_logits is not None and torch.equal(result.val_logits, again)
+    assert evaluate(forward, caches["val"], cfg, "accuracy") == result.best_val
