@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from autopmf.build import build_backbone, build_pmf  # noqa: E402
 from autopmf.data.registry import load_dataset  # noqa: E402
-from autopmf.features import SlotCaches, build_feature_cache, encode_split  # noqa: E402
+from autopmf.features import (SlotCaches, build_feature_cache, encode_split,  # noqa: E402
+                              without_padding_columns)
 from autopmf.memory import GIB, estimate_bytes, load_profile  # noqa: E402
 from autopmf.metrics import binary_auc, mean_log_likelihood, score  # noqa: E402
 from autopmf.ranking import summarize_designs, within_design_correlation  # noqa: E402
@@ -77,6 +78,10 @@ def settings_key(args) -> dict:
         key["init_draws"] = args.init_draws
     if args.vary != "both":
         key["vary"] = args.vary
+    if args.batch_size is not None:
+        key["batch_size"] = args.batch_size
+    if args.text_positions != "all":  # logs from before the option computed every position
+        key["text_positions"] = args.text_positions
     return key
 
 
@@ -119,6 +124,12 @@ def main() -> None:
                         help="what the seed changes: both (default); init, the global random "
                         "numbers (initialisation, draws), with seed 0's data order; or order, "
                         "the data order, with seed 0's initialisation")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="training batch size (default: the space's)")
+    parser.add_argument("--text-positions", choices=("used", "all"), default="used",
+                        help="used (default): drop the token positions that are padding in "
+                        "every example of a split (the same model, to float rounding, for "
+                        "less work); all: compute them, as runs before 2026-11-29 did")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget-gb", type=float, default=0.285,
                         help="the budget the designs are meant to span (reported per design)")
@@ -148,7 +159,8 @@ def main() -> None:
     archs = {d: parse_design(space, d) for d in designs}
     mem_gb = {d: estimate_bytes(space, a, profile) / GIB for d, a in archs.items()}
     lowest = min(space.fusable_slots)
-    slots = {name: SlotCaches(build_feature_cache(encode_split(split, backbone, space),
+    trim = without_padding_columns if args.text_positions == "used" else (lambda e: e)
+    slots = {name: SlotCaches(build_feature_cache(trim(encode_split(split, backbone, space)),
                                                   backbone, lowest), backbone)
              for name, split in dataset.splits().items()}
 
@@ -199,6 +211,8 @@ def main() -> None:
               "head_init": args.head_init, "lr": args.lr, "head_lr_scale": args.head_lr_scale,
               "warmup_frac": args.warmup_frac, "mapping_lr_scale": args.mapping_lr_scale,
               "init_draws": args.init_draws,
+              "batch_size": args.batch_size or space.batch_size,
+              "text_positions": args.text_positions,
               "score": f"val {dataset.metric}",
               "seed_tau": summary["seed_tau"], "seed_tau_ci": summary["seed_tau_ci"],
               # What one training ranks at against the other seeds' mean: the most a
@@ -317,7 +331,7 @@ def train_once(space, arch, backbone, slots, num_classes, metric, seed, args,
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, head_lr_scale=args.head_lr_scale,
                       mapping_lr_scale=args.mapping_lr_scale,
                       warmup_frac=args.warmup_frac, init_draws=args.init_draws, seed=init_seed,
-                      batch_size=space.batch_size,
+                      batch_size=args.batch_size or space.batch_size,
                       precision=space.precision, prompt_init=args.prompt_init,
                       head_init=args.head_init, progress=False)
     started = time.perf_counter()

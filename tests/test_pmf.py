@@ -1,5 +1,7 @@
 """The standalone PMF model on tiny random encoders."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -205,3 +207,29 @@ def test_trainable_state_dict_round_trips(space, backbone, batch):
     other = model_for(space, backbone, arch_of(space, {0: 2, 1: 1}))
     with pytest.raises(ValueError, match="shape"):
         other.load_trainable_state_dict(a.trainable_state_dict())
+
+
+def test_dropping_all_padding_columns_keeps_every_output(space, backbone):
+    """bench/ranking.py trims the token positions that are padding in every example: the
+    model's logits and gradients must be what the padded split gives (to float rounding)."""
+    from autopmf.data.registry import load_dataset
+    from autopmf.features import build_feature_cache, encode_split, without_padding_columns
+
+    split = load_dataset("digits:examples_per_image=1", image_size=space.image_size).splits()
+    encoded = encode_split(split["val"], backbone, dataclasses.replace(space, max_text_len=24))
+    trimmed = without_padding_columns(encoded)
+    assert trimmed.input_ids.shape[1] < 24 and trimmed.attention_mask[:, -1].any()
+    assert torch.equal(trimmed.input_ids, encoded.input_ids[:, :trimmed.input_ids.shape[1]])
+    rows = torch.arange(32)
+    model = model_for(space, backbone, space.reference_arch(3, 2))  # fuses slot 0 up
+    results = []
+    for enc in (encoded, trimmed):
+        cache = build_feature_cache(enc, backbone, 0)
+        model.zero_grad()
+        logits = model.forward_from(cache.streams(rows), 0)
+        logits.square().sum().backward()
+        results.append((logits.detach(), [p.grad.clone() for p in model.parameters()
+                                          if p.requires_grad]))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+    for padded_grad, trimmed_grad in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(trimmed_grad, padded_grad, rtol=1e-4, atol=1e-6)
