@@ -69,7 +69,8 @@ def without_padding_columns(encoded: EncodedSplit) -> EncodedSplit:
     read, so the model computes the same outputs for less work (the demo's statements use 9
     of their 16 positions). Training memory then falls below the memory model's figure,
     which assumes max_text_len: for benchmarks of training quality, not of memory."""
-    used = int(encoded.attention_mask.any(0).nonzero().max()) + 1 if len(encoded) else 0
+    real = encoded.attention_mask.any(0).nonzero()
+    used = int(real.max()) + 1 if len(real) else 0
     return replace(encoded, input_ids=encoded.input_ids[:, :used],
                    attention_mask=encoded.attention_mask[:, :used])
 

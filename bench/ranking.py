@@ -10,11 +10,14 @@ over designs. A supernet can rank designs no better than the seeds agree.
     python bench/ranking.py                          # demo task, 10 designs x 3 seeds, 1 epoch
     python bench/ranking.py --epochs 2 --head-init paper --out /tmp/ranking-paper.json
     python bench/ranking.py --epochs 2 --lr 3e-4 --threads 1 --jobs 2   # both cores
+    python bench/ranking.py --epochs 2 --lr 3e-4 --threads 1 --jobs 2 --prompt-init fixed \
+        --out bench/results/ranking_fixed.json    # the yardstick whose seeds agree (tau 0.91)
 
 Encoders, data and the frozen-feature caches load once for all trainings. Each finished
 training is appended to a log beside the result (`NAME.runs.jsonl`), so an interrupted
 benchmark run again with the same settings continues where it stopped. Fix --threads: thread
-count changes results.
+count changes results. Token positions that are padding in every example are not computed
+(`--text-positions all` computes them, as logs before 2026-11-29 did).
 """
 
 from __future__ import annotations
