@@ -164,8 +164,9 @@ def test_mapping_lr_scale_puts_the_mappings_in_a_group_of_their_own(space, backb
 @pytest.mark.parametrize("head_init", ["probe", "paper"])
 def test_fit_returns_the_kept_weights_val_logits_exactly(space, backbone, head_init):
     """bench/ranking.py reads the kept model's val logits from fit instead of predicting them
-    again: they must be exactly what a fresh prediction with the kept weights gives, whether
-    the start (epoch 0, fitted heads) or a trained epoch was kept."""
+    again: they must be exactly what a fresh prediction with the kept weights gives. Here the
+    probe-headed run keeps its last epoch and the paper-headed one an earlier epoch (1 of 2),
+    so logits of the last epoch returned in place of the kept one's fail the second case."""
     from autopmf.train import fit, predict
     from autopmf.train_arch import initialise_training
 
