@@ -148,6 +148,8 @@ def main() -> None:
     parser.add_argument("--trainings", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "bench/results/ranking.json"))
     args = parser.parse_args()
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch-size must be 1 or more, got {args.batch_size}")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
