@@ -22,6 +22,9 @@ def run_benchmark(out: Path, jobs: int, designs: str = DESIGNS, *extra: str) -> 
     subprocess.run([sys.executable, str(ROOT / "bench" / "ranking.py"), "--space", "tiny",
                     "--data", "digits:examples_per_image=1", "--designs", designs,
                     "--epochs", "1", "--seeds", "2", "--threads", "1", "--jobs", str(jobs),
+                    # A start drawn from the seed (the default is seed-free), unless `extra`
+                    # names another: the seeds then differ in both start and order.
+                    "--prompt-init", "paper",
                     "--out", str(out), *extra], check=True, capture_output=True, cwd=ROOT,
                    timeout=600)
     return json.loads(out.read_text())
