@@ -83,10 +83,11 @@ FINETUNE_LR = 3e-4
 
 
 def finetune_score(supernet: Supernet, arch: Mapping[str, int], train: SlotCaches,
-                   val: SlotCaches, cfg: TrainConfig, metric: str, num_classes: int) -> float:
+                   val: SlotCaches, cfg: TrainConfig, metric: str, num_classes: int,
+                   lr: float = FINETUNE_LR, epochs: int = 1) -> float:
     """The subnet's best validation score over its inherited start (heads fitted as a probe
-    on `train`) and one epoch of training on `train` at FINETUNE_LR; the supernet is left
-    as it was (the subnet is a copy)."""
+    on `train`) and the end of each of `epochs` epochs of training on `train` at peak rate
+    `lr`; the supernet is left as it was (the subnet is a copy)."""
     start = first_slot(supernet, arch)
     model = supernet.extract(arch)
     train_cache, val_cache = train.at(start), val.at(start)
@@ -94,7 +95,7 @@ def finetune_score(supernet: Supernet, arch: Mapping[str, int], train: SlotCache
               lambda cache, rows: model.features_from(cache.streams(rows, cfg.device),
                                                       cache.slot),
               train_cache, val_cache, num_classes, metric)
-    short = replace(cfg, epochs=1, lr=FINETUNE_LR, head_init="probe", progress=False)
+    short = replace(cfg, epochs=epochs, lr=lr, head_init="probe", progress=False)
     return fit(model, lambda cache, rows: model.forward_from(cache.streams(rows, cfg.device),
                                                              cache.slot),
                train_cache, val_cache, short, metric).best_val
@@ -113,6 +114,8 @@ class InheritedScorer:
     num_classes: int
     scoring: str = INHERITED_SCORINGS[0]
     probe_examples: int = PROBE_EXAMPLES
+    finetune_lr: float = FINETUNE_LR  # "finetune" only: its peak rate and its epochs
+    finetune_epochs: int = 1
 
     def __post_init__(self):
         if self.scoring not in INHERITED_SCORINGS:
@@ -129,6 +132,7 @@ class InheritedScorer:
             return heads_score(self.supernet, arch, self.val, self.cfg, self.metric)
         if self.scoring == "finetune":
             return finetune_score(self.supernet, arch, self.train, self.val, self.cfg,
-                                  self.metric, self.num_classes)
+                                  self.metric, self.num_classes, self.finetune_lr,
+                                  self.finetune_epochs)
         return probe_score(self.supernet, arch, self.train, self.val, self.cfg, self.metric,
                            self.num_classes)

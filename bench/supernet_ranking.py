@@ -39,7 +39,7 @@ from autopmf.data.registry import load_dataset  # noqa: E402
 from autopmf.feature_store import feature_caches  # noqa: E402
 from autopmf.features import SlotCaches  # noqa: E402
 from autopmf.files import load_tensors  # noqa: E402
-from autopmf.inherited import INHERITED_SCORINGS, InheritedScorer  # noqa: E402
+from autopmf.inherited import FINETUNE_LR, INHERITED_SCORINGS, InheritedScorer  # noqa: E402
 from autopmf.layout import SUPERNET_METRICS, SUPERNET_WEIGHTS  # noqa: E402
 from autopmf.ranking import (correlation_ci, kendall_tau_b, regret, spearman_rho,  # noqa: E402
                              top_k_hit)
@@ -138,6 +138,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--probe-examples", type=int, default=PROBE_EXAMPLES,
                         help="training examples each design's probe is fitted on")
+    parser.add_argument("--finetune-lr", type=float, default=FINETUNE_LR,
+                        help="the finetune scoring's peak learning rate")
+    parser.add_argument("--finetune-epochs", type=int, default=1,
+                        help="the finetune scoring's epochs over its sample")
     parser.add_argument("--default", action="store_true",
                         help="this variant is autopmf's default: its headline goes to the "
                         "top of the results file")
@@ -163,6 +167,8 @@ def main() -> None:
     num_classes = len(dataset.label_names)
     entry = {"variant": args.variant, "supernet": args.supernet or "untrained",
              "probe_examples": args.probe_examples,
+             **({"finetune_lr": args.finetune_lr, "finetune_epochs": args.finetune_epochs}
+                if "finetune" in args.scorings else {}),
              "task": yardstick["task"], "designs": len(designs),
              "seeds": yardstick["seeds"], "standalone_epochs": yardstick["epochs"],
              "standalone": standalone, "design_names": designs,
@@ -170,7 +176,8 @@ def main() -> None:
     scorings = [s for s in args.scorings.split(",") if s]
     for scoring in scorings:
         scorer = InheritedScorer(supernet, caches["train"], val, cfg, dataset.metric, num_classes,
-                                 scoring, args.probe_examples)
+                                 scoring, args.probe_examples, args.finetune_lr,
+                                 args.finetune_epochs)
         t0 = time.perf_counter()
         inherited = [scorer(parse_design(space, d)) for d in designs]
         result = agreement(inherited, standalone)

@@ -112,6 +112,27 @@ def test_finetune_trains_one_epoch_of_the_probe_sample_at_its_own_rate(setup, sp
                                            result.history[0]["val_accuracy"])
 
 
+def test_finetune_takes_its_rate_and_epochs_from_the_scorer(setup, space, monkeypatch):
+    import autopmf.inherited as inherited
+
+    calls = []
+
+    def spy(model, forward, train, val, cfg, metric):
+        result = real_fit(model, forward, train, val, cfg, metric)
+        calls.append((cfg, result))
+        return result
+    real_fit = inherited.fit
+    monkeypatch.setattr(inherited, "fit", spy)
+    supernet, slots = setup
+    scorer = InheritedScorer(supernet, slots["train"].at(supernet.lowest_fusable_slot),
+                             slots["val"], TrainConfig(seed=3), "accuracy", 2, "finetune",
+                             probe_examples=64, finetune_lr=1e-3, finetune_epochs=2)
+    value = scorer(space.validate(space.reference_arch(2, 2)))
+    (cfg, result), = calls
+    assert cfg.lr == 1e-3 and cfg.epochs == 2 and len(result.history) == 2
+    assert value == max([result.start_val] + [h["val_accuracy"] for h in result.history])
+
+
 def test_probe_sample_is_fixed_by_seed_and_never_larger_than_the_split(setup):
     supernet, slots = setup
     train = slots["train"].at(supernet.lowest_fusable_slot)
