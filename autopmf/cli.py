@@ -236,6 +236,9 @@ def cmd_demo(args) -> int:
     say(f"autopmf demo: frozen {space.text_encoder} + {space.image_encoder} on "
         f"'{DEMO_DATA}', training-memory budget {gib(DEMO_BUDGET_GB, exact=True)} GiB at "
         f"batch size {space.batch_size}")
+    say(f"task: is the statement true of the image? (scikit-learn's 8x8 digits, each with "
+        f"statements such as 'this is a 3', half of them false); fused slots start from "
+        f"--prompt-init {args.prompt_init}, heads from --head-init {args.head_init}")
     args.budget_gb = DEMO_BUDGET_GB
     cfg = SearchConfig(budget_gb=DEMO_BUDGET_GB, trials=args.trials, seed=args.seed,
                        inherited_score=args.inherited_score,
