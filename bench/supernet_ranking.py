@@ -14,7 +14,11 @@ retraining: the standalone side is the yardstick's, already measured.
 RUN is an `autopmf supernet --out RUN` (or search) folder trained on the yardstick's data
 and data seed. `--untrained` scores a freshly initialised supernet instead (the zero-training
 floor: what every variant has to beat). Each variant is one entry of the results file
-(`bench/results/validate.json`), replaced when measured again.
+(`bench/results/validate.json`), replaced when measured again. The yardstick is
+`bench/results/ranking.json`, since 2026-12-05 the fixed-start one; `validate.json`'s
+variants were measured against the paper-draw one (`--ranking
+bench/results/ranking_paper.json`), and the fixed-start variants are in
+`bench/results/validate_fixed.json` (`--out`).
 """
 
 from __future__ import annotations
