@@ -19,6 +19,8 @@ from autopmf.units import GIB, gib
 
 DEMO_SPACE = "demo"
 DEMO_DATA = "digits"  # identity statements, no negation: PMF learns them on a CPU in minutes
+DEMO_TASK = ("is the statement true of the image? (scikit-learn's 8x8 digits, each with "
+             "statements such as 'this is a 3', half of them false)")
 # Without a warm-up the demo's supernet stayed at chance for all 8 epochs tried; with 3
 # epochs of one fixed subnet first, that subnet leaves chance (BENCHMARKS.md).
 DEFAULT_WARMUP_EPOCHS = 3
@@ -236,9 +238,8 @@ def cmd_demo(args) -> int:
     say(f"autopmf demo: frozen {space.text_encoder} + {space.image_encoder} on "
         f"'{DEMO_DATA}', training-memory budget {gib(DEMO_BUDGET_GB, exact=True)} GiB at "
         f"batch size {space.batch_size}")
-    say(f"task: is the statement true of the image? (scikit-learn's 8x8 digits, each with "
-        f"statements such as 'this is a 3', half of them false); fused slots start from "
-        f"--prompt-init {args.prompt_init}, heads from --head-init {args.head_init}")
+    say(f"task: {DEMO_TASK}; fused slots start from --prompt-init {args.prompt_init}, heads "
+        f"from --head-init {args.head_init}")
     args.budget_gb = DEMO_BUDGET_GB
     cfg = SearchConfig(budget_gb=DEMO_BUDGET_GB, trials=args.trials, seed=args.seed,
                        inherited_score=args.inherited_score,

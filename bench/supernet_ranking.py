@@ -155,6 +155,9 @@ def main() -> None:
         return restate(Path(args.out), Path(args.ranking))
     if not args.variant:
         parser.error("--variant is required with --supernet or --untrained")
+    if args.finetune_epochs < 1 or args.finetune_lr <= 0:
+        parser.error(f"--finetune-epochs must be 1 or more and --finetune-lr above 0, got "
+                     f"{args.finetune_epochs} and {args.finetune_lr:g}")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
