@@ -460,8 +460,9 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                    help="supernet training: which subnet trains at each step")
     p.add_argument("--few-shot", choices=FEW_SHOT_SPLITS, default="none",
                    help="supernet training: one supernet (none, the default), or one per "
-                   "highest fused slot (top-slot), each trained only on the subnets whose top "
-                   "fused slot it is; pair it with --sampling top-slot so each gets its share")
+                   "highest (top-slot) or lowest (bottom-slot) fused slot, each trained only on "
+                   "the subnets whose top or bottom fused slot it is; pair it with the "
+                   "--sampling rule of the same name so each gets its share")
     p.add_argument("--supernet-scope", choices=SUPERNET_SCOPES, default="budget",
                    help="supernet training: only subnets that fit --budget-gb (repaired into "
                    "it like the search's candidates), or the whole space")

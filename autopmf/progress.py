@@ -190,6 +190,16 @@ def announce_cache(built: bool, slot: int, caches: dict, seconds: float, where: 
         f"{where}", once=True)
 
 
+def announce_slot_shares(shares: dict[str, dict[int, int]]) -> None:
+    """sampling: the sampled steps per lowest and per highest fused slot (after the warm-up),
+    so a slot whose subnets will hardly train shows before the hours are spent."""
+    if _level < NORMAL:
+        return
+    parts = [f"{edge} {' '.join(f'{slot}:{n}' for slot, n in counts.items())}"
+             for edge, counts in (("lowest", shares["bottom"]), ("highest", shares["top"]))]
+    say(f"sampling: steps per fused slot, {'; '.join(parts)}")
+
+
 def announce_budget(budget, budget_gb: float) -> None:
     """memory: the budget (`budget_gb`, as the user gave it), how many designs fit it, the
     PMF reference within it."""

@@ -33,14 +33,15 @@ from autopmf.inherited import first_slot, heads_score, probe_sample
 from autopmf.layout import SUPERNET_METRICS as METRICS
 from autopmf.layout import SUPERNET_WEIGHTS as WEIGHTS
 from autopmf.memory import GIB
-from autopmf.progress import announce_budget, announce_data, announce_encoders
+from autopmf.progress import (announce_budget, announce_data, announce_encoders,
+                              announce_slot_shares)
 from autopmf.run_dir import (claim_run_dir, fingerprint, holds_run_lock, package_versions,
                              run_settings)
 from autopmf.space import SearchSpace
 from autopmf.train import LoopHooks, TrainConfig, batches_per_epoch, train_loop
 from supernet.few_shot import FewShotSupernet, build_supernet
 from supernet.optim import step_used_only
-from supernet.sampling import ArchSampler, reference_subnets
+from supernet.sampling import ArchSampler, reference_subnets, steps_by_edge_slot
 from supernet.supernet import Supernet
 from supernet.weights import load_trainable_state
 
@@ -49,7 +50,8 @@ from supernet.weights import load_trainable_state
 class SupernetConfig(TrainConfig):
     epochs: int = 10
     sampling: str = "sandwich"
-    # One supernet ("none"), or one per highest fused slot ("top-slot"): supernet.few_shot.
+    # One supernet ("none"), or one per highest ("top-slot") or lowest ("bottom-slot") fused
+    # slot: supernet.few_shot.
     few_shot: str = "none"
     # Train only subnets that fit this training-memory budget (GiB), repaired into it exactly
     # as the search repairs its candidates; None trains the whole space.
@@ -340,6 +342,11 @@ def supernet_of_run(space: SearchSpace, data_spec: str, out: Path, cfg: Supernet
     fit, largest, warmup_archs = sampler_restriction(budget, cfg.warmup)
     sampler = ArchSampler(space, cfg.sampling, cfg.seed, fit=fit, largest=largest,
                           warmup_steps=cfg.warmup_epochs * steps, warmup_archs=warmup_archs)
+    # Drawn ahead (sampling is a pure function of the step): which first and last fused
+    # slots the training will reach, and how often.
+    shares = steps_by_edge_slot(sampler, range(sampler.warmup_steps, cfg.epochs * steps))
+    if dist.is_main:
+        announce_slot_shares(shares)
     references = reference_subnets(space, cfg.seed, fit=fit, largest=largest)
     warmup_refs = (warmup_references(space, references, sampler.warmup_archs)
                    if cfg.warmup_epochs else {})
@@ -355,7 +362,8 @@ def supernet_of_run(space: SearchSpace, data_spec: str, out: Path, cfg: Supernet
 
     metrics = {"data": data_spec, "metric": dataset.metric, "num_classes": num_classes,
                "space": space.to_dict(), "config": asdict(cfg), "references": references,
-               "history": history, "steps_per_epoch": steps, "world_size": dist.world_size,
+               "history": history, "steps_per_epoch": steps, "steps_by_slot": shares,
+               "world_size": dist.world_size,
                "fingerprint": run_fingerprint, "versions": package_versions(),
                "seconds": {"feature_cache": cache_seconds,
                            "total": time.perf_counter() - started}}

@@ -1,16 +1,25 @@
 """Few-shot supernets (Zhao et al. 2021): one weight-sharing supernet per value of one
 decision, each trained only on the subnets that take that value.
 
-The decision here is a subnet's highest fused slot. In one supernet, slot k's prompts serve
+The decision is a subnet's highest fused slot ("top-slot") or its lowest ("bottom-slot").
+
+Top:  In one supernet, slot k's prompts serve
 subnets that fuse a slot above k (they feed it) and subnets whose top fused slot is k (they
 carry the signal to the [CLS] alone): two jobs for one set of weights, and whichever the
 sampler draws more often wins (BENCHMARKS.md, "Longer supernet training, and which subnets it
 trains"). Split on the top slot, every subnet has weights that only subnets of its own kind
 train.
 
+Bottom: the lowest fused slot is where the image stream first carries text, so it sets what
+every slot above it receives. Slot k's prompts serve a subnet that first fuses there (the
+streams entering k are the frozen encoders') and subnets fused below it (the streams are
+already mixed). One supernet's seeds differed most in which of those it learned: seed 1 of
+the fixed-start top-slot supernets ranked every design fusing slot 0 or 1 above those that
+do not (BENCHMARKS.md). Split on the bottom slot, each shot sees one input distribution.
+
 `FewShotSupernet` holds one `Supernet` (a "shot") per fusable slot, sharing the frozen
 backbone, each starting from the same weights, and routes every call by the subnet's top
-fused slot; a subnet that fuses nothing goes to the lowest slot's shot (it trains only that
+(or bottom) fused slot; a subnet that fuses nothing goes to the lowest slot's shot (it trains only that
 shot's heads). It answers what a `Supernet` answers, so training, the search and `extract`
 need not know which one they hold.
 """
@@ -30,7 +39,7 @@ from supernet.supernet import Supernet
 from supernet.weights import trainable_state
 
 # How a supernet is split (`build_supernet`): "none" is one supernet, the default.
-FEW_SHOT_SPLITS = ("none", "top-slot")
+FEW_SHOT_SPLITS = ("none", "top-slot", "bottom-slot")
 
 
 def build_supernet(space: SubnetSpace, backbone: FrozenBackbone, num_classes: int,
@@ -39,13 +48,17 @@ def build_supernet(space: SubnetSpace, backbone: FrozenBackbone, num_classes: in
         raise ValueError(f"few-shot split {few_shot!r} is not one of {FEW_SHOT_SPLITS}")
     if few_shot == "none":
         return Supernet(space, backbone, num_classes)
-    return FewShotSupernet(space, backbone, num_classes)
+    return FewShotSupernet(space, backbone, num_classes, split=few_shot)
 
 
 class FewShotSupernet(nn.Module):
-    def __init__(self, space: SubnetSpace, backbone: FrozenBackbone, num_classes: int):
+    def __init__(self, space: SubnetSpace, backbone: FrozenBackbone, num_classes: int,
+                 split: str = "top-slot"):
         super().__init__()
+        if split not in FEW_SHOT_SPLITS[1:]:
+            raise ValueError(f"few-shot split {split!r} is not one of {FEW_SHOT_SPLITS[1:]}")
         self.space = space
+        self.split = split
         self.backbone = backbone
         self.num_classes = num_classes
         first = Supernet(space, backbone, num_classes)
@@ -64,8 +77,10 @@ class FewShotSupernet(nn.Module):
         return min(self.space.fusable_slots)
 
     def split_of(self, arch: Mapping[str, int]) -> str:
-        """The name of the shot that holds subnet `arch`'s weights: its top fused slot."""
-        return str(max(self.space.fused_slots(arch), default=self.lowest_fusable_slot))
+        """The name of the shot that holds subnet `arch`'s weights: its top (or bottom)
+        fused slot."""
+        edge = max if self.split == "top-slot" else min
+        return str(edge(self.space.fused_slots(arch), default=self.lowest_fusable_slot))
 
     def shot(self, arch: Mapping[str, int]) -> Supernet:
         return self.shots[self.split_of(arch)]

@@ -11,7 +11,7 @@ from typing import Callable, Mapping, Sequence
 
 from supernet.config import Architecture, SubnetSpace
 
-SAMPLING_RULES = ("uniform", "sandwich", "top-slot")
+SAMPLING_RULES = ("uniform", "sandwich", "top-slot", "bottom-slot")
 # Which fixed subnets the warm-up trains: the largest within the budget; subnets that between
 # them fuse every slot (the application's budget finds them: autopmf.budget); or the first of
 # those, which fuses the lowest slots that fit at the shortest prompts.
@@ -47,6 +47,8 @@ class ArchSampler:
     highest fused slot uniformly among the fusable slots, the slots below it fused or not at
     random (`top_slot_arch`), so subnets that fuse only low slots train as often as any other:
     in a six-slot space, 7 in 8 uniform draws that fuse slot 0 also fuse one of the top three.
+    bottom-slot: its mirror, the lowest fused slot drawn uniformly (`bottom_slot_arch`), the
+    sampler for a few-shot split on that slot.
 
     `fit` restricts training to the subnets a search will visit: with the search's repair
     into the memory budget, every draw (largest and smallest included) is stepped down until
@@ -78,6 +80,8 @@ class ArchSampler:
             arch = smallest_arch(self.space)
         elif self.rule == "top-slot":
             arch = top_slot_arch(self.space, rng)
+        elif self.rule == "bottom-slot":
+            arch = bottom_slot_arch(self.space, rng)
         else:
             arch = self.space.random_arch(rng)
         return _fitted(self.space, arch, self.fit)
@@ -86,11 +90,21 @@ class ArchSampler:
 def top_slot_arch(space: SubnetSpace, rng: random.Random) -> Architecture:
     """A uniform draw whose highest fused slot is itself drawn uniformly: that slot fuses,
     the ones above it do not, the ones below keep their uniform draw."""
+    return _edge_slot_arch(space, rng, above=True)
+
+
+def bottom_slot_arch(space: SubnetSpace, rng: random.Random) -> Architecture:
+    """A uniform draw whose lowest fused slot is itself drawn uniformly: that slot fuses,
+    the ones below it do not, the ones above keep their uniform draw."""
+    return _edge_slot_arch(space, rng, above=False)
+
+
+def _edge_slot_arch(space: SubnetSpace, rng: random.Random, above: bool) -> Architecture:
     arch = space.random_arch(rng)
-    top = rng.choice(sorted(space.fusable_slots))
+    edge = rng.choice(sorted(space.fusable_slots))
     for slot in space.fusable_slots:
-        if slot >= top:
-            arch[f"fusion_{slot}"] = int(slot == top)
+        if (slot >= edge) if above else (slot <= edge):
+            arch[f"fusion_{slot}"] = int(slot == edge)
     return arch
 
 
@@ -104,3 +118,19 @@ def reference_subnets(space: SubnetSpace, seed: int = 0, n_random: int = 3,
     for i in range(n_random):
         subnets[f"random_{i}"] = space.random_arch(rng)
     return {name: _fitted(space, arch, fit) for name, arch in subnets.items()}
+
+
+def steps_by_edge_slot(sampler: ArchSampler, steps: range) -> dict[str, dict[int, int]]:
+    """How many of `steps` train a subnet whose lowest ("bottom") / highest ("top") fused
+    slot is each fusable slot (after the fit). A subnet is only as good as the steps that
+    trained its first fused slot's prompts as a first fusion: under top-slot sampling in the
+    demo's budget, subnets first fusing slot 5 got 7 of 1,608 steps and stayed at chance."""
+    shares: dict[str, dict[int, int]] = {
+        edge: {slot: 0 for slot in sorted(sampler.space.fusable_slots)}
+        for edge in ("bottom", "top")}
+    for step in steps:
+        fused = sampler.space.fused_slots(sampler.sample(step))
+        if fused:
+            shares["bottom"][min(fused)] += 1
+            shares["top"][max(fused)] += 1
+    return shares

@@ -1,4 +1,4 @@
-"""Few-shot supernets split on the highest fused slot (supernet.few_shot)."""
+"""Few-shot supernets split on the highest or lowest fused slot (supernet.few_shot)."""
 
 import argparse
 import random
@@ -58,6 +58,29 @@ def test_every_shot_starts_from_the_same_weights_and_routes_by_the_top_fused_slo
             with torch.no_grad():
                 torch.testing.assert_close(model(batch), supernet.forward_batch(batch, arch),
                                            atol=0, rtol=0)
+
+
+def test_a_bottom_slot_split_routes_by_the_lowest_fused_slot(images):
+    space = tiny_space()
+    torch.manual_seed(0)
+    supernet = build_supernet(space, build_backbone(space), 3, "bottom-slot")
+    assert isinstance(supernet, FewShotSupernet) and sorted(supernet.shots) == ["0", "1", "2"]
+    batch = make_batch(supernet.backbone, space, images)
+    rng, seen = random.Random(3), set()
+    while len(seen) < len(space.fusable_slots):
+        arch = space.random_arch(rng)
+        fused = space.fused_slots(arch)
+        if not fused:
+            continue
+        seen.add(min(fused))
+        assert supernet.shot(arch) is supernet.shots[str(min(fused))]
+        with torch.no_grad():
+            torch.testing.assert_close(supernet.extract(arch)(batch),
+                                       supernet.forward_batch(batch, arch), atol=0, rtol=0)
+    # Two subnets with one top slot and different bottoms train different weights.
+    assert supernet.shot({**arch, "fusion_0": 1, "fusion_2": 1}) is supernet.shots["0"]
+    assert supernet.shot({**arch, "fusion_0": 0, "fusion_1": 1, "fusion_2": 1}) is \
+        supernet.shots["1"]
 
 
 def test_a_step_moves_only_the_routed_shot_and_in_it_only_what_the_subnet_used(images):
@@ -147,6 +170,7 @@ def test_cli_few_shot_reaches_the_supernet_config():
         return _supernet_config(args, tiny_space())
     assert config().few_shot == "none"
     assert config("--few-shot", "top-slot").few_shot == "top-slot"
+    assert config("--few-shot", "bottom-slot").few_shot == "bottom-slot"
     with pytest.raises(_UsageError, match="invalid choice: 'lowest'"):
         config("--few-shot", "lowest")
 

@@ -131,20 +131,37 @@ def test_sampler_is_a_function_of_seed_and_step():
     assert all(off_0.sample(s)["fusion_0"] == 0 for s in range(20))
 
 
-def test_top_slot_sampling_draws_every_highest_fused_slot_alike():
+@pytest.mark.parametrize("rule, edge", [("top-slot", max), ("bottom-slot", min)])
+def test_edge_slot_sampling_draws_every_highest_or_lowest_fused_slot_alike(rule, edge):
     space = tiny_space()
-    sampler = ArchSampler(space, "top-slot", seed=0)
+    sampler = ArchSampler(space, rule, seed=0)
     draws = [sampler.sample(s) for s in range(400)]
-    tops = [max(space.fused_slots(arch)) for arch in draws]  # every draw fuses some slot
+    edges = [edge(space.fused_slots(arch)) for arch in draws]  # every draw fuses some slot
     slots = sorted(space.fusable_slots)
-    counts = [tops.count(slot) for slot in slots]
+    counts = [edges.count(slot) for slot in slots]
     assert all(abs(n - 400 / len(slots)) < 60 for n in counts), counts
-    # Below the top slot, fusion stays a coin flip: the lowest slot fuses in about half of
-    # the draws whose top is above it.
-    above = [arch for arch, top in zip(draws, tops) if top > slots[0]]
-    share = sum(arch[f"fusion_{slots[0]}"] for arch in above) / len(above)
+    # Beyond the edge slot, fusion stays a coin flip: the slot farthest from the edge fuses
+    # in about half of the draws whose edge is elsewhere.
+    far = slots[0] if edge is max else slots[-1]
+    others = [arch for arch, e in zip(draws, edges) if e != far]
+    share = sum(arch[f"fusion_{far}"] for arch in others) / len(others)
     assert 0.35 < share < 0.65
-    assert sampler.sample(7) == ArchSampler(space, "top-slot", seed=0).sample(7)
+    assert sampler.sample(7) == ArchSampler(space, rule, seed=0).sample(7)
+
+
+def test_steps_by_edge_slot_counts_what_the_sampler_draws_after_the_fit():
+    from supernet.sampling import steps_by_edge_slot
+
+    space = tiny_space()
+    no_0 = ArchSampler(space, "bottom-slot", seed=0,
+                       fit=lambda arch: {**arch, "fusion_0": 0})
+    shares = steps_by_edge_slot(no_0, range(300))
+    assert shares["bottom"][0] == shares["top"][0] == 0  # the fit never lets slot 0 fuse
+    draws = [space.fused_slots(no_0.sample(s)) for s in range(300)]
+    for slot in space.fusable_slots:
+        assert shares["bottom"][slot] == sum(1 for f in draws if f and min(f) == slot)
+        assert shares["top"][slot] == sum(1 for f in draws if f and max(f) == slot)
+    assert sum(shares["bottom"].values()) == sum(1 for f in draws if f)
 
 
 def test_budget_restricted_sampling_trains_only_what_the_search_can_pick():
@@ -194,6 +211,9 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, cache_dir, m
     clean = train_supernet(space, DATA, tmp_path / "clean", small_config())
     assert len(clean.metrics["history"]) == 2
     assert set(clean.metrics["history"][-1]["val"]) >= {"largest", "smallest", "random_0"}
+    shares = clean.metrics["steps_by_slot"]  # every step of both epochs, by its edge slots
+    steps = 2 * clean.metrics["steps_per_epoch"]
+    assert 0 < sum(shares["bottom"].values()) == sum(shares["top"].values()) <= steps
     assert list(cache_dir.glob("features/*/manifest.json"))  # the feature cache is on disk
 
     real_order = supernet_train.SupernetSteps.order
@@ -396,6 +416,9 @@ def test_the_warmup_rule_holds_without_a_budget(tmp_path, cache_dir):
                                       reference_val_examples=7))
     assert run.metrics["references"]["warmup"] == every_slot
     assert set(run.metrics["history"][0]["val"]) == {"warmup"}
+    # Only warm-up steps: no sampled step to share out.
+    assert all(n == 0 for counts in run.metrics["steps_by_slot"].values()
+               for n in counts.values())
 
 
 def test_cli_warmup_defaults_to_three_epochs_but_at_most_half():
