@@ -11,7 +11,7 @@ from typing import Callable, Mapping, Sequence
 
 from supernet.config import Architecture, SubnetSpace
 
-SAMPLING_RULES = ("uniform", "sandwich", "top-slot", "bottom-slot")
+SAMPLING_RULES = ("uniform", "sandwich", "top-slot", "bottom-slot", "edges")
 # Which fixed subnets the warm-up trains: the largest within the budget; subnets that between
 # them fuse every slot (the application's budget finds them: autopmf.budget); or the first of
 # those, which fuses the lowest slots that fit at the shortest prompts.
@@ -48,7 +48,11 @@ class ArchSampler:
     random (`top_slot_arch`), so subnets that fuse only low slots train as often as any other:
     in a six-slot space, 7 in 8 uniform draws that fuse slot 0 also fuse one of the top three.
     bottom-slot: its mirror, the lowest fused slot drawn uniformly (`bottom_slot_arch`), the
-    sampler for a few-shot split on that slot.
+    sampler for a few-shot split on that slot. edges: each step one or the other, by a coin:
+    a subnet's first fused slot reads the frozen encoders' streams and its last one carries
+    the fusion to the [CLS], two roles each slot's prompts must learn; top-slot sampling
+    starves the high slots' first role (in the demo's budget 7 of 1,608 steps for slot 5),
+    bottom-slot the low slots' last, and either way those subnets stay at chance.
 
     `fit` restricts training to the subnets a search will visit: with the search's repair
     into the memory budget, every draw (largest and smallest included) is stepped down until
@@ -80,8 +84,10 @@ class ArchSampler:
             arch = smallest_arch(self.space)
         elif self.rule == "top-slot":
             arch = top_slot_arch(self.space, rng)
-        elif self.rule == "bottom-slot":
+        elif self.rule == "bottom-slot" or (self.rule == "edges" and rng.random() < 0.5):
             arch = bottom_slot_arch(self.space, rng)
+        elif self.rule == "edges":
+            arch = top_slot_arch(self.space, rng)
         else:
             arch = self.space.random_arch(rng)
         return _fitted(self.space, arch, self.fit)

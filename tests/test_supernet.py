@@ -149,6 +149,20 @@ def test_edge_slot_sampling_draws_every_highest_or_lowest_fused_slot_alike(rule,
     assert sampler.sample(7) == ArchSampler(space, rule, seed=0).sample(7)
 
 
+def test_edges_sampling_gives_every_slot_both_roles_where_one_edge_starves_one():
+    from supernet.sampling import steps_by_edge_slot
+
+    space = tiny_space()
+
+    def rarest_role(rule):
+        shares = steps_by_edge_slot(ArchSampler(space, rule, seed=0), range(600))
+        return min(min(counts.values()) for counts in shares.values())
+    # Three slots: top-slot first-fuses slot 2 in a twelfth of its draws, bottom-slot
+    # last-fuses slot 0 as rarely; edges mixes the two, about a fifth each at worst.
+    assert rarest_role("top-slot") < 80 and rarest_role("bottom-slot") < 80
+    assert rarest_role("edges") > 100
+
+
 def test_steps_by_edge_slot_counts_what_the_sampler_draws_after_the_fit():
     from supernet.sampling import steps_by_edge_slot
 
