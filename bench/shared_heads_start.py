@@ -10,8 +10,9 @@ starts it). Accuracy and cross-entropy each.
 
     python bench/shared_heads_start.py --sampling top-slot
 
-Writes bench/results/shared_heads_start.json (one entry per sampling rule, replaced when
-measured again).
+Writes bench/results/shared_heads_start.json (one entry per sampling rule and start,
+replaced when measured again). `--prompt-init` starts the supernet elsewhere than the
+yardstick's designs start (their own heads are then fitted from that start too).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from autopmf.supernet_train import (HEAD_FIT_EXAMPLES, SupernetConfig, budget_fi
                                     fit_shared_heads, reference_examples, shared_head_subnets)
 from autopmf.train import predict  # noqa: E402
 from bench.ranking import parse_design  # noqa: E402
+from supernet.init import PROMPT_INITS  # noqa: E402
 from supernet.sampling import SAMPLING_RULES, ArchSampler  # noqa: E402
 from supernet.supernet import Supernet  # noqa: E402
 
@@ -60,6 +62,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sampling", choices=SAMPLING_RULES, default="top-slot")
     parser.add_argument("--ranking", default=str(ROOT / "bench/results/ranking.json"))
+    parser.add_argument("--prompt-init", choices=PROMPT_INITS,
+                        help="the supernet's start (default: the yardstick's)")
     parser.add_argument("--budget-gb", type=float, default=0.285)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "bench/results/shared_heads_start.json"))
@@ -68,7 +72,7 @@ def main() -> None:
     started = time.perf_counter()
 
     yardstick = json.loads(Path(args.ranking).read_text())
-    start = yardstick.get("prompt_init", "paper")
+    start = args.prompt_init or yardstick.get("prompt_init", "paper")
     space = load_space(yardstick["space"])
     seed = yardstick.get("data_seed", 0)
     dataset = load_dataset(yardstick["task"], seed=seed, image_size=space.image_size)
@@ -111,7 +115,8 @@ def main() -> None:
              "date": datetime.date.today().isoformat()}
     out = Path(args.out)
     entries = json.loads(out.read_text())["entries"] if out.exists() else []
-    entries = [e for e in entries if e["sampling"] != args.sampling] + [entry]
+    entries = [e for e in entries
+               if (e["sampling"], e["prompt_init"]) != (args.sampling, start)] + [entry]
     atomic_write_json(out, {"entries": entries})
     print(f"wrote {out}")
 
