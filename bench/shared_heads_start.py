@@ -10,9 +10,11 @@ starts it). Accuracy and cross-entropy each.
 
     python bench/shared_heads_start.py --sampling top-slot
 
-Writes bench/results/shared_heads_start.json (one entry per sampling rule and start,
-replaced when measured again). `--prompt-init` starts the supernet elsewhere than the
-yardstick's designs start (their own heads are then fitted from that start too).
+Writes bench/results/shared_heads_start.json (one entry per sampling rule, start and
+reading, replaced when measured again). `--standardise` has every head (shared and own) read
+each subnet's [CLS] pair standardised over the examples read together. `--prompt-init`
+starts the supernet elsewhere than the yardstick's designs start (their own heads are then
+fitted from that start too).
 """
 
 from __future__ import annotations
@@ -46,13 +48,25 @@ from supernet.sampling import SAMPLING_RULES, ArchSampler  # noqa: E402
 from supernet.supernet import Supernet  # noqa: E402
 
 
+def standardise_features(supernet: Supernet) -> None:
+    """From now on the heads read each subnet's [CLS] pair standardised over the examples
+    read together (per feature, with those examples' mean and std): a subnet's own offsets
+    and scales removed, as a normalisation with batch statistics before the heads would."""
+    features = supernet.features
+
+    def standardised(streams, start_slot, arch):
+        return tuple((x - x.mean(0)) / x.std(0).clamp_min(1e-6)
+                     for x in features(streams, start_slot, arch))
+    supernet.features = standardised
+
+
 def read(supernet: Supernet, arch: dict, val: SlotCaches, cfg: SupernetConfig
          ) -> dict[str, float]:
     """Validation accuracy and cross-entropy of `arch` through the supernet's heads now."""
     cache = val.at(first_slot(supernet, arch))
     supernet.eval()
-    logits = predict(lambda c, rows: supernet(c.streams(rows, cfg.device), c.slot, arch),
-                     cache, cfg)
+    logits = predict(lambda c, rows: supernet.heads(
+        *supernet.features(c.streams(rows, cfg.device), c.slot, arch)), cache, cfg)
     labels = cache.labels
     return {"accuracy": (logits.argmax(1) == labels).float().mean().item(),
             "loss": torch.nn.functional.cross_entropy(logits.float(), labels).item()}
@@ -64,6 +78,8 @@ def main() -> None:
     parser.add_argument("--ranking", default=str(ROOT / "bench/results/ranking.json"))
     parser.add_argument("--prompt-init", choices=PROMPT_INITS,
                         help="the supernet's start (default: the yardstick's)")
+    parser.add_argument("--standardise", action="store_true",
+                        help="heads read each subnet's [CLS] pair standardised per batch")
     parser.add_argument("--budget-gb", type=float, default=0.285)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "bench/results/shared_heads_start.json"))
@@ -84,6 +100,8 @@ def main() -> None:
     cfg = SupernetConfig(seed=0, batch_size=space.batch_size, progress=False,
                          prompt_init=start)
     initialise_supernet(supernet, caches["train"], start, 0, cfg.device)
+    if args.standardise:
+        standardise_features(supernet)
     fit, largest, _ = budget_fit(space, args.budget_gb, num_classes, cfg.device)
     sampler = ArchSampler(space, args.sampling, cfg.seed, fit=fit, largest=largest)
     train, val = SlotCaches(caches["train"], backbone), SlotCaches(caches["val"], backbone)
@@ -108,15 +126,17 @@ def main() -> None:
               f"loss {shared[row['design']]['loss']:.2f} | own heads acc "
               f"{own['accuracy']:.3f} loss {own['loss']:.2f}", flush=True)
 
-    entry = {"sampling": args.sampling, "prompt_init": start, "budget_gb": args.budget_gb,
+    entry = {"sampling": args.sampling, "prompt_init": start, "standardised": args.standardise,
+             "budget_gb": args.budget_gb,
              "shared_heads_fitted_on": shared_archs, "designs": rows,
              "minutes": (time.perf_counter() - started) / 60,
              "machine": f"{platform.machine()}, {args.threads} torch threads",
              "date": datetime.date.today().isoformat()}
     out = Path(args.out)
     entries = json.loads(out.read_text())["entries"] if out.exists() else []
-    entries = [e for e in entries
-               if (e["sampling"], e["prompt_init"]) != (args.sampling, start)] + [entry]
+    key = (args.sampling, start, args.standardise)
+    entries = [e for e in entries if (e["sampling"], e["prompt_init"],
+                                      e.get("standardised", False)) != key] + [entry]
     atomic_write_json(out, {"entries": entries})
     print(f"wrote {out}")
 
