@@ -3,12 +3,11 @@ decision, each trained only on the subnets that take that value.
 
 The decision is a subnet's highest fused slot ("top-slot") or its lowest ("bottom-slot").
 
-Top:  In one supernet, slot k's prompts serve
-subnets that fuse a slot above k (they feed it) and subnets whose top fused slot is k (they
-carry the signal to the [CLS] alone): two jobs for one set of weights, and whichever the
-sampler draws more often wins (BENCHMARKS.md, "Longer supernet training, and which subnets it
-trains"). Split on the top slot, every subnet has weights that only subnets of its own kind
-train.
+Top: in one supernet, slot k's prompts serve subnets that fuse a slot above k (they feed
+it) and subnets whose top fused slot is k (they carry the signal to the [CLS] alone): two
+jobs for one set of weights, and whichever the sampler draws more often wins
+(BENCHMARKS.md, "Longer supernet training, and which subnets it trains"). Split on the top
+slot, every subnet has weights that only subnets of its own kind train.
 
 Bottom: the lowest fused slot is where the image stream first carries text, so it sets what
 every slot above it receives. Slot k's prompts serve a subnet that first fuses there (the
@@ -16,12 +15,14 @@ streams entering k are the frozen encoders') and subnets fused below it (the str
 already mixed). One supernet's seeds differed most in which of those it learned: seed 1 of
 the fixed-start top-slot supernets ranked every design fusing slot 0 or 1 above those that
 do not (BENCHMARKS.md). Split on the bottom slot, each shot sees one input distribution.
+Measured on the demo (12 epochs, one seed), that split trained nothing: every design stayed
+within 0.09 of chance (BENCHMARKS.md, "Which subnets a sampler trains").
 
 `FewShotSupernet` holds one `Supernet` (a "shot") per fusable slot, sharing the frozen
 backbone, each starting from the same weights, and routes every call by the subnet's top
-(or bottom) fused slot; a subnet that fuses nothing goes to the lowest slot's shot (it trains only that
-shot's heads). It answers what a `Supernet` answers, so training, the search and `extract`
-need not know which one they hold.
+(or bottom) fused slot; a subnet that fuses nothing goes to the lowest slot's shot (it trains
+only that shot's heads). It answers what a `Supernet` answers, so training, the search
+and `extract` need not know which one they hold.
 """
 
 from __future__ import annotations
