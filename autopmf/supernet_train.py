@@ -261,7 +261,7 @@ class SupernetSteps(LoopHooks):
         cache = self.train.at(first_slot(self.supernet, arch))
         streams = cache.streams(rows, self.cfg.device)
         if self.contrastive:
-            return (pair_embedding(*self.supernet.features(streams, cache.slot, arch)),
+            return (pair_embedding(*self.model(streams, cache.slot, arch, with_heads=False)),
                     cache.labels[rows])
         return self.model(streams, cache.slot, arch), cache.labels[rows]
 
@@ -316,10 +316,6 @@ def supernet_of_run(space: SearchSpace, data_spec: str, out: Path, cfg: Supernet
     `start`: the claim's start, called once every input has been checked, before anything
     is written. `budget`: cfg.budget_gb's, when the caller has built it already."""
     dist = init_distributed(cfg.device)
-    if dist.active and cfg.objective == "contrastive":
-        # Its loss compares every example of a batch with every other; ranks hold halves.
-        raise AutopmfError("--objective contrastive trains in one process only: run it "
-                           "without torchrun, or use --objective heads")
     cfg.device = dist.device
     out = Path(out)
     run_fingerprint = supernet_fingerprint(space, data_spec, cfg)

@@ -131,16 +131,3 @@ def test_cli_objective_reaches_the_supernet_and_heads_scoring_is_refused(tmp_pat
     assert not (tmp_path / "run").exists()  # refused before anything was written
     assert main(["supernet", "--space", "tiny", "--data", DATA, "--out",
                  str(tmp_path / "bad"), "--objective", "softmax"]) == 2
-
-
-def test_distributed_contrastive_training_is_refused_before_it_starts(tmp_path, cache_dir,
-                                                                       monkeypatch):
-    """Each rank would see half of every batch, and the loss pairs the whole batch."""
-    from autopmf import supernet_train
-    from autopmf.distributed import DistContext
-
-    monkeypatch.setattr(supernet_train, "init_distributed",
-                        lambda device: DistContext(rank=0, world_size=2, device=device))
-    with pytest.raises(AutopmfError, match="one process only"):
-        train_supernet(tiny_space(), DATA, tmp_path / "run", config(objective="contrastive"))
-    assert not (tmp_path / "run" / "supernet_metrics.json").exists()
