@@ -3,10 +3,7 @@ CLI can build its parser without loading a model)."""
 
 STRATEGIES = ("evolution", "random")  # search: mutate a population, or sample only
 SUPERNET_SCOPES = ("budget", "full")  # supernet training: subnets within the budget, or all
-RETRAIN_INITS = ("scratch", "supernet")
-# What a supernet step's loss reads: the shared heads' logits (cross-entropy), or each
-# subnet's own [CLS] pairs, gathered by class without a classifier (autopmf.contrastive).
-SUPERNET_OBJECTIVES = ("heads", "contrastive")  # retrain: fresh weights, or the supernet's
+RETRAIN_INITS = ("scratch", "supernet")  # retrain: fresh weights, or the supernet's
 # The search's inherited score: a linear probe fitted to each subnet's own [CLS] pair, the
 # supernet's shared heads, or that probe then one short epoch of training (autopmf.inherited).
 INHERITED_SCORINGS = ("probe", "heads", "finetune")

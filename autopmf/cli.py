@@ -11,7 +11,7 @@ from pathlib import Path
 from autopmf import __version__
 from autopmf.choices import (DEFAULT_SLOT_BYTES, DEVICES, FEATURE_CACHE_MODES,
                              INHERITED_SCORINGS, PROBE_EXAMPLES, RETRAIN_INITS, STRATEGIES,
-                             SUPERNET_OBJECTIVES, SUPERNET_SCOPES)
+                             SUPERNET_SCOPES)
 from autopmf.errors import AutopmfError
 from autopmf.layout import (BEST_ARCH, PARETO, SEARCH_LOG, SUPERNET_METRICS, SUPERNET_WEIGHTS,
                             TRAIN_OUTPUTS)
@@ -167,7 +167,7 @@ def _supernet_config(args, space):
                           prompt_init=args.prompt_init, head_init=args.head_init,
                           device=args.device,
                           progress=not args.quiet, sampling=args.sampling,
-                          objective=args.objective, few_shot=args.few_shot, data_seed=getattr(args, "data_seed", None),
+                          few_shot=args.few_shot, data_seed=getattr(args, "data_seed", None),
                           budget_gb=_supernet_budget(args),
                           warmup_epochs=_warmup_epochs(args), warmup=args.warmup,
                           feature_cache=args.feature_cache,
@@ -463,11 +463,6 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                    "highest (top-slot) or lowest (bottom-slot) fused slot, each trained only on "
                    "the subnets whose top or bottom fused slot it is; pair it with the "
                    "--sampling rule of the same name so each gets its share")
-    p.add_argument("--objective", choices=SUPERNET_OBJECTIVES, default="heads",
-                   help="supernet training: what each step's loss reads: cross-entropy "
-                   "through the shared heads (heads, the default), or a supervised contrastive "
-                   "loss on the sampled subnet's own [CLS] pairs, which needs no shared "
-                   "classifier and leaves the heads untrained (score with a probe)")
     p.add_argument("--supernet-scope", choices=SUPERNET_SCOPES, default="budget",
                    help="supernet training: only subnets that fit --budget-gb (repaired into "
                    "it like the search's candidates), or the whole space")

@@ -59,8 +59,6 @@ def run_settings(cfg) -> dict:
         del settings["mapping_lr_scale"]  # likewise
     if settings.get("init_draws") == 1:
         del settings["init_draws"]  # likewise
-    if settings.get("objective") == "heads":
-        del settings["objective"]  # likewise
     return settings
 
 

@@ -193,10 +193,6 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
         raise AutopmfError("--inherited-score heads reads the supernet's shared heads, which "
                            "an untrained supernet (--epochs 0) does not fit; use "
                            "--inherited-score probe, or train it (--epochs 1 or more)")
-    if cfg.supernet.objective == "contrastive" and cfg.inherited_score == "heads":
-        raise AutopmfError("--inherited-score heads reads the supernet's shared heads, which "
-                           "--objective contrastive leaves untrained; use --inherited-score "
-                           "probe or finetune, or --objective heads")
     out = Path(out)
     identity = _run_identity(space, data_spec, cfg)
     claim = claim_run_dir(out, identity, resume=resume, force=force, what="search",

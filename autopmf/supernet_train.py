@@ -22,7 +22,6 @@ from autopmf.budget import Budget
 from autopmf.build import build_backbone, initialise_supernet
 from autopmf.checkpoint import EpochCheckpoints, check_fingerprint
 from autopmf.choices import DEFAULT_SLOT_BYTES
-from autopmf.contrastive import pair_embedding, supervised_contrastive_loss
 from autopmf.data.registry import load_dataset
 from autopmf.distributed import init_distributed
 from autopmf.errors import AutopmfError
@@ -30,7 +29,7 @@ from autopmf.feature_store import feature_caches
 from autopmf.features import FeatureCache, RamBudget, SlotCaches
 from autopmf.files import atomic_write_json, load_tensors, save_tensors
 from autopmf.head_init import fit_heads_jointly
-from autopmf.inherited import first_slot, heads_score, probe_sample, probe_score
+from autopmf.inherited import first_slot, heads_score, probe_sample
 from autopmf.layout import SUPERNET_METRICS as METRICS
 from autopmf.layout import SUPERNET_WEIGHTS as WEIGHTS
 from autopmf.memory import GIB
@@ -51,10 +50,6 @@ from supernet.weights import load_trainable_state
 class SupernetConfig(TrainConfig):
     epochs: int = 10
     sampling: str = "sandwich"
-    # What each step's loss reads (SUPERNET_OBJECTIVES): cross-entropy through the shared
-    # heads, or a supervised contrastive loss on the subnet's own [CLS] pairs, which leaves
-    # the heads untrained (autopmf.contrastive).
-    objective: str = "heads"
     # One supernet ("none"), or one per highest ("top-slot") or lowest ("bottom-slot") fused
     # slot: supernet.few_shot.
     few_shot: str = "none"
@@ -228,19 +223,13 @@ class SupernetSteps(LoopHooks):
     cfg: SupernetConfig
     num_classes: int
     metric: str
-    # The contrastive objective's per-epoch probes are fitted on these training examples.
-    reference_train: SlotCaches | None = None
     arch: dict | None = None  # the subnet of the current step
-
-    @property
-    def contrastive(self) -> bool:
-        return self.cfg.objective == "contrastive"
 
     def start(self) -> None:
         # An untrained supernet (no epochs) is scored with a probe per candidate; shared heads
         # that no step will train would cost minutes for nothing (the search refuses
-        # heads-scoring of such a supernet), and the contrastive objective never reads them.
-        if self.cfg.head_init == "probe" and self.cfg.epochs > 0 and not self.contrastive:
+        # heads-scoring of such a supernet).
+        if self.cfg.head_init == "probe" and self.cfg.epochs > 0:
             # A few-shot supernet's shots share the examples out: its fit costs what one
             # supernet's does.
             groups = shared_head_subnets(self.sampler, self.supernet)
@@ -259,19 +248,8 @@ class SupernetSteps(LoopHooks):
         self.arch = arch = self.sampler.sample(step)
         # Skip the frozen slots below this subnet's first fusion.
         cache = self.train.at(first_slot(self.supernet, arch))
-        streams = cache.streams(rows, self.cfg.device)
-        if self.contrastive:
-            return (pair_embedding(*self.model(streams, cache.slot, arch, with_heads=False)),
-                    cache.labels[rows])
-        return self.model(streams, cache.slot, arch), cache.labels[rows]
-
-    def loss(self, outputs: torch.Tensor, labels: torch.Tensor, metric: str) -> torch.Tensor:
-        if not self.contrastive:
-            return super().loss(outputs, labels, metric)
-        loss = supervised_contrastive_loss(outputs, labels)
-        # A subnet that fuses nothing reads only frozen layers: no weight of it takes this
-        # loss, so its step moves nothing (backward still needs a graph).
-        return loss if loss.requires_grad else loss.detach().requires_grad_()
+        return (self.model(cache.streams(rows, self.cfg.device), cache.slot, arch),
+                cache.labels[rows])
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         step_used_only(optimizer, self.supernet, self.supernet.used_regions(self.arch))
@@ -280,18 +258,13 @@ class SupernetSteps(LoopHooks):
         # A warm-up epoch trains only the warm-up subnets: validating the others then would
         # cost a full pass each and show nothing new.
         validated = self.warmup_refs if epoch < self.cfg.warmup_epochs else self.references
-        scores = {name: self.reference_score(arch) for name, arch in validated.items()}
+        # Through the shared heads: the supernet's own progress, as it trains.
+        scores = {name: heads_score(self.supernet, arch, self.reference_val, self.cfg,
+                                    self.metric)
+                  for name, arch in validated.items()}
         shown = "  ".join(f"{k} {v:.3f}" for k, v in scores.items())
         return ({"epoch": epoch + 1, "loss": loss, "seconds": seconds, "val": scores},
                 f"val {self.metric}: {shown}")
-
-    def reference_score(self, arch) -> float:
-        """A reference subnet's progress: read by the shared heads that train with it, or,
-        under the contrastive objective (which leaves them untrained), by its own probe."""
-        if self.contrastive:
-            return probe_score(self.supernet, arch, self.reference_train, self.reference_val,
-                               self.cfg, self.metric, self.num_classes)
-        return heads_score(self.supernet, arch, self.reference_val, self.cfg, self.metric)
 
 
 @holds_run_lock
@@ -382,11 +355,8 @@ def supernet_of_run(space: SearchSpace, data_spec: str, out: Path, cfg: Supernet
     checkpoints.check()
     if start is not None and dist.is_main:
         start()  # every input checked: the run folder is ours now
-    reference_train = (SlotCaches(reference_examples(caches["train"], cfg), backbone, ram)
-                       if cfg.objective == "contrastive" else None)
     hooks = SupernetSteps(supernet, model, sampler, train_slots, reference_val,
-                          references, warmup_refs, cfg, num_classes, dataset.metric,
-                          reference_train)
+                          references, warmup_refs, cfg, num_classes, dataset.metric)
     history = train_loop(supernet, hooks, cfg, dataset.metric, steps, checkpoints, "supernet",
                          dist)
 

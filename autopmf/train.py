@@ -173,10 +173,6 @@ class LoopHooks:
         start of training)."""
         raise NotImplementedError
 
-    def loss(self, outputs: torch.Tensor, labels: torch.Tensor, metric: str) -> torch.Tensor:
-        """The step's loss on what `forward` returned: the task's loss of its logits."""
-        return loss_fn(metric, outputs, labels.to(outputs.device))
-
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         optimizer.step()
 
@@ -223,8 +219,8 @@ def train_loop(model: nn.Module, hooks: LoopHooks, cfg: TrainConfig, metric: str
             batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             rows = batch[dist.rank::dist.world_size]  # this rank's share of the batch
             with autocast(cfg.precision, cfg.device):
-                outputs, labels = hooks.forward(epoch * steps + step, rows)
-            loss = hooks.loss(outputs, labels, metric)
+                logits, labels = hooks.forward(epoch * steps + step, rows)
+            loss = loss_fn(metric, logits, labels.to(logits.device))
             check_finite_loss(loss.item(), epoch, step, cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

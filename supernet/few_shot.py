@@ -89,9 +89,9 @@ class FewShotSupernet(nn.Module):
     def all_shots(self) -> list[Supernet]:
         return list(self.shots.values())
 
-    def forward(self, streams: Streams, start_slot: int, arch: Mapping[str, int],
-                with_heads: bool = True) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        return self.shot(arch)(streams, start_slot, arch, with_heads)
+    def forward(self, streams: Streams, start_slot: int, arch: Mapping[str, int]
+                ) -> torch.Tensor:
+        return self.shot(arch)(streams, start_slot, arch)
 
     def features(self, streams: Streams, start_slot: int, arch: Mapping[str, int]
                  ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,13 +56,11 @@ class Supernet(nn.Module):
     def active_slots(self, arch: Mapping[str, int]) -> dict[int, SlotConfig]:
         return self.space.slot_configs(arch, self.default_mapping_hidden)
 
-    def forward(self, streams: Streams, start_slot: int, arch: Mapping[str, int],
-                with_heads: bool = True) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, streams: Streams, start_slot: int, arch: Mapping[str, int]
+                ) -> torch.Tensor:
         """Logits of subnet `arch` from streams that went through every layer below
-        `start_slot` (at most the arch's first fused slot); `with_heads` False: the [CLS]
-        pair the heads would read (as `features`, but through `forward`, which a
-        DistributedDataParallel wrapper synchronises)."""
-        return self._run(streams, start_slot, arch, self.heads if with_heads else None)
+        `start_slot` (at most the arch's first fused slot)."""
+        return self._run(streams, start_slot, arch, self.heads)
 
     def features(self, streams: Streams, start_slot: int, arch: Mapping[str, int]
                  ) -> tuple[torch.Tensor, torch.Tensor]:
