@@ -167,7 +167,7 @@ def _supernet_config(args, space):
                           prompt_init=args.prompt_init, head_init=args.head_init,
                           device=args.device,
                           progress=not args.quiet, sampling=args.sampling,
-                          few_shot=args.few_shot, data_seed=getattr(args, "data_seed", None),
+                          distill=args.distill, few_shot=args.few_shot, data_seed=getattr(args, "data_seed", None),
                           budget_gb=_supernet_budget(args),
                           warmup_epochs=_warmup_epochs(args), warmup=args.warmup,
                           feature_cache=args.feature_cache,
@@ -463,6 +463,10 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                    "highest (top-slot) or lowest (bottom-slot) fused slot, each trained only on "
                    "the subnets whose top or bottom fused slot it is; pair it with the "
                    "--sampling rule of the same name so each gets its share")
+    p.add_argument("--distill", action="store_true",
+                   help="supernet training: in-place distillation (BigNAS): every subnet but "
+                   "the largest within the budget learns the largest's predictions on the same "
+                   "batch instead of the labels (one more forward pass a step)")
     p.add_argument("--supernet-scope", choices=SUPERNET_SCOPES, default="budget",
                    help="supernet training: only subnets that fit --budget-gb (repaired into "
                    "it like the search's candidates), or the whole space")

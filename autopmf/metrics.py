@@ -52,6 +52,19 @@ def loss_fn(metric: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return torch.nn.functional.cross_entropy(logits.float(), labels)
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor
+                      ) -> torch.Tensor:
+    """In-place distillation (BigNAS): the student's task loss against the teacher's
+    predicted probabilities instead of the labels (whose shape, as in `loss_fn`, says which
+    loss): softmax cross-entropy to the teacher's softmax, or per-class sigmoid cross-entropy
+    to its sigmoids. Its gradient vanishes where the student's logits equal the teacher's."""
+    teacher = teacher.detach().float()
+    if labels.dim() == 2:
+        return torch.nn.functional.binary_cross_entropy_with_logits(student.float(),
+                                                                    teacher.sigmoid())
+    return torch.nn.functional.cross_entropy(student.float(), teacher.softmax(dim=-1))
+
+
 def binary_auc(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Area under the ROC curve of a two-class model (logits [N, 2], labels int [N]): the
     probability that a random positive outscores a random negative, ties counting half

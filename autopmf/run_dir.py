@@ -59,6 +59,8 @@ def run_settings(cfg) -> dict:
         del settings["mapping_lr_scale"]  # likewise
     if settings.get("init_draws") == 1:
         del settings["init_draws"]  # likewise
+    if settings.get("distill") is False:
+        del settings["distill"]  # likewise
     return settings
 
 

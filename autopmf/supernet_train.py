@@ -31,6 +31,7 @@ from autopmf.files import atomic_write_json, load_tensors, save_tensors
 from autopmf.head_init import fit_heads_jointly
 from autopmf.inherited import first_slot, heads_score, probe_sample
 from autopmf.layout import SUPERNET_METRICS as METRICS
+from autopmf.metrics import distillation_loss
 from autopmf.layout import SUPERNET_WEIGHTS as WEIGHTS
 from autopmf.memory import GIB
 from autopmf.progress import (announce_budget, announce_data, announce_encoders,
@@ -50,6 +51,10 @@ from supernet.weights import load_trainable_state
 class SupernetConfig(TrainConfig):
     epochs: int = 10
     sampling: str = "sandwich"
+    # In-place distillation (BigNAS, OFA): a step that trains any subnet but the largest (within
+    # the budget) fits that subnet to the largest's predictions on the same batch, not to the
+    # labels; the largest's own steps fit the labels.
+    distill: bool = False
     # One supernet ("none"), or one per highest ("top-slot") or lowest ("bottom-slot") fused
     # slot: supernet.few_shot.
     few_shot: str = "none"
@@ -224,6 +229,7 @@ class SupernetSteps(LoopHooks):
     num_classes: int
     metric: str
     arch: dict | None = None  # the subnet of the current step
+    teacher: torch.Tensor | None = None  # with `distill`: the largest's logits this step
 
     def start(self) -> None:
         # An untrained supernet (no epochs) is scored with a probe per candidate; shared heads
@@ -248,8 +254,24 @@ class SupernetSteps(LoopHooks):
         self.arch = arch = self.sampler.sample(step)
         # Skip the frozen slots below this subnet's first fusion.
         cache = self.train.at(first_slot(self.supernet, arch))
+        self.teacher = self.teacher_logits(arch, rows)
         return (self.model(cache.streams(rows, self.cfg.device), cache.slot, arch),
                 cache.labels[rows])
+
+    def teacher_logits(self, arch: dict, rows: torch.Tensor) -> torch.Tensor | None:
+        """With `distill`, the largest subnet's logits on this step's rows (no gradient), when
+        the step trains another subnet; else None."""
+        largest = self.supernet.space.canonical(self.sampler.largest)
+        if not self.cfg.distill or self.supernet.space.canonical(arch) == largest:
+            return None
+        cache = self.train.at(first_slot(self.supernet, largest))
+        with torch.no_grad():  # the bare supernet: nothing for DDP to synchronise
+            return self.supernet(cache.streams(rows, self.cfg.device), cache.slot, largest)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, metric: str) -> torch.Tensor:
+        if self.teacher is None:
+            return super().loss(logits, labels, metric)
+        return distillation_loss(logits, self.teacher, labels)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         step_used_only(optimizer, self.supernet, self.supernet.used_regions(self.arch))

@@ -173,6 +173,10 @@ class LoopHooks:
         start of training)."""
         raise NotImplementedError
 
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, metric: str) -> torch.Tensor:
+        """The step's loss on what `forward` returned: the task's loss of its logits."""
+        return loss_fn(metric, logits, labels.to(logits.device))
+
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         optimizer.step()
 
@@ -220,7 +224,7 @@ def train_loop(model: nn.Module, hooks: LoopHooks, cfg: TrainConfig, metric: str
             rows = batch[dist.rank::dist.world_size]  # this rank's share of the batch
             with autocast(cfg.precision, cfg.device):
                 logits, labels = hooks.forward(epoch * steps + step, rows)
-            loss = loss_fn(metric, logits, labels.to(logits.device))
+            loss = hooks.loss(logits, labels, metric)
             check_finite_loss(loss.item(), epoch, step, cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,101 @@
+"""In-place distillation in supernet training (--distill): the loss, and which steps use it."""
+
+import math
+
+import pytest
+import torch
+
+from autopmf import supernet_train
+from autopmf.metrics import distillation_loss
+from autopmf.run_dir import run_settings
+from autopmf.supernet_train import SupernetConfig, train_supernet
+from tests.conftest import tiny_space
+
+DATA = "digits:examples_per_image=1"
+
+
+def test_the_loss_is_cross_entropy_to_the_teachers_probabilities():
+    student = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    teacher = torch.tensor([[0.0, 1.0, 0.0], [3.0, 0.0, 0.0]])
+    p = teacher.softmax(-1)
+    expected = -(p * student.log_softmax(-1)).sum(-1).mean()
+    labels = torch.tensor([0, 1])  # single labels: softmax; their values play no part
+    assert distillation_loss(student, teacher, labels).item() == pytest.approx(expected.item())
+    multi = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    expected_multi = torch.nn.functional.binary_cross_entropy_with_logits(
+        student, teacher.sigmoid())
+    assert distillation_loss(student, teacher, multi).item() == pytest.approx(
+        expected_multi.item())
+
+
+def test_a_student_that_matches_its_teacher_gets_no_gradient():
+    teacher = torch.randn(4, 3)
+    student = teacher.clone().requires_grad_()
+    distillation_loss(student, teacher, torch.tensor([0, 1, 2, 0])).backward()
+    assert student.grad.abs().max().item() < 1e-6
+    assert distillation_loss(teacher.clone().requires_grad_(), torch.randn(4, 3),
+                             torch.zeros(4, dtype=torch.long)).requires_grad
+
+
+def config(**kw):
+    return SupernetConfig(**{"epochs": 1, "batch_size": 16, "lr": 5e-3, "progress": False,
+                             **kw})
+
+
+@pytest.fixture()
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOPMF_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_every_subnet_but_the_largest_learns_the_largests_predictions(tmp_path, cache_dir,
+                                                                        monkeypatch):
+    """Sandwich steps: the largest's own steps take the labels; every other step's loss is
+    the distillation loss against the largest's logits on the same rows, computed with the
+    weights of that step and without a gradient."""
+    seen = []
+    real_loss = supernet_train.SupernetSteps.loss
+
+    def spying_loss(self, logits, labels, metric):
+        largest = self.supernet.space.canonical(self.sampler.largest)
+        is_largest = self.supernet.space.canonical(self.arch) == largest
+        loss = real_loss(self, logits, labels, metric)
+        if self.teacher is None:
+            expected = supernet_train.LoopHooks.loss(self, logits, labels, metric)
+        else:
+            assert not self.teacher.requires_grad
+            expected = distillation_loss(logits, self.teacher, labels)
+        seen.append((is_largest, self.teacher is None, torch.equal(loss, expected)))
+        return loss
+
+    monkeypatch.setattr(supernet_train.SupernetSteps, "loss", spying_loss)
+    run = train_supernet(tiny_space(), DATA, tmp_path / "kd",
+                         config(sampling="sandwich", distill=True))
+    assert seen and all(match for _, _, match in seen)
+    assert all(is_largest == no_teacher for is_largest, no_teacher, _ in seen)
+    assert {is_largest for is_largest, _, _ in seen} == {True, False}
+    assert math.isfinite(run.metrics["history"][0]["loss"])
+    assert run.metrics["config"]["distill"] is True
+
+
+def test_distillation_changes_the_training_and_the_default_keeps_fingerprints(tmp_path,
+                                                                            cache_dir):
+    from autopmf.files import load_tensors
+    space = tiny_space()
+    train_supernet(space, DATA, tmp_path / "ce", config())
+    train_supernet(space, DATA, tmp_path / "kd", config(distill=True))
+    ce = load_tensors(tmp_path / "ce" / "supernet.safetensors")
+    kd = load_tensors(tmp_path / "kd" / "supernet.safetensors")
+    assert any(not torch.equal(ce[k], kd[k]) for k in ce)
+    assert "distill" not in run_settings(config())
+    assert run_settings(config(distill=True))["distill"] is True
+
+
+def test_cli_distill_reaches_the_supernet_config():
+    from autopmf.cli import _supernet_config, build_parser
+
+    def parsed(*extra):
+        return build_parser().parse_args(["supernet", "--space", "tiny", "--data", "digits",
+                                          "--out", "x", *extra])
+    assert _supernet_config(parsed(), tiny_space()).distill is False
+    assert _supernet_config(parsed("--distill"), tiny_space()).distill is True
