@@ -254,7 +254,9 @@ class SupernetSteps(LoopHooks):
         self.arch = arch = self.sampler.sample(step)
         # Skip the frozen slots below this subnet's first fusion.
         cache = self.train.at(first_slot(self.supernet, arch))
-        self.teacher = self.teacher_logits(arch, rows)
+        # Warm-up steps train on the labels: the teacher has not trained yet.
+        self.teacher = (self.teacher_logits(arch, rows)
+                        if step >= self.sampler.warmup_steps else None)
         return (self.model(cache.streams(rows, self.cfg.device), cache.slot, arch),
                 cache.labels[rows])
 
@@ -310,6 +312,12 @@ def supernet_of_run(space: SearchSpace, data_spec: str, out: Path, cfg: Supernet
     as it is (with `resume`), else trained, from its newest checkpoint when `resume`.
     `start`: the claim's start, called once every input has been checked, before anything
     is written. `budget`: cfg.budget_gb's, when the caller has built it already."""
+    if cfg.distill and cfg.sampling != "sandwich":
+        # Only the sandwich trains the teacher (the budget's largest) on the labels.
+        raise AutopmfError(f"--distill needs --sampling sandwich, whose every third step "
+                           f"trains the largest subnet on the labels; --sampling "
+                           f"{cfg.sampling} rarely draws it, so the other subnets would learn "
+                           "an untrained teacher")
     dist = init_distributed(cfg.device)
     cfg.device = dist.device
     out = Path(out)

@@ -99,3 +99,30 @@ def test_cli_distill_reaches_the_supernet_config():
                                           "--out", "x", *extra])
     assert _supernet_config(parsed(), tiny_space()).distill is False
     assert _supernet_config(parsed("--distill"), tiny_space()).distill is True
+
+
+def test_distillation_without_the_sandwich_is_refused_before_anything_is_written(tmp_path,
+                                                                                 cache_dir):
+    from autopmf.errors import AutopmfError
+    with pytest.raises(AutopmfError, match="--distill needs --sampling sandwich"):
+        train_supernet(tiny_space(), DATA, tmp_path / "run",
+                       config(sampling="top-slot", distill=True))
+    assert not (tmp_path / "run" / "supernet_metrics.json").exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_warmup_steps_train_on_the_labels(tmp_path, cache_dir, monkeypatch):
+    teachers = []
+    real_forward = supernet_train.SupernetSteps.forward
+
+    def spying_forward(self, step, rows):
+        out = real_forward(self, step, rows)
+        teachers.append((step < self.sampler.warmup_steps, self.teacher is None))
+        return out
+
+    monkeypatch.setattr(supernet_train.SupernetSteps, "forward", spying_forward)
+    train_supernet(tiny_space(), DATA, tmp_path / "run",
+                   config(epochs=2, warmup_epochs=1, warmup="lowest", distill=True))
+    assert any(w for w, _ in teachers) and any(not w for w, _ in teachers)
+    assert all(no_teacher for warm, no_teacher in teachers if warm)
+    assert not all(no_teacher for warm, no_teacher in teachers if not warm)
