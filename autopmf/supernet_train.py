@@ -31,9 +31,9 @@ from autopmf.files import atomic_write_json, load_tensors, save_tensors
 from autopmf.head_init import fit_heads_jointly
 from autopmf.inherited import first_slot, heads_score, probe_sample
 from autopmf.layout import SUPERNET_METRICS as METRICS
-from autopmf.metrics import distillation_loss
 from autopmf.layout import SUPERNET_WEIGHTS as WEIGHTS
 from autopmf.memory import GIB
+from autopmf.metrics import distillation_loss
 from autopmf.progress import (announce_budget, announce_data, announce_encoders,
                               announce_slot_shares)
 from autopmf.run_dir import (claim_run_dir, fingerprint, holds_run_lock, package_versions,
