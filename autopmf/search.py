@@ -35,7 +35,8 @@ from autopmf.run_dir import claim_run_dir, holds_run_lock, run_settings
 from autopmf.search_log import SearchLog, status_for
 from autopmf.space import SearchSpace, save_arch
 from autopmf.units import gib
-from autopmf.supernet_train import SupernetConfig, supernet_fingerprint, supernet_of_run
+from autopmf.supernet_train import (SupernetConfig, check_supernet_settings,
+                                    supernet_fingerprint, supernet_of_run)
 
 
 
@@ -193,6 +194,7 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
         raise AutopmfError("--inherited-score heads reads the supernet's shared heads, which "
                            "an untrained supernet (--epochs 0) does not fit; use "
                            "--inherited-score probe, or train it (--epochs 1 or more)")
+    check_supernet_settings(cfg.supernet)
     out = Path(out)
     identity = _run_identity(space, data_spec, cfg)
     claim = claim_run_dir(out, identity, resume=resume, force=force, what="search",

@@ -263,8 +263,10 @@ class SupernetSteps(LoopHooks):
     def teacher_logits(self, arch: dict, rows: torch.Tensor) -> torch.Tensor | None:
         """With `distill`, the largest subnet's logits on this step's rows (no gradient), when
         the step trains another subnet; else None."""
+        if not self.cfg.distill:
+            return None
         largest = self.supernet.space.canonical(self.sampler.largest)
-        if not self.cfg.distill or self.supernet.space.canonical(arch) == largest:
+        if self.supernet.space.canonical(arch) == largest:
             return None
         cache = self.train.at(first_slot(self.supernet, largest))
         with torch.no_grad():  # the bare supernet: nothing for DDP to synchronise
@@ -291,12 +293,23 @@ class SupernetSteps(LoopHooks):
                 f"val {self.metric}: {shown}")
 
 
+def check_supernet_settings(cfg: SupernetConfig) -> None:
+    """Refuse settings that cannot train, before a run folder is claimed."""
+    if cfg.distill and cfg.sampling != "sandwich":
+        # Only the sandwich trains the teacher (the budget's largest) on the labels.
+        raise AutopmfError(f"--distill needs --sampling sandwich, whose every third step "
+                           f"trains the largest subnet on the labels; --sampling "
+                           f"{cfg.sampling} rarely draws it, so the other subnets would learn "
+                           "an untrained teacher")
+
+
 @holds_run_lock
 def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetConfig,
                    resume: bool = False, force: bool = False) -> SupernetRun:
     """`autopmf supernet`: train the supernet into the run folder `out`, claimed like every
     run folder (run_dir.claim_run_dir). `resume` continues an interrupted training, or
     returns a finished one; `force` replaces the run in `out`."""
+    check_supernet_settings(cfg)
     claim = claim_run_dir(out, supernet_identity(space, data_spec, cfg), resume=resume,
                           force=force, what="supernet", outputs=(WEIGHTS, METRICS),
                           finished=METRICS)
@@ -312,12 +325,6 @@ def supernet_of_run(space: SearchSpace, data_spec: str, out: Path, cfg: Supernet
     as it is (with `resume`), else trained, from its newest checkpoint when `resume`.
     `start`: the claim's start, called once every input has been checked, before anything
     is written. `budget`: cfg.budget_gb's, when the caller has built it already."""
-    if cfg.distill and cfg.sampling != "sandwich":
-        # Only the sandwich trains the teacher (the budget's largest) on the labels.
-        raise AutopmfError(f"--distill needs --sampling sandwich, whose every third step "
-                           f"trains the largest subnet on the labels; --sampling "
-                           f"{cfg.sampling} rarely draws it, so the other subnets would learn "
-                           "an untrained teacher")
     dist = init_distributed(cfg.device)
     cfg.device = dist.device
     out = Path(out)

@@ -42,12 +42,6 @@ def config(**kw):
                              **kw})
 
 
-@pytest.fixture()
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("AUTOPMF_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 def test_every_subnet_but_the_largest_learns_the_largests_predictions(tmp_path, cache_dir,
                                                                         monkeypatch):
     """Sandwich steps: the largest's own steps take the labels; every other step's loss is
@@ -107,8 +101,12 @@ def test_distillation_without_the_sandwich_is_refused_before_anything_is_written
     with pytest.raises(AutopmfError, match="--distill needs --sampling sandwich"):
         train_supernet(tiny_space(), DATA, tmp_path / "run",
                        config(sampling="top-slot", distill=True))
-    assert not (tmp_path / "run" / "supernet_metrics.json").exists()
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()
+    from autopmf.search import SearchConfig, run_search
+    with pytest.raises(AutopmfError, match="--distill needs --sampling sandwich"):
+        run_search(tiny_space(), DATA, tmp_path / "search", SearchConfig(
+            budget_gb=1.0, supernet=config(sampling="edges", distill=True)))
+    assert not (tmp_path / "search").exists()
 
 
 def test_warmup_steps_train_on_the_labels(tmp_path, cache_dir, monkeypatch):
