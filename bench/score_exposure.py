@@ -22,12 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autopmf.budget import Budget  # noqa: E402
 from autopmf.files import atomic_write_json  # noqa: E402
 from autopmf.layout import SUPERNET_METRICS  # noqa: E402
 from autopmf.ranking import kendall_tau_b, spearman_rho  # noqa: E402
 from autopmf.space import space_from_dict  # noqa: E402
-from autopmf.supernet_train import sampler_restriction  # noqa: E402
+from autopmf.supernet_train import budget_fit  # noqa: E402
 from supernet.sampling import ArchSampler, steps_by_edge_slot  # noqa: E402
 
 
@@ -45,8 +44,8 @@ def steps_by_lowest_slot(run: Path) -> dict[int, int]:
     metrics = json.loads((run / SUPERNET_METRICS).read_text())
     cfg = metrics["config"]
     space = space_from_dict(metrics["space"])
-    budget = Budget.load(space, cfg["budget_gb"], metrics["num_classes"], "cpu")
-    fit, largest, warmup_archs = sampler_restriction(budget, cfg["warmup"])
+    fit, largest, warmup_archs = budget_fit(space, cfg["budget_gb"], metrics["num_classes"],
+                                            "cpu", cfg["warmup"])
     steps = metrics["steps_per_epoch"]
     sampler = ArchSampler(space, cfg["sampling"], cfg["seed"], fit=fit, largest=largest,
                           warmup_steps=cfg["warmup_epochs"] * steps, warmup_archs=warmup_archs)
