@@ -525,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reuse RUN's trained supernet (same space, data and supernet settings)")
     _add_inherited_score_option(p)
     _add_supernet_options(p)
+    _add_data_seed_option(p)
     _add_json_option(p)
     p.set_defaults(func=cmd_search)
 

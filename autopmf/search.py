@@ -200,7 +200,7 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     claim = claim_run_dir(out, identity, resume=resume, force=force, what="search",
                           outputs=(LOG, BEST, PARETO, REFERENCE, SUPERNET_METRICS,
                                    SUPERNET_WEIGHTS))
-    dataset = load_dataset(data_spec, seed=cfg.supernet.seed, image_size=space.image_size)
+    dataset = load_dataset(data_spec, seed=cfg.supernet.split_seed, image_size=space.image_size)
     num_classes, dataset_metric = len(dataset.label_names), dataset.metric
     budget = Budget.load(space, cfg.budget_gb, num_classes, cfg.supernet.device)
     budget.check_feasible()  # nothing fits: clear error, nothing written

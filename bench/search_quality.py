@@ -126,11 +126,15 @@ def study(search_run: Path, args) -> dict:
     config = read_yaml(search_run / "config.yaml")
     budget, data, trials = config["budget_gb"], config["data"], config["trials"]
     supernet = config["supernet"]
+    # Every retrain, like the supernet, learns on the search's split (its --data-seed).
+    split_seed = supernet.get("data_seed", config["seed"])
     random_run = search_run.with_name(search_run.name + "-random")
     quality = search_run.with_name(search_run.name + "-quality")
     quality.mkdir(parents=True, exist_ok=True)
     space_name = str(quality / "space.yaml")  # the search's space, as it recorded it
     Path(space_name).write_text(yaml.safe_dump(config["space"], sort_keys=False))
+    from autopmf.choices import PROBE_EXAMPLES
+
     if not (random_run / "best_arch.yaml").exists():
         run(["search", "--space", space_name, "--data", data, "--budget-gb", str(budget),
              "--trials", str(trials), "--strategy", "random", "--seed", str(config["seed"]),
@@ -141,8 +145,13 @@ def study(search_run: Path, args) -> dict:
              "--batch-size", str(supernet["batch_size"]),
              "--precision", supernet["precision"],
              "--prompt-init", supernet.get("prompt_init", "paper"),
+             "--head-init", supernet.get("head_init", "probe"),
+             "--few-shot", supernet.get("few_shot", "none"),
+             *(["--distill"] if supernet.get("distill") else []),
+             "--data-seed", str(split_seed),
              "--supernet-scope", "budget" if supernet.get("budget_gb") else "full",
              "--inherited-score", config.get("inherited_score", "heads"),
+             "--probe-examples", str(config.get("probe_examples", PROBE_EXAMPLES)),
              "--supernet-from", str(search_run), "--out", str(random_run), "--quiet",
              "--resume"])
     from autopmf.space import load_space
@@ -152,7 +161,7 @@ def study(search_run: Path, args) -> dict:
     common = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--threads", "1", "--quiet",
               "--no-baselines",
               "--prompt-init", supernet.get("prompt_init", "paper"),
-              "--resume", "--data-seed", str(config["seed"])]
+              "--resume", "--data-seed", str(split_seed)]
     designs = {
         "search": ["retrain", "--arch", str(search_run / "best_arch.yaml")],
         "random": ["retrain", "--arch", str(random_run / "best_arch.yaml")],

@@ -213,3 +213,30 @@ def test_supernet_from_a_run_of_other_settings_is_refused(finished, space, budge
     with pytest.raises(AutopmfError, match="no finished supernet"):
         run_search(space, DATA, tmp_path / "b", SearchConfig(
             **{**config(budget_gb).__dict__, "supernet_from": tmp_path / "nothing"}))
+
+
+def test_search_data_seed_splits_the_data_apart_from_its_seed(space, budget_gb, tmp_path,
+                                                              monkeypatch):
+    """`autopmf search --seed 3 --data-seed 0`: the supernet and the search both learn on seed
+    0's split, so several search seeds compare on one split (bench/search_quality.py)."""
+    from autopmf import supernet_train
+    from autopmf.cli import _supernet_config, build_parser
+
+    args = build_parser().parse_args(["search", "--space", "tiny", "--data", DATA, "--out", "x",
+                                      "--budget-gb", "1", "--seed", "3", "--data-seed", "0"])
+    assert _supernet_config(args, space).split_seed == 0
+    seen = []
+    for module in (search_mod, supernet_train):
+        real = module.load_dataset
+        monkeypatch.setattr(module, "load_dataset",
+                            lambda spec, seed, real=real, **kw: seen.append(seed)
+                            or real(spec, seed, **kw))
+    cfg = config(budget_gb, trials=2)
+    cfg.inherited_score = "probe"
+    cfg.supernet.epochs, cfg.supernet.seed, cfg.supernet.data_seed = 0, 3, 0  # as the CLI sets
+    run_search(space, DATA, tmp_path, cfg)
+    assert seen and set(seen) == {0}
+    cfg.supernet.data_seed = None  # the default: the split follows --seed
+    seen.clear()
+    run_search(space, DATA, tmp_path / "b", cfg)
+    assert set(seen) == {3}
