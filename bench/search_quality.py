@@ -4,9 +4,10 @@ all retrained standalone the same way.
 
 Takes a finished `autopmf search` run (its supernet is reused, not retrained), runs the random
 search beside it (`RUN-random`), retrains the three designs with the same epochs and seeds,
-all on the search's data split (`RUN-quality/<name>[-sK]`, two at a time, one thread each),
-and prints one markdown table row per design (mean and range over the seeds). Every step is
-a plain `autopmf` command and resumes: re-running skips what is finished.
+all on the search's data split (`retrains/<design>-split<D>-s<K>` beside the runs, two at a
+time, one thread each: a design that several strategies or search seeds found on one split
+trains once), and prints one markdown table row per design (mean and range over the seeds).
+Every step is a plain `autopmf` command and resumes: re-running skips what is finished.
 
 Several search runs (the same search with other --seed values) make a search-seeds x
 retrain-seeds study: each gets its own random search and retrains, and
@@ -98,12 +99,21 @@ def main() -> None:
                         help="retrain each design with seeds 0..N-1 (on the search's data "
                         "split) and report the mean and range")
     args = parser.parse_args()
-    studies = [study(run, args) for run in args.runs]
+    studies = [plan(run, args) for run in args.runs]
+    # One pool for every study: a design found by several strategies or search seeds on the
+    # same split trains once per seed (same arch, seed, split and settings: the same run).
+    jobs = {}
+    for st in studies:
+        jobs.update(st["jobs"])
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(run, jobs.values()))
+    studies = [dict(st, rows=table(st, args)) for st in studies]
     strategies = {"evolution": "search", "random": "random", "reference": "reference"}
     result = {"budget_gb": studies[0]["budget_gb"], "trials": studies[0]["trials"],
               "epochs": args.epochs, "lr": args.lr, "search_seeds": len(studies),
               "retrain_seeds": args.seeds,
               "data": studies[0]["data"],
+              "data_seeds": [st["split_seed"] for st in studies],
               "feasible_designs": feasible_designs(studies[0]["space"], studies[0]["budget_gb"]),
               "strategies": {}}
     for strategy, name in strategies.items():
@@ -111,7 +121,8 @@ def main() -> None:
         flat = [v for scores in per_seed for v in scores]
         result["strategies"][strategy] = {
             "mean": statistics.mean(flat), "std": statistics.stdev(flat) if len(flat) > 1 else 0.0,
-            "per_seed": per_seed, "archs": [st["rows"][name]["arch"] for st in studies]}
+            "per_seed": per_seed, "val_per_seed": [st["rows"][name]["val"] for st in studies],
+            "archs": [st["rows"][name]["arch"] for st in studies]}
     result["evolution_beats_random"] = [
         statistics.mean(st["rows"]["search"]["test"])
         > statistics.mean(st["rows"]["random"]["test"]) for st in studies]
@@ -121,93 +132,105 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def study(search_run: Path, args) -> dict:
-    """One search run: its random search, the three designs' retrains, their table."""
-    config = read_yaml(search_run / "config.yaml")
-    budget, data, trials = config["budget_gb"], config["data"], config["trials"]
+def random_search(search_run: Path, random_run: Path, space_file: Path, config: dict) -> None:
+    """The same number of random trials on the search's own supernet (`--supernet-from`)."""
+    from autopmf.choices import PROBE_EXAMPLES
+
     supernet = config["supernet"]
+    run(["search", "--space", str(space_file), "--data", config["data"],
+         "--budget-gb", str(config["budget_gb"]), "--trials", str(config["trials"]),
+         "--strategy", "random", "--seed", str(config["seed"]),
+         "--epochs", str(supernet["epochs"]), "--sampling", supernet["sampling"],
+         "--warmup-epochs", str(supernet.get("warmup_epochs", 0)),
+         "--warmup", supernet.get("warmup", "largest"),
+         "--lr", str(supernet["lr"]), "--head-lr-scale", str(supernet["head_lr_scale"]),
+         "--batch-size", str(supernet["batch_size"]),
+         "--precision", supernet["precision"],
+         "--prompt-init", supernet.get("prompt_init", "paper"),
+         "--head-init", supernet.get("head_init", "probe"),
+         "--few-shot", supernet.get("few_shot", "none"),
+         *(["--distill"] if supernet.get("distill") else []),
+         *(["--data-seed", str(supernet["data_seed"])] if "data_seed" in supernet else []),
+         "--supernet-scope", "budget" if supernet.get("budget_gb") else "full",
+         "--inherited-score", config.get("inherited_score", "heads"),
+         "--probe-examples", str(config.get("probe_examples", PROBE_EXAMPLES)),
+         "--supernet-from", str(search_run), "--out", str(random_run), "--quiet", "--resume"])
+
+
+def design_slug(space, arch: dict) -> str:
+    """`2M2_3M2_4M2_5M2`: a folder name for one design (its canonical form)."""
+    from autopmf.report import describe_arch
+
+    text = describe_arch(space.canonical(arch), space.fusable_slots)
+    return text.removeprefix("fuse ").replace(" ", "_").replace(":", "").replace("/", "-")
+
+
+def plan(search_run: Path, args) -> dict:
+    """One search run: its random search (run now), and the retrain jobs of its three designs:
+    {folder: command}, each folder named by design, seed and split, beside the runs."""
+    from autopmf.space import load_space
+
+    config = read_yaml(search_run / "config.yaml")
+    budget, data, supernet = config["budget_gb"], config["data"], config["supernet"]
     # Every retrain, like the supernet, learns on the search's split (its --data-seed).
     split_seed = supernet.get("data_seed", config["seed"])
     random_run = search_run.with_name(search_run.name + "-random")
-    quality = search_run.with_name(search_run.name + "-quality")
-    quality.mkdir(parents=True, exist_ok=True)
-    space_name = str(quality / "space.yaml")  # the search's space, as it recorded it
-    Path(space_name).write_text(yaml.safe_dump(config["space"], sort_keys=False))
-    from autopmf.choices import PROBE_EXAMPLES
-
+    retrains = search_run.parent / "retrains"
+    retrains.mkdir(parents=True, exist_ok=True)
+    space_file = search_run.parent / f"{search_run.name}-space.yaml"  # as the search recorded it
+    space_file.write_text(yaml.safe_dump(config["space"], sort_keys=False))
     if not (random_run / "best_arch.yaml").exists():
-        run(["search", "--space", space_name, "--data", data, "--budget-gb", str(budget),
-             "--trials", str(trials), "--strategy", "random", "--seed", str(config["seed"]),
-             "--epochs", str(supernet["epochs"]), "--sampling", supernet["sampling"],
-             "--warmup-epochs", str(supernet.get("warmup_epochs", 0)),
-             "--warmup", supernet.get("warmup", "largest"),
-             "--lr", str(supernet["lr"]), "--head-lr-scale", str(supernet["head_lr_scale"]),
-             "--batch-size", str(supernet["batch_size"]),
-             "--precision", supernet["precision"],
-             "--prompt-init", supernet.get("prompt_init", "paper"),
-             "--head-init", supernet.get("head_init", "probe"),
-             "--few-shot", supernet.get("few_shot", "none"),
-             *(["--distill"] if supernet.get("distill") else []),
-             "--data-seed", str(split_seed),
-             "--supernet-scope", "budget" if supernet.get("budget_gb") else "full",
-             "--inherited-score", config.get("inherited_score", "heads"),
-             "--probe-examples", str(config.get("probe_examples", PROBE_EXAMPLES)),
-             "--supernet-from", str(search_run), "--out", str(random_run), "--quiet",
-             "--resume"])
-    from autopmf.space import load_space
-
-    space = load_space(space_name)
+        random_search(search_run, random_run, space_file, config)
+    space = load_space(str(space_file))
     reference, reference_gb, reference_arch = reference_that_fits(space, budget)
-    common = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--threads", "1", "--quiet",
-              "--no-baselines",
-              "--prompt-init", supernet.get("prompt_init", "paper"),
-              "--resume", "--data-seed", str(split_seed)]
-    designs = {
-        "search": ["retrain", "--arch", str(search_run / "best_arch.yaml")],
-        "random": ["retrain", "--arch", str(random_run / "best_arch.yaml")],
-        "reference": ["train", "--space", space_name, "--data", data, "--arch", reference],
-    }
     archs = {"search": read_yaml(search_run / "best_arch.yaml")["arch"],
              "random": read_yaml(random_run / "best_arch.yaml")["arch"],
              "reference": reference_arch}
-    # A design that is the same architecture as an earlier one (the random search often
-    # draws the evolution's winner) shares its retrains: same arch, seed and split.
-    canonical = {name: space.canonical(arch) for name, arch in archs.items()}
-    trained_as = {name: next(n for n in archs if canonical[n] == canonical[name])
-                  for name in archs}
+    common = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--threads", "1", "--quiet",
+              "--no-baselines", "--prompt-init", supernet.get("prompt_init", "paper"),
+              "--resume", "--data-seed", str(split_seed)]
+    folders, jobs = {}, {}  # per design, its retrain folders; per folder, its command
+    for name, arch in archs.items():
+        slug = f"{design_slug(space, arch)}-split{split_seed}"
+        arch_file = retrains / f"{slug}.yaml"
+        arch_file.write_text(yaml.safe_dump(space.canonical(arch), sort_keys=True))
+        folders[name] = [retrains / f"{slug}-s{seed}" for seed in range(args.seeds)]
+        for seed, folder in enumerate(folders[name]):
+            jobs[folder] = ["train", "--space", str(space_file), "--data", data,
+                            "--arch", str(arch_file), "--seed", str(seed),
+                            "--out", str(folder)] + common
+    inherited = {name: read_yaml(folder / "best_arch.yaml")
+                 for name, folder in (("search", search_run), ("random", random_run))}
+    return {"budget_gb": budget, "trials": config["trials"], "data": data, "space": space,
+            "split_seed": split_seed, "archs": archs, "folders": folders, "jobs": jobs,
+            "inherited": inherited, "reference": (reference, reference_gb), "run": search_run}
 
-    def out_dir(name: str, seed: int) -> Path:
-        name = trained_as[name]
-        return quality / (name if seed == 0 else f"{name}-s{seed}")
-    jobs = [design + ["--seed", str(seed), "--out", str(out_dir(name, seed))] + common
-            for seed in range(args.seeds) for name, design in designs.items()
-            if trained_as[name] == name]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(run, jobs))
+
+def table(st: dict, args) -> dict:
+    """The three designs' retrained scores; prints their markdown table."""
+    from autopmf.report import describe_arch
 
     rows = {}
-    for name in designs:
-        runs = [json.loads((out_dir(name, seed) / "metrics.json").read_text())
-                for seed in range(args.seeds)]
-        source = {"search": search_run, "random": random_run}.get(name)
-        inherited = read_yaml(source / "best_arch.yaml") if source else {}
+    for name, folders in st["folders"].items():
+        runs = [json.loads((folder / "metrics.json").read_text()) for folder in folders]
+        inherited = st["inherited"].get(name, {})
         rows[name] = {"arch": runs[0]["arch"], "fused_slots": runs[0]["fused_slots"],
-                      "retrained_as": trained_as[name],
-                      "mem_gb": inherited.get("mem_gb", reference_gb),
+                      "retrained_in": [str(folder) for folder in folders],
+                      "mem_gb": inherited.get("mem_gb", st["reference"][1]),
                       "inherited_val": inherited.get("score"),
                       "val": [m["val_score"] for m in runs],
                       "test": [m["test_score"] for m in runs]}
-    print(f"\nbudget {budget} GiB, {trials} trials, retrain {args.epochs} epochs, data {data}, "
+    print(f"\n{st['run']}: budget {st['budget_gb']} GiB, {st['trials']} trials, retrain "
+          f"{args.epochs} epochs, data {st['data']} (split {st['split_seed']}), "
           f"seeds 0..{args.seeds - 1}")
-    print("| design | fused slot:M | predicted GiB | inherited val | retrained val | test |")
+    print("| design | fused | predicted GiB | inherited val | retrained val | test |")
     print("|---|---|---|---|---|---|")
     for name, row in rows.items():
-        slots = " ".join(f"{j}:M{row['arch'][f'prompt_{j}']}" for j in row["fused_slots"])
+        slots = describe_arch(row["arch"], st["space"].fusable_slots).removeprefix("fuse ")
         inherited = "—" if row["inherited_val"] is None else f"{row['inherited_val']:.3f}"
-        same = "" if row["retrained_as"] == name else f" (= {row['retrained_as']})"
-        print(f"| {name}{same} | {slots} | {row['mem_gb']:.3f} | {inherited} | "
+        print(f"| {name} | {slots} | {row['mem_gb']:.3f} | {inherited} | "
               f"{mean_and_range(row['val'])} | {mean_and_range(row['test'])} |")
-    return {"budget_gb": budget, "trials": trials, "data": data, "space": space, "rows": rows}
+    return rows
 
 
 if __name__ == "__main__":
