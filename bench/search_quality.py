@@ -13,16 +13,20 @@ Several search runs (the same search with other --seed values) make a search-see
 retrain-seeds study: each gets its own random search and retrains, and
 bench/results/search_quality.json gets, per strategy, the mean, std and per-seed test scores,
 the number of designs in the space that fit the budget, and in how many search seeds
-evolution's winner beat random search's.
+evolution's winner beat random search's. `--sample N` adds N designs drawn uniformly from
+those that fit, retrained once each: how many of them come within one seed std of the best
+design found, for when evolution and random search tie because good designs are common.
 
     python bench/search_quality.py runs/demo --epochs 5 --seeds 3
-    python bench/search_quality.py runs/s0 runs/s1 runs/s2 --epochs 5 --seeds 3
+    python bench/search_quality.py runs/s0 runs/s1 runs/s2 --epochs 2 --lr 3e-4 --seeds 3 \
+        --sample 12
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -63,8 +67,8 @@ def mean_and_range(scores: list[float]) -> str:
     return f"{mean:.3f} ({min(scores):.3f}–{max(scores):.3f})"
 
 
-def feasible_designs(space, budget_gb: float) -> int:
-    """How many distinct designs of the space the memory model fits into the budget (a slot
+def feasible_archs(space, budget_gb: float) -> list[dict]:
+    """Every distinct design of the space that the memory model fits into the budget (a slot
     that does not fuse has no other choice, as in `space.canonical`)."""
     import itertools
 
@@ -74,7 +78,7 @@ def feasible_designs(space, budget_gb: float) -> int:
     choices = space.choices()
     per_slot = {j: [k for k in choices if k.rsplit("_", 1)[-1] == str(j) and k != f"fusion_{j}"]
                 for j in space.fusable_slots}
-    count = 0
+    fits = []
     for fusion in itertools.product((0, 1), repeat=len(space.fusable_slots)):
         fused = [j for j, on in zip(space.fusable_slots, fusion) if on]
         base = {f"fusion_{j}": on for j, on in zip(space.fusable_slots, fusion)}
@@ -82,8 +86,9 @@ def feasible_designs(space, budget_gb: float) -> int:
         keys = [k for j in fused for k in per_slot[j]]
         for values in itertools.product(*(choices[k] for k in keys)):
             arch = dict(base, **dict(zip(keys, values)))
-            count += estimate_bytes(space, arch, profile) <= limit
-    return count
+            if estimate_bytes(space, arch, profile) <= limit:
+                fits.append(arch)
+    return fits
 
 
 def main() -> None:
@@ -98,13 +103,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1,
                         help="retrain each design with seeds 0..N-1 (on the search's data "
                         "split) and report the mean and range")
+    parser.add_argument("--sample", type=int, default=0, metavar="N",
+                        help="also retrain N designs drawn uniformly from those that fit the "
+                        "budget (seed 0, once each, on the first run's split): how many come "
+                        "within one std of the best design found, i.e. how common good "
+                        "designs are when evolution and random search tie")
     args = parser.parse_args()
     studies = [plan(run, args) for run in args.runs]
+    first = studies[0]
+    feasible = feasible_archs(first["space"], first["budget_gb"])
+    sample = random.Random(0).sample(feasible, args.sample)
     # One pool for every study: a design found by several strategies or search seeds on the
     # same split trains once per seed (same arch, seed, split and settings: the same run).
     jobs = {}
     for st in studies:
         jobs.update(st["jobs"])
+    for arch in sample:
+        jobs.update(first["retrain"].jobs(arch, 1))
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(run, jobs.values()))
     studies = [dict(st, rows=table(st, args)) for st in studies]
@@ -114,7 +129,7 @@ def main() -> None:
               "retrain_seeds": args.seeds,
               "data": studies[0]["data"],
               "data_seeds": [st["split_seed"] for st in studies],
-              "feasible_designs": feasible_designs(studies[0]["space"], studies[0]["budget_gb"]),
+              "feasible_designs": len(feasible),
               "strategies": {}}
     for strategy, name in strategies.items():
         per_seed = [st["rows"][name]["test"] for st in studies]
@@ -126,10 +141,28 @@ def main() -> None:
     result["evolution_beats_random"] = [
         statistics.mean(st["rows"]["search"]["test"])
         > statistics.mean(st["rows"]["random"]["test"]) for st in studies]
+    if sample:
+        result["feasible_sample"] = sampled(studies, sample, len(feasible))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "strategies"}))
     print(f"wrote {args.out}")
+
+
+def sampled(studies: list[dict], sample: list[dict], feasible: int) -> dict:
+    """The sampled designs' test scores (one seed each), against the best design the studies
+    retrained (highest mean test): how many are within one of its seed stds."""
+    rows = [row for st in studies for row in st["rows"].values()]
+    best = max(rows, key=lambda row: statistics.mean(row["test"]))
+    mean, std = statistics.mean(best["test"]), statistics.stdev(best["test"])
+    retrain = studies[0]["retrain"]
+    test = [scores(retrain.folders(arch, 1), "test_score")[0] for arch in sample]
+    within = sum(score >= mean - std for score in test)
+    return {"designs": len(sample), "retrain_seeds": 1, "archs": sample, "test": test,
+            "val": [scores(retrain.folders(arch, 1), "val_score")[0] for arch in sample],
+            "best": {"arch": best["arch"], "test_mean": mean, "test_std": std},
+            "within_1std_of_best": within,
+            "estimated_feasible_within_1std": round(within / len(sample) * feasible)}
 
 
 def random_search(search_run: Path, random_run: Path, space_file: Path, config: dict) -> None:
@@ -186,24 +219,49 @@ def plan(search_run: Path, args) -> dict:
     archs = {"search": read_yaml(search_run / "best_arch.yaml")["arch"],
              "random": read_yaml(random_run / "best_arch.yaml")["arch"],
              "reference": reference_arch}
-    common = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--threads", "1", "--quiet",
-              "--no-baselines", "--prompt-init", supernet.get("prompt_init", "paper"),
-              "--resume", "--data-seed", str(split_seed)]
+    retrain = Retrains(space, space_file, data, split_seed, supernet.get("prompt_init", "paper"),
+                       retrains, args)
     folders, jobs = {}, {}  # per design, its retrain folders; per folder, its command
     for name, arch in archs.items():
-        slug = f"{design_slug(space, arch)}-split{split_seed}"
-        arch_file = retrains / f"{slug}.yaml"
-        arch_file.write_text(yaml.safe_dump(space.canonical(arch), sort_keys=True))
-        folders[name] = [retrains / f"{slug}-s{seed}" for seed in range(args.seeds)]
-        for seed, folder in enumerate(folders[name]):
-            jobs[folder] = ["train", "--space", str(space_file), "--data", data,
-                            "--arch", str(arch_file), "--seed", str(seed),
-                            "--out", str(folder)] + common
+        folders[name] = retrain.folders(arch, args.seeds)
+        jobs.update(retrain.jobs(arch, args.seeds))
     inherited = {name: read_yaml(folder / "best_arch.yaml")
                  for name, folder in (("search", search_run), ("random", random_run))}
     return {"budget_gb": budget, "trials": config["trials"], "data": data, "space": space,
             "split_seed": split_seed, "archs": archs, "folders": folders, "jobs": jobs,
-            "inherited": inherited, "reference": (reference, reference_gb), "run": search_run}
+            "inherited": inherited, "reference": (reference, reference_gb), "run": search_run,
+            "retrain": retrain}
+
+
+class Retrains:
+    """Standalone retrains of designs on one split, each in `retrains/<design>-split<D>-s<K>`
+    (so one design trains once per seed, whoever asks for it), all the same way."""
+
+    def __init__(self, space, space_file: Path, data: str, split_seed: int, prompt_init: str,
+                 folder: Path, args):
+        self.space, self.space_file, self.data = space, space_file, data
+        self.split_seed, self.folder = split_seed, folder
+        self.common = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--threads", "1",
+                       "--quiet", "--no-baselines", "--prompt-init", prompt_init, "--resume",
+                       "--data-seed", str(split_seed)]
+
+    def _slug(self, arch: dict) -> str:
+        return f"{design_slug(self.space, arch)}-split{self.split_seed}"
+
+    def folders(self, arch: dict, seeds: int) -> list[Path]:
+        return [self.folder / f"{self._slug(arch)}-s{seed}" for seed in range(seeds)]
+
+    def jobs(self, arch: dict, seeds: int) -> dict[Path, list[str]]:
+        """{folder: the `autopmf train` command that fills it}."""
+        arch_file = self.folder / f"{self._slug(arch)}.yaml"
+        arch_file.write_text(yaml.safe_dump(self.space.canonical(arch), sort_keys=True))
+        return {folder: ["train", "--space", str(self.space_file), "--data", self.data,
+                         "--arch", str(arch_file), "--seed", str(seed), "--out", str(folder)]
+                + self.common for seed, folder in enumerate(self.folders(arch, seeds))}
+
+
+def scores(folders: list[Path], key: str) -> list[float]:
+    return [json.loads((folder / "metrics.json").read_text())[key] for folder in folders]
 
 
 def table(st: dict, args) -> dict:
