@@ -158,9 +158,10 @@ def builtin_spaces() -> list[str]:
 def resolve_space_path(name_or_path: str | Path) -> Path:
     """A path as given, or the name of a built-in space (`demo` -> search_spaces/demo.yaml)."""
     path = Path(name_or_path)
-    if path.exists():
-        return path
     builtin = _BUILTIN_DIR / f"{name_or_path}.yaml"
+    # A folder named like a built-in space (a run called `demo`, say) is not a space file.
+    if path.exists() and not (path.is_dir() and builtin.exists()):
+        return path
     if builtin.exists():
         return builtin
     raise AutopmfError(f"search space '{name_or_path}' not found: give a YAML file path or "

@@ -30,6 +30,13 @@ def test_builtin_spaces_are_the_top_level_folders_and_found_from_anywhere(tmp_pa
     assert load_space("demo").name == "demo"
     with pytest.raises(AutopmfError, match=r"built-in spaces \['demo'"):
         load_space("nowhere")
+    # A folder named like a built-in (a run called `demo`) does not hide it; any other
+    # folder is still refused as a space.
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "runs").mkdir()
+    assert load_space("demo").name == "demo"
+    with pytest.raises(AutopmfError, match="give a YAML file"):
+        load_space("runs")
 
 
 def test_architecture_round_trips_through_yaml(tmp_path):
