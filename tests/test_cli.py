@@ -120,6 +120,30 @@ def test_init_draws_reaches_the_training_config_of_train_retrain_and_the_demos_r
         assert _train_config(parsed, space).init_draws == 4
 
 
+def test_demo_trains_a_distilled_supernet_from_the_fixed_start_at_the_yardsticks_rate():
+    """The demo's supernet and its winner's retraining share --lr and --prompt-init; by
+    default those the ranking was measured at, with in-place distillation and no warm-up."""
+    from autopmf.cli import _supernet_config, _train_config, _warmup_epochs
+    from autopmf.space import load_space
+
+    space = load_space("tiny")
+    args = build_parser().parse_args(["demo"])
+    supernet, retrain = _supernet_config(args, space), _train_config(args, space)
+    assert (supernet.epochs, supernet.lr, supernet.prompt_init, supernet.distill,
+            supernet.sampling, supernet.warmup_epochs) == (6, 3e-4, "fixed", True,
+                                                           "sandwich", 0)
+    assert (retrain.lr, retrain.prompt_init, args.retrain_epochs) == (3e-4, "fixed", 8)
+    args = build_parser().parse_args(["demo", "--no-distill", "--epochs", "0", "--lr", "3e-3",
+                                      "--prompt-init", "paper"])
+    assert not _supernet_config(args, space).distill and _warmup_epochs(args) == 0
+    assert (_train_config(args, space).lr, _train_config(args, space).prompt_init) == (
+        3e-3, "paper")
+    # Elsewhere --distill stays off unless asked for.
+    search = ["search", "--space", "tiny", "--data", DATA, "--budget-gb", "1", "--out", "o"]
+    assert not _supernet_config(build_parser().parse_args(search), space).distill
+    assert _supernet_config(build_parser().parse_args(search + ["--distill"]), space).distill
+
+
 def test_slot_cache_gib_sets_the_runs_ram_budget_and_refuses_a_negative(tmp_path, capsys):
     from autopmf.cli import _supernet_config
     from autopmf.space import load_space

@@ -127,6 +127,11 @@ def test_demo_like_run_on_the_tiny_space(tmp_path, capsys, monkeypatch):
     # The winner is retrained into RUN/retrain: when it is the reference, the plot says so.
     plot = json.loads((out / "plots" / "score_vs_memory.json").read_text())
     assert plot["reference"]["score_kind"] in ("inherited", "retrained")
+    # The supernet trained with distillation; the winner retrained at the same rate and start.
+    supernet = yaml.safe_load((out / "config.yaml").read_text())["supernet"]
+    assert (supernet["distill"], supernet["lr"], supernet["prompt_init"]) == (True, 3e-4, "fixed")
+    retrain = json.loads((out / "retrain" / "metrics.json").read_text())["train_config"]
+    assert (retrain["lr"], retrain["prompt_init"], retrain["epochs"]) == (3e-4, "fixed", 1)
 
 
 def test_quiet_says_nothing_but_results(capsys):
