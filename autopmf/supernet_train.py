@@ -300,7 +300,8 @@ def check_supernet_settings(cfg: SupernetConfig) -> None:
         raise AutopmfError(f"--distill needs --sampling sandwich, whose every third step "
                            f"trains the largest subnet on the labels; --sampling "
                            f"{cfg.sampling} rarely draws it, so the other subnets would learn "
-                           "an untrained teacher")
+                           "an untrained teacher; add --no-distill (the demo distils by "
+                           "default) or use --sampling sandwich")
 
 
 @holds_run_lock

@@ -109,6 +109,17 @@ def test_distillation_without_the_sandwich_is_refused_before_anything_is_written
     assert not (tmp_path / "search").exists()
 
 
+def test_the_demo_with_another_sampling_says_to_add_no_distill(tmp_path, capsys):
+    """The demo distils by default: another --sampling alone is one line naming the fix."""
+    from autopmf.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--sampling", "top-slot"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--no-distill" in error[0]
+    assert not out.exists()
+
+
 def test_warmup_steps_train_on_the_labels(tmp_path, cache_dir, monkeypatch):
     teachers = []
     real_forward = supernet_train.SupernetSteps.forward
