@@ -10,6 +10,7 @@ of the same seed.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -260,13 +261,16 @@ class SupernetSteps(LoopHooks):
         return (self.model(cache.streams(rows, self.cfg.device), cache.slot, arch),
                 cache.labels[rows])
 
+    @functools.cached_property
+    def teacher_arch(self) -> dict | None:
+        """With `distill`, the teacher: the largest subnet (canonical), fixed for the run."""
+        return self.supernet.space.canonical(self.sampler.largest) if self.cfg.distill else None
+
     def teacher_logits(self, arch: dict, rows: torch.Tensor) -> torch.Tensor | None:
         """With `distill`, the largest subnet's logits on this step's rows (no gradient), when
         the step trains another subnet; else None."""
-        if not self.cfg.distill:
-            return None
-        largest = self.supernet.space.canonical(self.sampler.largest)
-        if self.supernet.space.canonical(arch) == largest:
+        largest = self.teacher_arch
+        if largest is None or self.supernet.space.canonical(arch) == largest:
             return None
         cache = self.train.at(first_slot(self.supernet, largest))
         with torch.no_grad():  # the bare supernet: nothing for DDP to synchronise
