@@ -27,20 +27,17 @@ from autopmf.layout import SUPERNET_METRICS  # noqa: E402
 from autopmf.ranking import kendall_tau_b, spearman_rho  # noqa: E402
 from autopmf.space import space_from_dict  # noqa: E402
 from autopmf.supernet_train import budget_fit  # noqa: E402
+from bench.ranking import parse_design  # noqa: E402
 from supernet.sampling import ArchSampler, steps_by_edge_slot  # noqa: E402
-
-
-def lowest_slot(design: str) -> int:
-    """A yardstick design's lowest fused slot ("3:8+4:8" -> 3)."""
-    return min(int(part.split(":")[0]) for part in design.split("+"))
 
 
 def probe_entry(path: str) -> dict:
     return json.loads(Path(path).read_text())["variants"][0]
 
 
-def steps_by_lowest_slot(run: Path) -> dict[int, int]:
-    """Training steps per lowest fused slot, replayed from the run's recorded settings."""
+def steps_by_lowest_slot(run: Path, designs: list[str]) -> tuple[dict[int, int], list[int]]:
+    """Training steps per lowest fused slot, replayed from the run's recorded settings, and
+    each design's lowest fused slot in the run's space."""
     metrics = json.loads((run / SUPERNET_METRICS).read_text())
     cfg = metrics["config"]
     space = space_from_dict(metrics["space"])
@@ -49,8 +46,9 @@ def steps_by_lowest_slot(run: Path) -> dict[int, int]:
     steps = metrics["steps_per_epoch"]
     sampler = ArchSampler(space, cfg["sampling"], cfg["seed"], fit=fit, largest=largest,
                           warmup_steps=cfg["warmup_epochs"] * steps, warmup_archs=warmup_archs)
+    lowest = [min(space.fused_slots(parse_design(space, design))) for design in designs]
     return steps_by_edge_slot(sampler, range(sampler.warmup_steps,
-                                             cfg["epochs"] * steps))["bottom"]
+                                             cfg["epochs"] * steps))["bottom"], lowest
 
 
 def main() -> None:
@@ -71,8 +69,8 @@ def main() -> None:
         if entry["design_names"] != designs:
             sys.exit(f"{scores_path} scores other designs than {args.untrained}")
         scores = entry["by_scoring"]["probe"]["inherited"]
-        shares = steps_by_lowest_slot(Path(run))
-        exposure = [shares[lowest_slot(d)] for d in designs]
+        shares, lowest = steps_by_lowest_slot(Path(run), designs)
+        exposure = [shares[slot] for slot in lowest]
         gain = [s - s0 for s, s0 in zip(scores, start)]
         row = {"supernet": run, "scores": scores_path,
                "steps_by_lowest_slot": dict(sorted(shares.items())),
