@@ -156,10 +156,11 @@ def sampled(studies: list[dict], sample: list[dict], feasible: int) -> dict:
     best = max(rows, key=lambda row: statistics.mean(row["test"]))
     mean, std = statistics.mean(best["test"]), statistics.stdev(best["test"])
     retrain = studies[0]["retrain"]
-    test = [scores(retrain.folders(arch, 1), "test_score")[0] for arch in sample]
+    runs = [read_metrics(retrain.folders(arch, 1)[0]) for arch in sample]
+    test = [m["test_score"] for m in runs]
     within = sum(score >= mean - std for score in test)
     return {"designs": len(sample), "retrain_seeds": 1, "archs": sample, "test": test,
-            "val": [scores(retrain.folders(arch, 1), "val_score")[0] for arch in sample],
+            "val": [m["val_score"] for m in runs],
             "best": {"arch": best["arch"], "test_mean": mean, "test_std": std},
             "within_1std_of_best": within,
             "estimated_feasible_within_1std": round(within / len(sample) * feasible)}
@@ -215,7 +216,7 @@ def plan(search_run: Path, args) -> dict:
     if not (random_run / "best_arch.yaml").exists():
         random_search(search_run, random_run, space_file, config)
     space = load_space(str(space_file))
-    reference, reference_gb, reference_arch = reference_that_fits(space, budget)
+    _, reference_gb, reference_arch = reference_that_fits(space, budget)
     archs = {"search": read_yaml(search_run / "best_arch.yaml")["arch"],
              "random": read_yaml(random_run / "best_arch.yaml")["arch"],
              "reference": reference_arch}
@@ -229,7 +230,7 @@ def plan(search_run: Path, args) -> dict:
                  for name, folder in (("search", search_run), ("random", random_run))}
     return {"budget_gb": budget, "trials": config["trials"], "data": data, "space": space,
             "split_seed": split_seed, "archs": archs, "folders": folders, "jobs": jobs,
-            "inherited": inherited, "reference": (reference, reference_gb), "run": search_run,
+            "inherited": inherited, "reference_gb": reference_gb, "run": search_run,
             "retrain": retrain}
 
 
@@ -260,8 +261,8 @@ class Retrains:
                 + self.common for seed, folder in enumerate(self.folders(arch, seeds))}
 
 
-def scores(folders: list[Path], key: str) -> list[float]:
-    return [json.loads((folder / "metrics.json").read_text())[key] for folder in folders]
+def read_metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
 
 
 def table(st: dict, args) -> dict:
@@ -270,11 +271,11 @@ def table(st: dict, args) -> dict:
 
     rows = {}
     for name, folders in st["folders"].items():
-        runs = [json.loads((folder / "metrics.json").read_text()) for folder in folders]
+        runs = [read_metrics(folder) for folder in folders]
         inherited = st["inherited"].get(name, {})
         rows[name] = {"arch": runs[0]["arch"], "fused_slots": runs[0]["fused_slots"],
                       "retrained_in": [str(folder) for folder in folders],
-                      "mem_gb": inherited.get("mem_gb", st["reference"][1]),
+                      "mem_gb": inherited.get("mem_gb", st["reference_gb"]),
                       "inherited_val": inherited.get("score"),
                       "val": [m["val_score"] for m in runs],
                       "test": [m["test_score"] for m in runs]}
