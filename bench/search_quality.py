@@ -56,7 +56,8 @@ def reference_that_fits(space, budget_gb: float) -> tuple[str, float, dict]:
         raise SystemExit(f"no PMF reference design fits {budget_gb} GiB")
     arch, nbytes = found
     fused = space.fused_slots(arch)
-    return f"reference:{len(fused)}:{arch[f'prompt_{fused[0]}']}", nbytes / GIB, arch
+    prompt_len = space.slot_configs(arch, 0)[fused[0]].query_len  # shared or split prompts
+    return f"reference:{len(fused)}:{prompt_len}", nbytes / GIB, arch
 
 
 def mean_and_range(scores: list[float]) -> str:
@@ -67,9 +68,19 @@ def mean_and_range(scores: list[float]) -> str:
     return f"{mean:.3f} ({min(scores):.3f}–{max(scores):.3f})"
 
 
+def feasible_count(space, budget_gb: float, num_classes: int) -> tuple[int, bool]:
+    """(designs that fit, exact): counted one by one in a small space, estimated from a
+    uniform sample of designs in a large one (`Budget.designs_within`)."""
+    from autopmf.budget import Budget
+
+    fitting, _, exact = Budget.load(space, budget_gb, num_classes).designs_within()
+    return fitting, exact
+
+
 def feasible_archs(space, budget_gb: float) -> list[dict]:
     """Every distinct design of the space that the memory model fits into the budget (a slot
-    that does not fuse has no other choice, as in `space.canonical`)."""
+    that does not fuse has no other choice, as in `space.canonical`): for `--sample`, in a
+    space small enough to list."""
     import itertools
 
     from autopmf.memory import GIB, estimate_bytes, load_profile
@@ -111,8 +122,12 @@ def main() -> None:
     args = parser.parse_args()
     studies = [plan(run, args) for run in args.runs]
     first = studies[0]
-    feasible = feasible_archs(first["space"], first["budget_gb"])
-    sample = random.Random(0).sample(feasible, args.sample)
+    feasible, exact = feasible_count(first["space"], first["budget_gb"], first["num_classes"])
+    if args.sample and not exact:
+        raise SystemExit(f"--sample lists every design that fits; this space has about "
+                         f"{feasible:,}: leave --sample out")
+    sample = (random.Random(0).sample(feasible_archs(first["space"], first["budget_gb"]),
+                                      args.sample) if args.sample else [])
     # One pool for every study: a design found by several strategies or search seeds on the
     # same split trains once per seed (same arch, seed, split and settings: the same run).
     jobs = {}
@@ -129,7 +144,9 @@ def main() -> None:
               "retrain_seeds": args.seeds,
               "data": studies[0]["data"],
               "data_seeds": [st["split_seed"] for st in studies],
-              "feasible_designs": len(feasible),
+              "feasible_designs": feasible,
+              # False: estimated from a uniform sample of designs (a space too large to list)
+              "feasible_designs_exact": exact,
               "strategies": {}}
     for strategy, name in strategies.items():
         per_seed = [st["rows"][name]["test"] for st in studies]
@@ -142,7 +159,7 @@ def main() -> None:
         statistics.mean(st["rows"]["search"]["test"])
         > statistics.mean(st["rows"]["random"]["test"]) for st in studies]
     if sample:
-        result["feasible_sample"] = sampled(studies, sample, len(feasible))
+        result["feasible_sample"] = sampled(studies, sample, feasible)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "strategies"}))
@@ -228,7 +245,9 @@ def plan(search_run: Path, args) -> dict:
         jobs.update(retrain.jobs(arch, args.seeds))
     inherited = {name: read_yaml(folder / "best_arch.yaml")
                  for name, folder in (("search", search_run), ("random", random_run))}
+    num_classes = json.loads((search_run / "supernet_metrics.json").read_text())["num_classes"]
     return {"budget_gb": budget, "trials": config["trials"], "data": data, "space": space,
+            "num_classes": num_classes,
             "split_seed": split_seed, "archs": archs, "folders": folders, "jobs": jobs,
             "inherited": inherited, "reference_gb": reference_gb, "run": search_run,
             "retrain": retrain}
