@@ -154,6 +154,12 @@ def main() -> None:
         result["strategies"][strategy] = {
             "mean": statistics.mean(flat), "std": statistics.stdev(flat) if len(flat) > 1 else 0.0,
             "per_seed": per_seed, "val_per_seed": [st["rows"][name]["val"] for st in studies],
+            # The supernet's score of the design (the search's own log; the reference's from
+            # the search run's reference.json): what the strategy optimised.
+            "inherited_per_seed": [st["rows"][name]["inherited_val"] for st in studies],
+            # Which trial found the winner: past the population's size, a mutation did.
+            "found_at_trial_per_seed": [st["inherited"].get(name, {}).get("trial")
+                                        for st in studies],
             "archs": [st["rows"][name]["arch"] for st in studies]}
     result["evolution_beats_random"] = [
         statistics.mean(st["rows"]["search"]["test"])
@@ -245,6 +251,10 @@ def plan(search_run: Path, args) -> dict:
         jobs.update(retrain.jobs(arch, args.seeds))
     inherited = {name: read_yaml(folder / "best_arch.yaml")
                  for name, folder in (("search", search_run), ("random", random_run))}
+    reference_file = search_run / "reference.json"
+    if reference_file.exists():
+        inherited["reference"] = {"score": json.loads(reference_file.read_text())[
+            "inherited_score"]}
     num_classes = json.loads((search_run / "supernet_metrics.json").read_text())["num_classes"]
     return {"budget_gb": budget, "trials": config["trials"], "data": data, "space": space,
             "num_classes": num_classes,
