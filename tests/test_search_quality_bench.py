@@ -62,3 +62,14 @@ def test_reference_names_its_fused_slots_and_prompt_length(overrides):
     assert {(c.query_len, c.query_context_len, c.fusion_context_len)
             for c in configs.values()} == {(4, 4, 4)}
     assert gib > 0
+
+
+def test_reference_in_a_split_space_never_tries_a_prompt_length_of_0():
+    """Where not every slot fits, the search goes down the lengths, past the 0 that a split
+    space allows for its context prompts only, to fewer fused slots."""
+    space = tiny_space(**LARGE)
+    budget = budget_between(space, 0.3)
+    name, gib, arch = reference_that_fits(space, budget)
+    fused = space.fused_slots(arch)
+    assert 1 <= len(fused) < 3 and fused == [3 - len(fused) + k for k in range(len(fused))]
+    assert name.startswith(f"reference:{len(fused)}:") and gib <= budget

@@ -118,7 +118,9 @@ def reference_within_budget(space: SearchSpace, budget_bytes: int, profile: Memo
     the largest single prompt length M that fits with them (None if not even the top slot
     with the shortest M fits). The baseline a search must beat."""
     for n_fused in range(len(space.fusable_slots), 0, -1):
-        for m in sorted(space.prompt_lengths, reverse=True):
+        # M 0 is no design: a fused slot needs query prompts (a split space lists 0 for the
+        # context prompts' sake).
+        for m in sorted((m for m in space.prompt_lengths if m > 0), reverse=True):
             arch = space.reference_arch(n_fused, m)
             nbytes = estimate_bytes(space, arch, profile)
             if nbytes <= budget_bytes:
