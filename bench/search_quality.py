@@ -77,6 +77,15 @@ def feasible_count(space, budget_gb: float, num_classes: int) -> tuple[int, bool
     return fitting, exact
 
 
+def run_budget(search_run: Path) -> tuple:
+    """(space, budget GiB, number of classes) of a finished search run."""
+    from autopmf.space import space_from_dict
+
+    config = read_yaml(search_run / "config.yaml")
+    metrics = json.loads((search_run / "supernet_metrics.json").read_text())
+    return space_from_dict(config["space"]), config["budget_gb"], metrics["num_classes"]
+
+
 def feasible_archs(space, budget_gb: float) -> list[dict]:
     """Every distinct design of the space that the memory model fits into the budget (a slot
     that does not fuse has no other choice, as in `space.canonical`): for `--sample`, in a
@@ -120,12 +129,14 @@ def main() -> None:
                         "within one std of the best design found, i.e. how common good "
                         "designs are when evolution and random search tie")
     args = parser.parse_args()
-    studies = [plan(run, args) for run in args.runs]
-    first = studies[0]
-    feasible, exact = feasible_count(first["space"], first["budget_gb"], first["num_classes"])
+    # Counted before any random search runs, so that a --sample this space cannot take is
+    # refused at once.
+    feasible, exact = feasible_count(*run_budget(args.runs[0]))
     if args.sample and not exact:
         raise SystemExit(f"--sample lists every design that fits; this space has about "
                          f"{feasible:,}: leave --sample out")
+    studies = [plan(run, args) for run in args.runs]
+    first = studies[0]
     sample = (random.Random(0).sample(feasible_archs(first["space"], first["budget_gb"]),
                                       args.sample) if args.sample else [])
     # One pool for every study: a design found by several strategies or search seeds on the
@@ -255,9 +266,7 @@ def plan(search_run: Path, args) -> dict:
     if reference_file.exists():
         inherited["reference"] = {"score": json.loads(reference_file.read_text())[
             "inherited_score"]}
-    num_classes = json.loads((search_run / "supernet_metrics.json").read_text())["num_classes"]
     return {"budget_gb": budget, "trials": config["trials"], "data": data, "space": space,
-            "num_classes": num_classes,
             "split_seed": split_seed, "archs": archs, "folders": folders, "jobs": jobs,
             "inherited": inherited, "reference_gb": reference_gb, "run": search_run,
             "retrain": retrain}
