@@ -14,7 +14,8 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from autopmf.memory import GIB, MemoryProfile, check_budget, estimate_bytes, load_profile
+from autopmf.memory import (GIB, MemoryProfile, check_budget, estimate_bytes, load_profile,
+                            reference_within_budget)
 from autopmf.space import Architecture, SearchSpace
 from supernet.sampling import WARMUP_RULES
 
@@ -75,19 +76,16 @@ class Budget:
 
     def pmf_reference(self) -> tuple[int, int, Architecture] | None:
         """(n, M, arch): the PMF paper's design (the top n fusable slots fused, one prompt
-        length M) that fits: the most top slots, then the longest prompt. None: not even the
-        top slot fuses within the budget at the shortest prompt."""
-        from autopmf.errors import AutopmfError
-
-        for n in range(len(self.space.fusable_slots), 0, -1):
-            for m in sorted((m for m in self.space.prompt_lengths if m > 0), reverse=True):
-                try:
-                    arch = self.space.reference_arch(n, m)
-                except AutopmfError:
-                    continue  # M not allowed for every prompt choice of this space
-                if self.estimate(arch) <= self._limit():
-                    return n, m, arch
-        return None
+        length M) that fits (`reference_within_budget`): the most top slots, then the longest
+        prompt. None: not even the top slot fuses within the budget, or there is no budget."""
+        if not self.limited:
+            return None
+        found = reference_within_budget(self.space, self.limit_bytes, self.profile)
+        if found is None:
+            return None
+        arch = found[0]
+        fused = self.space.fused_slots(arch)
+        return len(fused), self.space.slot_configs(arch, 0)[fused[0]].query_len, arch
 
     def designs_within(self, exact_up_to: int = 20_000, samples: int = 4_000
                        ) -> tuple[int, int, bool]:

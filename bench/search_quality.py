@@ -47,17 +47,18 @@ def read_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def reference_that_fits(space, budget_gb: float) -> tuple[str, float, dict]:
-    """The budget's PMF reference: (reference:N:M, predicted GiB, architecture)."""
-    from autopmf.memory import GIB, load_profile, reference_within_budget
+def reference_that_fits(space, budget_gb: float, num_classes: int) -> tuple[str, float, dict]:
+    """The budget's PMF reference (`Budget.pmf_reference`): (reference:N:M, predicted GiB,
+    architecture)."""
+    from autopmf.budget import Budget
+    from autopmf.memory import GIB
 
-    found = reference_within_budget(space, int(budget_gb * GIB), load_profile(space))
+    budget = Budget.load(space, budget_gb, num_classes)
+    found = budget.pmf_reference()
     if found is None:
         raise SystemExit(f"no PMF reference design fits {budget_gb} GiB")
-    arch, nbytes = found
-    fused = space.fused_slots(arch)
-    prompt_len = space.slot_configs(arch, 0)[fused[0]].query_len  # shared or split prompts
-    return f"reference:{len(fused)}:{prompt_len}", nbytes / GIB, arch
+    n, m, arch = found
+    return f"reference:{n}:{m}", budget.estimate(arch) / GIB, arch
 
 
 def mean_and_range(scores: list[float]) -> str:
@@ -250,7 +251,8 @@ def plan(search_run: Path, args) -> dict:
     if not (random_run / "best_arch.yaml").exists():
         random_search(search_run, random_run, space_file, config)
     space = load_space(str(space_file))
-    _, reference_gb, reference_arch = reference_that_fits(space, budget)
+    _, reference_gb, reference_arch = reference_that_fits(space, budget,
+                                                          run_budget(search_run)[2])
     archs = {"search": read_yaml(search_run / "best_arch.yaml")["arch"],
              "random": read_yaml(random_run / "best_arch.yaml")["arch"],
              "reference": reference_arch}

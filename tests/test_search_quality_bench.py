@@ -55,7 +55,7 @@ def test_large_space_estimates_the_count_it_cannot_list():
 @pytest.mark.parametrize("overrides", [{}, LARGE], ids=["shared", "split"])
 def test_reference_names_its_fused_slots_and_prompt_length(overrides):
     space = tiny_space(**overrides)
-    name, gib, arch = reference_that_fits(space, budget_between(space, 1.0))
+    name, gib, arch = reference_that_fits(space, budget_between(space, 1.0), num_classes=2)
     assert name == "reference:3:4"  # every slot fused, the longest prompts
     configs = space.slot_configs(arch, 0)
     assert sorted(configs) == [0, 1, 2]
@@ -69,7 +69,7 @@ def test_reference_in_a_split_space_never_tries_a_prompt_length_of_0():
     space allows for its context prompts only, to fewer fused slots."""
     space = tiny_space(**LARGE)
     budget = budget_between(space, 0.3)
-    name, gib, arch = reference_that_fits(space, budget)
+    name, gib, arch = reference_that_fits(space, budget, num_classes=2)
     fused = space.fused_slots(arch)
     assert 1 <= len(fused) < 3 and fused == [3 - len(fused) + k for k in range(len(fused))]
     assert name.startswith(f"reference:{len(fused)}:") and gib <= budget
