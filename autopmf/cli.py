@@ -13,8 +13,8 @@ from autopmf.choices import (DEFAULT_SLOT_BYTES, DEVICES, FEATURE_CACHE_MODES,
                              INHERITED_SCORINGS, PROBE_EXAMPLES, RETRAIN_INITS, STRATEGIES,
                              SUPERNET_SCOPES)
 from autopmf.errors import AutopmfError
-from autopmf.layout import (BEST_ARCH, PARETO, SEARCH_LOG, SUPERNET_METRICS, SUPERNET_WEIGHTS,
-                            TRAIN_OUTPUTS)
+from autopmf.layout import (BEST_ARCH, FINALISTS, PARETO, SEARCH_LOG, SUPERNET_METRICS,
+                            SUPERNET_WEIGHTS, TRAIN_OUTPUTS)
 from autopmf.units import GIB, gib
 
 DEMO_SPACE = "demo"
@@ -219,6 +219,7 @@ def cmd_search(args) -> int:
                        population=args.population, strategy=args.strategy, seed=args.seed,
                        inherited_score=args.inherited_score,
                        probe_examples=args.probe_examples,
+                       finalists=args.finalists, finalist_epochs=args.finalist_epochs,
                        progress=not args.quiet, supernet_from=args.supernet_from,
                        supernet=_supernet_config(args, space))
     result = run_search(space, _data_spec(args, args.data), Path(args.out), cfg,
@@ -226,11 +227,13 @@ def cmd_search(args) -> int:
     if args.json:
         print(json.dumps(dict(result, out=str(args.out))))
         return 0
-    best = result["best"]
+    best, chosen = result["best"], result.get("finalists")
     print(f"best of {result['trials']} candidates: {result['metric']} {best['score']:.4f} at "
           f"{gib(best['mem_gb'])} GiB (budget {gib(args.budget_gb, exact=True)} GiB), fused slots "
-          f"{space.fused_slots(best['arch'])}")
-    _print_wrote(args.out, BEST_ARCH, SEARCH_LOG, PARETO)
+          f"{space.fused_slots(best['arch'])}"
+          + (f"; chosen by {chosen['chosen_by']}, val {chosen['finalist_val_score']:.4f}"
+             if chosen else ""))
+    _print_wrote(args.out, BEST_ARCH, SEARCH_LOG, PARETO, *([FINALISTS] if chosen else []))
     return 0
 
 
@@ -254,6 +257,7 @@ def cmd_demo(args) -> int:
     cfg = SearchConfig(budget_gb=DEMO_BUDGET_GB, trials=args.trials, seed=args.seed,
                        inherited_score=args.inherited_score,
                        probe_examples=args.probe_examples, progress=not args.quiet,
+                       finalists=args.finalists, finalist_epochs=args.finalist_epochs,
                        supernet=_supernet_config(args, space))
     run_search(space, DEMO_DATA, out, cfg, resume=not args.force, force=args.force)
     _, arch = load_arch(out / BEST_ARCH)
@@ -450,6 +454,16 @@ def _add_inherited_score_option(p) -> None:
                    "training split, at the cost of a longer forward pass per candidate")
 
 
+def _add_finalists_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--finalists", type=int, default=0, metavar="K",
+                   help="train the K best candidates by inherited score standalone for "
+                   "--finalist-epochs each, at the supernet's --lr and --prompt-init, and "
+                   "pick the winner by their validation scores (RUN/finalists/); 0 (the "
+                   "default) picks by inherited score alone")
+    p.add_argument("--finalist-epochs", type=int, default=1, metavar="E",
+                   help="standalone training epochs of each finalist (default 1)")
+
+
 def _add_supernet_options(p: argparse.ArgumentParser) -> None:
     _add_sampling_options(p)
     _add_warmup_option(p)
@@ -533,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--supernet-from", default=None, metavar="RUN",
                    help="reuse RUN's trained supernet (same space, data and supernet settings)")
     _add_inherited_score_option(p)
+    _add_finalists_options(p)
     _add_supernet_options(p)
     _add_data_seed_option(p)
     _add_json_option(p)
@@ -587,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain-epochs", type=int, default=8,
                    help="epochs of the winner's standalone retraining")
     _add_inherited_score_option(p)
+    _add_finalists_options(p)
     _add_sampling_options(p)
     _add_warmup_option(p)
     _add_train_options(p, epochs=DEMO_SETTINGS["epochs"])  # --epochs: the supernet's

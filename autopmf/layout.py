@@ -15,6 +15,8 @@ SEARCH_LOG = "search_log.jsonl"  # one line per candidate, as scored (search_log
 BEST_ARCH = "best_arch.yaml"
 PARETO = "pareto.json"
 REFERENCE = "reference.json"  # the PMF paper's design within the budget, inherited score
+FINALISTS = "finalists.json"  # --finalists: the shortlist's standalone scores and the winner
+FINALISTS_DIR = "finalists"  # --finalists: one training run folder per finalist
 
 # autopmf supernet (and the search's supernet)
 SUPERNET_WEIGHTS = "supernet.safetensors"
@@ -39,6 +41,6 @@ PLOTS_DATA = tuple(p.removesuffix(".png") + ".json"
 # (search, supernet, train, retrain, log --plot): --force removes these and the checkpoint
 # folders, so no file of an older run of any kind passes for part of the new one, and it
 # removes nothing else.
-RUN_FILES = (CONFIG, SEARCH_LOG, BEST_ARCH, PARETO, REFERENCE, SUPERNET_WEIGHTS,
+RUN_FILES = (CONFIG, SEARCH_LOG, BEST_ARCH, PARETO, REFERENCE, FINALISTS, SUPERNET_WEIGHTS,
              SUPERNET_METRICS, *TRAIN_OUTPUTS, PLOT_SCORE_VS_MEMORY, PLOT_BEST_SO_FAR,
              PLOT_SLOT_FUSION, *PLOTS_DATA)

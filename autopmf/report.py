@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from autopmf.errors import AutopmfError
-from autopmf.layout import (CONFIG, METRICS, PLOT_BEST_SO_FAR, PLOT_SCORE_VS_MEMORY,
+from autopmf.layout import (CONFIG, FINALISTS, METRICS, PLOT_BEST_SO_FAR, PLOT_SCORE_VS_MEMORY,
                             PLOT_SLOT_FUSION, PLOTS, REFERENCE, SEARCH_LOG)
 from autopmf.search_log import SearchLog, brief, is_scored, pareto_front
 from autopmf.units import gib
@@ -67,6 +67,12 @@ def describe_arch(arch: Mapping[str, Any], fusable_slots: Iterable[int] | None =
     return "fuse " + " ".join(parts) if parts else "none"
 
 
+def design_slug(space, arch: Mapping[str, Any]) -> str:
+    """`2M2_3M2_4M2_5M2`: a folder name for one design of `space` (its canonical form)."""
+    text = describe_arch(space.canonical(arch), space.fusable_slots)
+    return text.removeprefix("fuse ").replace(" ", "_").replace(":", "").replace("/", "-")
+
+
 def summarize(run: str | Path, top_k: int = 5) -> dict:
     """Everything `autopmf log` shows, as plain JSON-able data."""
     run = _check_run(run)
@@ -107,7 +113,20 @@ def summarize(run: str | Path, top_k: int = 5) -> dict:
         "all_scored": [brief(e) for e in scored],  # for the plots
         "tie_break": _tie_break(winner, feasible),
         "reference": _reference(run, slots),
+        "finalists": _finalists(run),
     }
+
+
+def _finalists(run: Path) -> dict | None:
+    """finalists.json (`--finalists`): the shortlist's standalone scores and the winner, which
+    is best_arch.yaml; None for a search without finalists or before they have all trained."""
+    try:
+        record = json.loads((run / FINALISTS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = (isinstance(record, dict) and isinstance(record.get("finalists"), list)
+          and isinstance(record.get("winner"), dict))
+    return record if ok else None
 
 
 def _tie_break(winner: Mapping | None, feasible: list[dict]) -> dict | None:
@@ -163,6 +182,20 @@ def _table(rows: list[dict], slots, metric: str, rank: bool, budget: float) -> l
     return out
 
 
+def _finalists_table(record: Mapping, slots, metric: str) -> list[str]:
+    """The finalists by inherited score, with their standalone scores; the winner marked."""
+    out = [f"finalists: the top {len(record['finalists'])} by inherited {metric}, each trained "
+           f"{record['epochs']} epoch(s) standalone; the best standalone val {metric} is "
+           "best_arch.yaml",
+           f"{'rank':>4} {'trial':>5} {'inherited':>9} {'standalone':>10} {'mem GiB':>7}  arch"]
+    for f in record["finalists"]:
+        won = "  <- winner" if f["trial"] == record["winner"]["trial"] else ""
+        out.append(f"{f['rank']:>4} {f['trial']:>5} {f['inherited_score']:>9.4f} "
+                   f"{f['val_score']:>10.4f} {gib(f['mem_gb']):>7}  "
+                   f"{describe_arch(f['arch'], slots)}{won}")
+    return out
+
+
 def print_summary(summary: Mapping, space_slots: Iterable[int] | None = None,
                   file=None) -> None:
     """Human-readable report: header, top-K, best-so-far improvements, Pareto front."""
@@ -193,6 +226,8 @@ def print_summary(summary: Mapping, space_slots: Iterable[int] | None = None,
             lines.append(f"the winner, trial {tie['winner_trial']}, ties trial "
                          f"{tie['first_trial']}'s {metric} and wins the tie on memory "
                          f"({gib(tie['winner_mem_gb'])} vs {gib(tie['first_mem_gb'])} GiB)")
+    if s.get("finalists"):
+        lines += [""] + _finalists_table(s["finalists"], slots, metric)
     ref = s.get("reference")
     if ref and ref.get("score") is not None:
         versus = ""

@@ -95,7 +95,8 @@ class RunClaim:
 
 
 def claim_run_dir(out: Path, identity: dict, *, resume: bool, force: bool, what: str,
-                  outputs: Iterable[str] = (), finished: str | None = None) -> RunClaim:
+                  outputs: Iterable[str] = (), finished: str | None = None,
+                  optional_keys: Iterable[str] = ()) -> RunClaim:
     """Check that `out` may take the run `identity`; nothing is changed on disk yet.
 
     With `force`, `out` must be empty of run files or hold an autopmf run: the caller calls
@@ -103,7 +104,9 @@ def claim_run_dir(out: Path, identity: dict, *, resume: bool, force: bool, what:
     (`outputs`, the run's own files, are all in RUN_FILES.) `finished`, the file that marks
     a finished run of this kind: found with no config.yaml to identify its run, it is
     refused without `force`; checkpoints found so are resumed only with `resume` (their
-    fingerprint then decides)."""
+    fingerprint then decides). `optional_keys`: identity keys left out at their default
+    (so that runs from before the setting existed resume); one the old run named and
+    `identity` leaves out is a difference too."""
     out = Path(out)
     config = out / CONFIG
     if force:
@@ -126,7 +129,9 @@ def claim_run_dir(out: Path, identity: dict, *, resume: bool, force: bool, what:
         previous = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError):
         previous = {}
-    if not isinstance(previous, dict) or {k: previous.get(k) for k in identity} != identity:
+    named = [k for k in optional_keys if k not in identity]
+    if (not isinstance(previous, dict) or {k: previous.get(k) for k in identity} != identity
+            or any(k in previous for k in named)):
         raise AutopmfError(f"{out} holds a different {what} (other space, data, seed or "
                            "settings); choose another --out, or --force to replace it")
     if not resume:

@@ -27,7 +27,7 @@ from autopmf.files import atomic_copy, atomic_write_json, load_tensors
 from autopmf.memory import GIB
 from autopmf.progress import Progress, announce_budget, announce_data
 from autopmf.layout import BEST_ARCH as BEST
-from autopmf.layout import PARETO, REFERENCE
+from autopmf.layout import FINALISTS, PARETO, REFERENCE
 from autopmf.layout import SEARCH_LOG as LOG
 from autopmf.layout import SUPERNET_METRICS, SUPERNET_WEIGHTS
 from autopmf.report import describe_arch
@@ -61,6 +61,11 @@ class SearchConfig:
     # Another search run whose trained supernet to reuse (same space, data and supernet
     # settings, checked by fingerprint): e.g. evolution vs random search on one supernet.
     supernet_from: Path | None = None
+    # Finalists (autopmf.finalists): the top `finalists` candidates by inherited score each
+    # train standalone for `finalist_epochs` epochs, and the best validation score wins; 0
+    # picks the winner by inherited score alone.
+    finalists: int = 0
+    finalist_epochs: int = 1
 
 
 # ----- one candidate --------------------------------------------------------------------
@@ -161,6 +166,11 @@ def _copy_supernet(source: Path, out: Path) -> None:
         atomic_copy(source / name, out / name)
 
 
+# Settings the identity names only when not at their default (searches from before them
+# resume).
+OPTIONAL_IDENTITY = ("inherited_score", "probe_examples", "finalists", "finalist_epochs")
+
+
 def _run_identity(space: SearchSpace, data_spec: str, cfg: SearchConfig) -> dict:
     """What makes two searches the same search (resume must match it)."""
     return {"space": space.to_dict(), "data": data_spec, "budget_gb": cfg.budget_gb,
@@ -173,7 +183,10 @@ def _run_identity(space: SearchSpace, data_spec: str, cfg: SearchConfig) -> dict
                {"inherited_score": cfg.inherited_score}),
             # Likewise named only when not the default, so earlier probe searches resume.
             **({} if cfg.probe_examples == PROBE_EXAMPLES else
-               {"probe_examples": cfg.probe_examples})}
+               {"probe_examples": cfg.probe_examples}),
+            # Likewise: searches without finalists resume as before.
+            **({} if cfg.finalists == 0 else
+               {"finalists": cfg.finalists, "finalist_epochs": cfg.finalist_epochs})}
 
 
 @holds_run_lock
@@ -190,6 +203,10 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
                            f"{' or '.join(INHERITED_SCORINGS)}")
     if cfg.probe_examples < 1:
         raise AutopmfError(f"--probe-examples must be at least 1, got {cfg.probe_examples}")
+    if cfg.finalists < 0:
+        raise AutopmfError(f"--finalists must be 0 (off) or more, got {cfg.finalists}")
+    if cfg.finalists and cfg.finalist_epochs < 1:
+        raise AutopmfError(f"--finalist-epochs must be at least 1, got {cfg.finalist_epochs}")
     if cfg.supernet.epochs == 0 and cfg.inherited_score == "heads":
         raise AutopmfError("--inherited-score heads reads the supernet's shared heads, which "
                            "an untrained supernet (--epochs 0) does not fit; use "
@@ -198,8 +215,8 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     out = Path(out)
     identity = _run_identity(space, data_spec, cfg)
     claim = claim_run_dir(out, identity, resume=resume, force=force, what="search",
-                          outputs=(LOG, BEST, PARETO, REFERENCE, SUPERNET_METRICS,
-                                   SUPERNET_WEIGHTS))
+                          outputs=(LOG, BEST, PARETO, REFERENCE, FINALISTS, SUPERNET_METRICS,
+                                   SUPERNET_WEIGHTS), optional_keys=OPTIONAL_IDENTITY)
     dataset = load_dataset(data_spec, seed=cfg.supernet.split_seed, image_size=space.image_size)
     num_classes, dataset_metric = len(dataset.label_names), dataset.metric
     budget = Budget.load(space, cfg.budget_gb, num_classes, cfg.supernet.device)
@@ -244,8 +261,29 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
     reference = pmf_reference_record(budget, scorer, log.entries)
     if reference is not None:
         atomic_write_json(out / REFERENCE, reference)
+    chosen = {}
+    if cfg.finalists:
+        best, chosen = _run_finalists(space, data_spec, out, log, cfg, force)
     save_arch(out / BEST, space, best["arch"], score=best["score"], mem_gb=best["mem_gb"],
               trial=best["trial"], budget_gb=cfg.budget_gb, data=data_spec,
-              metric=run.metric)
+              metric=run.metric, **chosen)
     return {"best": best, "pareto": front, "trials": len(log.entries),
-            "seconds": time.perf_counter() - started, "metric": run.metric}
+            "seconds": time.perf_counter() - started, "metric": run.metric,
+            **({"finalists": chosen} if chosen else {})}
+
+
+def _run_finalists(space: SearchSpace, data_spec: str, out: Path, log: SearchLog,
+                   cfg: SearchConfig, force: bool) -> tuple[dict, dict]:
+    """Train the shortlist (autopmf.finalists) -> (the winner's log entry, what best_arch.yaml
+    records of how it was chosen)."""
+    from autopmf.finalists import finalist_train_config, shortlist, train_finalists
+
+    train_cfg = finalist_train_config(cfg.supernet, cfg.finalist_epochs, cfg.progress)
+    record = train_finalists(space, data_spec, out,
+                             shortlist(space, log.entries, cfg.budget_gb, cfg.finalists),
+                             train_cfg, cfg.supernet.feature_cache, force=force)
+    winner = record["winner"]
+    entry = next(e for e in log.entries if e["trial"] == winner["trial"])
+    return entry, {"chosen_by": f"finalists ({len(record['finalists'])} trained "
+                                f"{record['epochs']} epoch(s) standalone)",
+                   "finalist_val_score": winner["val_score"]}

@@ -223,15 +223,10 @@ def random_search(search_run: Path, random_run: Path, space_file: Path, config: 
          "--supernet-scope", "budget" if supernet.get("budget_gb") else "full",
          "--inherited-score", config.get("inherited_score", "heads"),
          "--probe-examples", str(config.get("probe_examples", PROBE_EXAMPLES)),
+         # The same finalists stage, if the search had one: both strategies choose alike.
+         "--finalists", str(config.get("finalists", 0)),
+         "--finalist-epochs", str(config.get("finalist_epochs", 1)),
          "--supernet-from", str(search_run), "--out", str(random_run), "--quiet", "--resume"])
-
-
-def design_slug(space, arch: dict) -> str:
-    """`2M2_3M2_4M2_5M2`: a folder name for one design (its canonical form)."""
-    from autopmf.report import describe_arch
-
-    text = describe_arch(space.canonical(arch), space.fusable_slots)
-    return text.removeprefix("fuse ").replace(" ", "_").replace(":", "").replace("/", "-")
 
 
 def plan(search_run: Path, args) -> dict:
@@ -287,6 +282,8 @@ class Retrains:
                        "--data-seed", str(split_seed)]
 
     def _slug(self, arch: dict) -> str:
+        from autopmf.report import design_slug
+
         return f"{design_slug(self.space, arch)}-split{self.split_seed}"
 
     def folders(self, arch: dict, seeds: int) -> list[Path]:
