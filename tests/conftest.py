@@ -26,6 +26,16 @@ def tiny_space(**overrides):
     return space_from_dict(spec)
 
 
+def budget_between(space, share=0.75, **profile_options) -> float:
+    """A training-memory budget (GiB) `share` of the way from the space's smallest design's
+    peak to its largest's: at 0.75 the largest does not fit."""
+    from autopmf.memory import GIB, load_profile, max_memory_arch, min_memory_arch
+
+    profile = load_profile(space, **profile_options)
+    low, high = min_memory_arch(space, profile)[1], max_memory_arch(space, profile)[1]
+    return (low + share * (high - low)) / GIB
+
+
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     """One feature/profile cache per test module, shared with its child processes (a module

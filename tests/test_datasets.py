@@ -16,6 +16,7 @@ from autopmf.cli import main
 from autopmf.data.registry import load_dataset
 from autopmf.errors import AutopmfError
 from autopmf.metrics import f1_scores, loss_fn, score
+from tests.conftest import budget_between
 
 SIZE = 16  # image_size the fixtures load at: small and fast
 
@@ -299,13 +300,10 @@ def test_multilabel_loss_is_binary_cross_entropy():
 # ----- end to end on tiny encoders ----------------------------------------------------------
 def budget_for(space_name, num_classes):
     """A budget that the largest architecture does not fit and the smallest does."""
-    from autopmf.memory import GIB, load_profile, max_memory_arch, min_memory_arch
     from autopmf.space import load_space
 
     space = load_space(space_name)
-    profile = load_profile(space, num_classes=num_classes)
-    low, high = min_memory_arch(space, profile)[1], max_memory_arch(space, profile)[1]
-    return (low + 0.75 * (high - low)) / GIB
+    return budget_between(space, num_classes=num_classes)
 
 
 def search_and_retrain(data, out, num_classes, extra=(), baselines=False):

@@ -27,6 +27,7 @@ import yaml
 
 from autopmf.cli import main
 from autopmf.files import load_tensors
+from tests.conftest import budget_between
 
 REPO = Path(__file__).resolve().parent.parent
 # A small slice of the digits task: a supernet epoch takes about a second, a candidate 50 ms.
@@ -45,13 +46,10 @@ COMPLETE = ("config.yaml", "best_arch.yaml", "pareto.json", "search_log.jsonl",
 @pytest.fixture(scope="module")
 def search_cmd(cache_dir) -> list[str]:
     """SEARCH with a budget that the largest architecture of the space does not fit."""
-    from autopmf.memory import GIB, load_profile, max_memory_arch, min_memory_arch
     from autopmf.space import load_space
 
     space = load_space("tiny")
-    profile = load_profile(space)
-    low, high = min_memory_arch(space, profile)[1], max_memory_arch(space, profile)[1]
-    return [*SEARCH, "--budget-gb", f"{(low + 0.75 * (high - low)) / GIB:.6f}"]
+    return [*SEARCH, "--budget-gb", f"{budget_between(space):.6f}"]
 
 
 # ----- kill -9 and resume ----------------------------------------------------------------

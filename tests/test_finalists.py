@@ -10,25 +10,10 @@ from autopmf import train_arch
 from autopmf.cli import main
 from autopmf.errors import AutopmfError
 from autopmf.finalists import finalist_train_config, pick_winner, shortlist
-from autopmf.memory import GIB, load_profile, max_memory_arch, min_memory_arch
 from autopmf.search import SearchConfig, run_search
 from autopmf.search_log import ranked
 from autopmf.supernet_train import SupernetConfig
-from tests.conftest import tiny_space
-
-DATA = "digits:examples_per_image=1"
-
-
-@pytest.fixture(scope="module")
-def space():
-    return tiny_space(batch_size=16)
-
-
-@pytest.fixture(scope="module")
-def budget_gb(space):
-    profile = load_profile(space)
-    low, high = min_memory_arch(space, profile)[1], max_memory_arch(space, profile)[1]
-    return (low + 0.75 * (high - low)) / GIB
+from tests.test_search import DATA, budget_gb, log_of, space  # noqa: F401  (fixtures)
 
 
 def config(budget_gb, finalists=3, finalist_epochs=1):
@@ -45,10 +30,6 @@ def finished(space, budget_gb, tmp_path_factory):
     out = tmp_path_factory.mktemp("finalists")
     result = run_search(space, DATA, out, config(budget_gb))
     return out, result
-
-
-def log_of(out):
-    return [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
 
 
 def entry(trial, arch, score, mem_gb=0.1, status="scored"):

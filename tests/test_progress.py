@@ -13,10 +13,10 @@ import yaml
 
 from autopmf import cli, progress
 from autopmf.cli import build_parser, main
-from autopmf.memory import GIB, load_profile, max_memory_arch, min_memory_arch
 from autopmf.report import print_summary, summarize
 from autopmf.space import load_space
 from autopmf.units import gib
+from tests.conftest import budget_between
 
 DATA = "digits:examples_per_image=1"
 STARTUP = ("data: digits", "encoders (frozen", "feature cache: ", "memory: ")
@@ -33,9 +33,7 @@ def plain_lines(monkeypatch):
 def budget_text() -> str:
     """A budget between the tiny space's smallest and largest designs, as a user types it."""
     space = load_space("tiny")  # what --space tiny loads
-    profile = load_profile(space)
-    low, high = min_memory_arch(space, profile)[1], max_memory_arch(space, profile)[1]
-    return f"{(low + 0.75 * (high - low)) / GIB:.3g}"
+    return f"{budget_between(space):.3g}"
 
 
 def first_index(lines: list[str], prefix: str) -> int:

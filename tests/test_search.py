@@ -11,11 +11,11 @@ from autopmf.budget import repair
 from autopmf.cli import main
 from autopmf.errors import AutopmfError
 from autopmf.report import summarize
-from autopmf.memory import GIB, estimate_bytes, load_profile, max_memory_arch, min_memory_arch
+from autopmf.memory import GIB, estimate_bytes, load_profile, max_memory_arch
 from autopmf.search import SearchConfig, run_search
 from autopmf.space import load_arch
 from autopmf.supernet_train import SupernetConfig
-from tests.conftest import tiny_space
+from tests.conftest import budget_between, tiny_space
 
 DATA = "digits:examples_per_image=1"
 
@@ -27,9 +27,7 @@ def space():
 
 @pytest.fixture(scope="module")
 def budget_gb(space):
-    profile = load_profile(space)
-    low, high = min_memory_arch(space, profile)[1], max_memory_arch(space, profile)[1]
-    return (low + 0.75 * (high - low)) / GIB  # the largest architecture does not fit
+    return budget_between(space)  # the largest architecture does not fit
 
 
 def config(budget_gb, trials=14):

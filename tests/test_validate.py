@@ -13,12 +13,11 @@ import yaml
 from autopmf import train_arch
 from autopmf.cli import main
 from autopmf.errors import AutopmfError
-from autopmf.memory import GIB, load_profile, max_memory_arch, min_memory_arch
 from autopmf.search import SearchConfig, run_search
 from autopmf.supernet_train import SupernetConfig
 from autopmf.ranking import kendall_tau_b
 from autopmf.validate import candidates, select_spread, validate_run
-from tests.conftest import tiny_space
+from tests.conftest import budget_between, tiny_space
 
 DATA = "digits:examples_per_image=1"
 # End to end: 13 answers, some learnable from the question alone, so that tiny random encoders
@@ -111,10 +110,8 @@ def test_bad_input_is_one_line_error_exit_2(tmp_path, capsys, make_run, argv, me
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     space = tiny_space(batch_size=16)
-    profile = load_profile(space)
-    low, high = min_memory_arch(space, profile)[1], max_memory_arch(space, profile)[1]
     out = tmp_path_factory.mktemp("search")
-    cfg = SearchConfig(budget_gb=(low + 0.75 * (high - low)) / GIB, trials=6, population=4,
+    cfg = SearchConfig(budget_gb=budget_between(space), trials=6, population=4,
                        tournament=2, seed=1, progress=False,
                        supernet=SupernetConfig(epochs=3, batch_size=16, lr=3e-2, seed=2,
                                                head_lr_scale=1.0, progress=False))
