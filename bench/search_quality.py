@@ -154,6 +154,9 @@ def main() -> None:
     result = {"budget_gb": studies[0]["budget_gb"], "trials": studies[0]["trials"],
               "epochs": args.epochs, "lr": args.lr, "search_seeds": len(studies),
               "retrain_seeds": args.seeds,
+              # The searches' finalists stage (0: winners by inherited score alone).
+              "finalists": first["config"].get("finalists", 0),
+              "finalist_epochs": first["config"].get("finalist_epochs"),
               "data": studies[0]["data"],
               "data_seeds": [st["split_seed"] for st in studies],
               "feasible_designs": feasible,
@@ -172,6 +175,10 @@ def main() -> None:
             # Which trial found the winner: past the population's size, a mutation did.
             "found_at_trial_per_seed": [st["inherited"].get(name, {}).get("trial")
                                         for st in studies],
+            # With --finalists: per search seed, each finalist's trial, inherited and
+            # standalone validation scores (finalists.json); the winner is `archs`.
+            **({"finalists_per_seed": [st["finalists"][name] for st in studies]}
+               if name in studies[0]["finalists"] else {}),
             "archs": [st["rows"][name]["arch"] for st in studies]}
     result["evolution_beats_random"] = [
         statistics.mean(st["rows"]["search"]["test"])
@@ -259,13 +266,20 @@ def plan(search_run: Path, args) -> dict:
         jobs.update(retrain.jobs(arch, args.seeds))
     inherited = {name: read_yaml(folder / "best_arch.yaml")
                  for name, folder in (("search", search_run), ("random", random_run))}
+    finalists = {name: [{k: f[k] for k in ("trial", "inherited_score", "val_score")}
+                        for f in json.loads((folder / "finalists.json").read_text())[
+                            "finalists"]]
+                 for name, folder in (("search", search_run), ("random", random_run))
+                 if (folder / "finalists.json").exists()}
     reference_file = search_run / "reference.json"
     if reference_file.exists():
         inherited["reference"] = {"score": json.loads(reference_file.read_text())[
             "inherited_score"]}
     return {"budget_gb": budget, "trials": config["trials"], "data": data, "space": space,
+            "config": config,
             "split_seed": split_seed, "archs": archs, "folders": folders, "jobs": jobs,
-            "inherited": inherited, "reference_gb": reference_gb, "run": search_run,
+            "inherited": inherited, "finalists": finalists, "reference_gb": reference_gb,
+            "run": search_run,
             "retrain": retrain}
 
 
