@@ -460,8 +460,9 @@ def _add_finalists_options(p: argparse.ArgumentParser) -> None:
                    "--finalist-epochs each, at the supernet's --lr and --prompt-init, and "
                    "pick the winner by their validation scores (RUN/finalists/); 0 (the "
                    "default) picks by inherited score alone")
-    p.add_argument("--finalist-epochs", type=int, default=1, metavar="E",
-                   help="standalone training epochs of each finalist (default 1)")
+    p.add_argument("--finalist-epochs", type=int, default=2, metavar="E",
+                   help="standalone training epochs of each finalist (default 2: after one "
+                   "epoch most finalists were still below their starting score)")
 
 
 def _add_supernet_options(p: argparse.ArgumentParser) -> None:

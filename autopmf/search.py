@@ -63,9 +63,10 @@ class SearchConfig:
     supernet_from: Path | None = None
     # Finalists (autopmf.finalists): the top `finalists` candidates by inherited score each
     # train standalone for `finalist_epochs` epochs, and the best validation score wins; 0
-    # picks the winner by inherited score alone.
+    # picks the winner by inherited score alone. 2 epochs: after one, from the fixed start at
+    # lr 3e-4, most finalists were still below their start (BENCHMARKS.md, "Finalists").
     finalists: int = 0
-    finalist_epochs: int = 1
+    finalist_epochs: int = 2
 
 
 # ----- one candidate --------------------------------------------------------------------

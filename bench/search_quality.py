@@ -232,7 +232,7 @@ def random_search(search_run: Path, random_run: Path, space_file: Path, config: 
          "--probe-examples", str(config.get("probe_examples", PROBE_EXAMPLES)),
          # The same finalists stage, if the search had one: both strategies choose alike.
          "--finalists", str(config.get("finalists", 0)),
-         "--finalist-epochs", str(config.get("finalist_epochs", 1)),
+         "--finalist-epochs", str(config.get("finalist_epochs", 2)),
          "--supernet-from", str(search_run), "--out", str(random_run), "--quiet", "--resume"])
 
 
