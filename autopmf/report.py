@@ -82,7 +82,7 @@ def summarize(run: str | Path, top_k: int = 5) -> dict:
     budget = float(config["budget_gb"])
     scored = [e for e in entries if is_scored(e)]
     feasible = [e for e in scored if e["mem_gb"] <= budget]
-    ranked = log.ranked(budget)  # its first is the search's best_arch.yaml
+    ranked = log.ranked(budget)  # its first is best_arch.yaml, or else a finalist won
 
     best_so_far, best = [], -math.inf
     for e in feasible:  # already in trial order
