@@ -3,10 +3,11 @@ a short while, the winner chosen by that training's validation score.
 
 Why: the supernet's inherited scores find the good region of a space but order its top
 candidates mostly by noise. On the demo's distilled supernet a candidate's probe score moves
-by about 0.01 with its probe's training sample, as much as the top candidates differ, and it
-ranks designs at Kendall tau 0.33 against standalone training, while one standalone epoch
-ranks them at about 0.62 (BENCHMARKS.md, "How much of a probe score is the probe's own
-sample?"). So the supernet shortlists and a little real training picks.
+by about 0.01 with its probe's training sample, as much as the top candidates differ
+(BENCHMARKS.md, "How much of a probe score is the probe's own sample?"). So the supernet
+shortlists and a little real training picks: 3 finalists x 2 epochs raised the retrained
+winners by 0.013-0.018 on two spaces; 1 epoch from the fixed start mostly read each
+finalist's start (BENCHMARKS.md, "Finalists").
 
 Each finalist trains in RUN/finalists/<design>, a training run of its own (`autopmf train`'s
 files): an interrupted search resumes with the finished finalists read back and the
