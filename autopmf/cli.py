@@ -482,7 +482,9 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     from supernet.sampling import SAMPLING_RULES
 
     p.add_argument("--sampling", choices=SAMPLING_RULES, default="sandwich",
-                   help="supernet training: which subnet trains at each step")
+                   help="supernet training: which subnet trains at each step (progressive: "
+                   "the largest alone, then its slots at every length, then every subnet, a "
+                   "third of the steps each)")
     p.add_argument("--few-shot", choices=FEW_SHOT_SPLITS, default="none",
                    help="supernet training: one supernet (none, the default), or one per "
                    "highest (top-slot) or lowest (bottom-slot) fused slot, each trained only on "

@@ -297,12 +297,16 @@ class SupernetSteps(LoopHooks):
                 f"val {self.metric}: {shown}")
 
 
+# The sampling rules that train the budget's largest subnet often enough to teach the others.
+DISTILL_SAMPLING = ("sandwich", "progressive")
+
+
 def check_supernet_settings(cfg: SupernetConfig) -> None:
     """Refuse settings that cannot train, before a run folder is claimed."""
-    if cfg.distill and cfg.sampling != "sandwich":
-        # Only the sandwich trains the teacher (the budget's largest) on the labels.
-        raise AutopmfError(f"--distill needs --sampling sandwich, whose every third step "
-                           f"trains the largest subnet on the labels; --sampling "
+    if cfg.distill and cfg.sampling not in DISTILL_SAMPLING:
+        # Only these train the teacher (the budget's largest) on the labels.
+        raise AutopmfError(f"--distill needs --sampling sandwich or progressive, which train "
+                           f"the largest subnet on the labels in every third step; --sampling "
                            f"{cfg.sampling} rarely draws it, so the other subnets would learn "
                            "an untrained teacher; add --no-distill (the demo distils by "
                            "default) or use --sampling sandwich")
@@ -383,7 +387,8 @@ def supernet_of_run(space: SearchSpace, data_spec: str, out: Path, cfg: Supernet
         announce_budget(budget, cfg.budget_gb)
     fit, largest, warmup_archs = sampler_restriction(budget, cfg.warmup)
     sampler = ArchSampler(space, cfg.sampling, cfg.seed, fit=fit, largest=largest,
-                          warmup_steps=cfg.warmup_epochs * steps, warmup_archs=warmup_archs)
+                          warmup_steps=cfg.warmup_epochs * steps, warmup_archs=warmup_archs,
+                          total_steps=cfg.epochs * steps)
     # Drawn ahead (sampling is a pure function of the step): which first and last fused
     # slots the training will reach, and how often.
     shares = steps_by_edge_slot(sampler, range(sampler.warmup_steps, cfg.epochs * steps))

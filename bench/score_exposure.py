@@ -45,7 +45,8 @@ def steps_by_lowest_slot(run: Path, designs: list[str]) -> tuple[dict[int, int],
                                             "cpu", cfg["warmup"])
     steps = metrics["steps_per_epoch"]
     sampler = ArchSampler(space, cfg["sampling"], cfg["seed"], fit=fit, largest=largest,
-                          warmup_steps=cfg["warmup_epochs"] * steps, warmup_archs=warmup_archs)
+                          warmup_steps=cfg["warmup_epochs"] * steps, warmup_archs=warmup_archs,
+                          total_steps=cfg["epochs"] * steps)
     lowest = [min(space.fused_slots(parse_design(space, design))) for design in designs]
     return steps_by_edge_slot(sampler, range(sampler.warmup_steps,
                                              cfg["epochs"] * steps))["bottom"], lowest

@@ -11,7 +11,10 @@ from typing import Callable, Mapping, Sequence
 
 from supernet.config import Architecture, SubnetSpace
 
-SAMPLING_RULES = ("uniform", "sandwich", "top-slot", "bottom-slot", "edges")
+SAMPLING_RULES = ("uniform", "sandwich", "top-slot", "bottom-slot", "edges", "progressive")
+# Progressive shrinking's stages, as fractions of the sampled steps (those after any warm-up):
+# the largest alone, then its fused slots at every length and width, then every subnet.
+PROGRESSIVE_STAGES = (1 / 3, 2 / 3)
 # Which fixed subnets the warm-up trains: the largest within the budget; subnets that between
 # them fuse every slot (the application's budget finds them: autopmf.budget); or the first of
 # those, which fuses the lowest slots that fit at the shortest prompts.
@@ -53,6 +56,11 @@ class ArchSampler:
     the fusion to the [CLS], two roles each slot's prompts must learn; top-slot sampling
     starves the high slots' first role (in the demo's budget 7 of 1,608 steps for slot 5),
     bottom-slot the low slots' last, and either way those subnets stay at chance.
+    progressive: progressive shrinking (OFA, Cai et al. 2020) over `total_steps`: the
+    largest alone for the first third of the sampled steps, so that a distillation teacher
+    has learnt the task before any subnet fits it; then the sandwich over the largest's
+    fused slots with their lengths and widths drawn (elastic width); then the sandwich over
+    every subnet (elastic depth: which slots fuse).
 
     `fit` restricts training to the subnets a search will visit: with the search's repair
     into the memory budget, every draw (largest and smallest included) is stepped down until
@@ -61,9 +69,13 @@ class ArchSampler:
 
     def __init__(self, space: SubnetSpace, rule: str = "uniform", seed: int = 0,
                  fit: Fit | None = None, largest: Architecture | None = None,
-                 warmup_steps: int = 0, warmup_archs: Sequence[Architecture] | None = None):
+                 warmup_steps: int = 0, warmup_archs: Sequence[Architecture] | None = None,
+                 total_steps: int | None = None):
         if rule not in SAMPLING_RULES:
             raise ValueError(f"sampling rule {rule!r} is not one of {SAMPLING_RULES}")
+        if rule == "progressive" and total_steps is None:
+            raise ValueError("progressive sampling needs total_steps: its stages are "
+                             "fractions of the training")
         self.space, self.rule, self.seed, self.fit = space, rule, seed, fit
         # The sandwich's top: the space's largest, or the largest allowed one when given.
         self.largest = largest or largest_arch(space)
@@ -73,14 +85,26 @@ class ArchSampler:
         # leaves that plateau far later than one trained alone.
         self.warmup_steps = warmup_steps
         self.warmup_archs = list(warmup_archs or [self.largest])
+        self.total_steps = total_steps
+
+    def stage(self, step: int) -> int:
+        """Progressive shrinking's stage of `step` (0, 1 or 2): how many of
+        PROGRESSIVE_STAGES' fractions of the sampled steps lie before it."""
+        sampled = max(1, self.total_steps - self.warmup_steps)
+        done = (step - self.warmup_steps) / sampled
+        return sum(done >= edge for edge in PROGRESSIVE_STAGES)
 
     def sample(self, step: int) -> Architecture:
         rng = random.Random(f"autopmf-sampler:{self.seed}:{step}")
+        stage = self.stage(step) if self.rule == "progressive" else 2
+        sandwich = self.rule == "sandwich" or (self.rule == "progressive" and stage > 0)
         if step < self.warmup_steps:
             arch = self.warmup_archs[step % len(self.warmup_archs)]
-        elif self.rule == "sandwich" and step % 3 == 0:
+        elif stage == 0 or (sandwich and step % 3 == 0):
             arch = self.largest
-        elif self.rule == "sandwich" and step % 3 == 1:
+        elif stage == 1:
+            arch = same_slots_arch(self.space, rng, self.largest)
+        elif sandwich and step % 3 == 1:
             arch = smallest_arch(self.space)
         elif self.rule == "top-slot":
             arch = top_slot_arch(self.space, rng)
@@ -91,6 +115,16 @@ class ArchSampler:
         else:
             arch = self.space.random_arch(rng)
         return _fitted(self.space, arch, self.fit)
+
+
+def same_slots_arch(space: SubnetSpace, rng: random.Random, like: Architecture
+                    ) -> Architecture:
+    """A uniform draw that fuses exactly the slots `like` fuses: only its lengths and
+    widths are drawn."""
+    arch = space.random_arch(rng)
+    for slot in space.fusable_slots:
+        arch[f"fusion_{slot}"] = like[f"fusion_{slot}"]
+    return arch
 
 
 def top_slot_arch(space: SubnetSpace, rng: random.Random) -> Architecture:

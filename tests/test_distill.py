@@ -42,11 +42,12 @@ def config(**kw):
                              **kw})
 
 
+@pytest.mark.parametrize("sampling", ["sandwich", "progressive"])
 def test_every_subnet_but_the_largest_learns_the_largests_predictions(tmp_path, cache_dir,
-                                                                        monkeypatch):
-    """Sandwich steps: the largest's own steps take the labels; every other step's loss is
-    the distillation loss against the largest's logits on the same rows, computed with the
-    weights of that step and without a gradient."""
+                                                                        monkeypatch, sampling):
+    """Sandwich (and progressive shrinking's) steps: the largest's own steps take the labels;
+    every other step's loss is the distillation loss against the largest's logits on the
+    same rows, computed with the weights of that step and without a gradient."""
     seen = []
     real_loss = supernet_train.SupernetSteps.loss
 
@@ -64,7 +65,7 @@ def test_every_subnet_but_the_largest_learns_the_largests_predictions(tmp_path, 
 
     monkeypatch.setattr(supernet_train.SupernetSteps, "loss", spying_loss)
     run = train_supernet(tiny_space(), DATA, tmp_path / "kd",
-                         config(sampling="sandwich", distill=True))
+                         config(sampling=sampling, distill=True))
     assert seen and all(match for _, _, match in seen)
     assert all(is_largest == no_teacher for is_largest, no_teacher, _ in seen)
     assert {is_largest for is_largest, _, _ in seen} == {True, False}

@@ -1,5 +1,6 @@
 """The weight-sharing supernet: extraction, entanglement, masked steps, cache, resume, DDP."""
 
+import json
 import os
 import random
 import socket
@@ -147,6 +148,31 @@ def test_edge_slot_sampling_draws_every_highest_or_lowest_fused_slot_alike(rule,
     share = sum(arch[f"fusion_{far}"] for arch in others) / len(others)
     assert 0.35 < share < 0.65
     assert sampler.sample(7) == ArchSampler(space, rule, seed=0).sample(7)
+
+
+def test_progressive_sampling_shrinks_the_largest_in_three_stages():
+    space = tiny_space()
+    # The largest within a made-up budget fuses slots 1 and 2 only.
+    largest = space.canonical({**largest_arch(space), "fusion_0": 0})
+    sampler = ArchSampler(space, "progressive", seed=0, largest=largest, warmup_steps=6,
+                          total_steps=96)
+    draws = [sampler.sample(s) for s in range(96)]
+    # Warm-up, then the first third of the 90 sampled steps: the largest alone.
+    assert all(arch == largest for arch in draws[:36])
+    # Then the largest's slots at drawn lengths, the largest itself every third step.
+    second = draws[36:66]
+    assert all(space.fused_slots(arch) == space.fused_slots(largest) for arch in second)
+    assert [arch == largest for arch in second[::3]] == [True] * 10
+    assert len({json.dumps(arch, sort_keys=True) for arch in second}) > 5
+    # Then the sandwich over every subnet: other slot sets, the smallest among them.
+    third = draws[66:]
+    assert [arch == largest for arch in third[::3]] == [True] * 10
+    assert space.canonical(smallest_arch(space)) in third
+    assert len({tuple(space.fused_slots(arch)) for arch in third}) > 2
+    assert sampler.sample(50) == ArchSampler(space, "progressive", seed=0, largest=largest,
+                                             warmup_steps=6, total_steps=96).sample(50)
+    with pytest.raises(ValueError, match="total_steps"):
+        ArchSampler(space, "progressive", seed=0)
 
 
 def test_edges_sampling_gives_every_slot_both_roles_where_one_edge_starves_one():
