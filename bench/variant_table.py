@@ -4,7 +4,7 @@ Reads the entries `bench/supernet_ranking.py` wrote (by default
 `bench/results/validate_fixed.json`, every variant measured against the fixed-start
 yardstick) and groups the entries whose names differ only in their seed (", seed N" and
 "(data seed N)" are dropped from the name; an entry without a seed is seed 0). Prints a
-Markdown table: per variant, the seeds, each seed's τ of the first scoring, their mean ±
+Markdown table: per variant, the seeds, each seed's τ (of --scoring), their mean ±
 std, the worst seed's interval lower bound and the mean regret.
 
     python bench/variant_table.py [--results FILE] [--scoring probe]
