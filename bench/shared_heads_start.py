@@ -74,7 +74,10 @@ def read(supernet: Supernet, arch: dict, val: SlotCaches, cfg: SupernetConfig
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sampling", choices=SAMPLING_RULES, default="top-slot")
+    # Not progressive: its heads are refitted as each stage starts, not only where
+    # training starts (and its sampler needs the training's length).
+    parser.add_argument("--sampling", choices=[r for r in SAMPLING_RULES if r != "progressive"],
+                        default="top-slot")
     parser.add_argument("--ranking", default=str(ROOT / "bench/results/ranking.json"))
     parser.add_argument("--prompt-init", choices=PROMPT_INITS,
                         help="the supernet's start (default: the yardstick's)")
