@@ -37,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autopmf.baselines import select_probe  # noqa: E402
+from autopmf.baselines import feature_scale, select_probe  # noqa: E402
 from autopmf.build import build_backbone, initialise_supernet  # noqa: E402
 from autopmf.data.registry import load_dataset  # noqa: E402
 from autopmf.feature_store import feature_caches  # noqa: E402
@@ -59,9 +59,10 @@ VAL_EXAMPLES = 512
 
 
 def standardised(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """Features standardised by `train`'s statistics, scaled so a row's squared norm is
-    about 1: a ridge penalty of 1 then weighs like one example."""
-    mean, std = train.mean(0), train.std(0, unbiased=False) + 1e-5
+    """Features standardised by `train`'s statistics as the probe standardises them
+    (`feature_scale`), scaled so a row's squared norm is about 1: a ridge penalty of 1 then
+    weighs like one example."""
+    mean, std = feature_scale(train)
     return [(x - mean) / std / math.sqrt(train.shape[1]) for x in (train, *others)]
 
 
