@@ -477,6 +477,18 @@ def _add_supernet_options(p: argparse.ArgumentParser) -> None:
                    f"(default: {DEFAULT_SLOT_BYTES / GIB:g})")
 
 
+def _few_shot_split(text: str) -> str:
+    """--few-shot's spelling (whether slot J is in the space is checked with the space)."""
+    from supernet.few_shot import FEW_SHOT_SPLITS, SLOT_SPLIT
+
+    rest = text[len(SLOT_SPLIT):] if text.startswith(SLOT_SPLIT) else None
+    if text in FEW_SHOT_SPLITS or (rest is not None and rest.isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
+                                     f"{', '.join(FEW_SHOT_SPLITS)} or {SLOT_SPLIT}J, J a "
+                                     "fusable slot)")
+
+
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     from supernet.few_shot import FEW_SHOT_SPLITS
     from supernet.sampling import SAMPLING_RULES
@@ -485,11 +497,13 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                    help="supernet training: which subnet trains at each step (progressive: "
                    "the largest alone, then its slots at every length, then every subnet, a "
                    "third of the steps each)")
-    p.add_argument("--few-shot", choices=FEW_SHOT_SPLITS, default="none",
+    p.add_argument("--few-shot", default="none", type=_few_shot_split,
+                   metavar="{" + ",".join(FEW_SHOT_SPLITS) + ",slot-J}",
                    help="supernet training: one supernet (none, the default), or one per "
                    "highest (top-slot) or lowest (bottom-slot) fused slot, each trained only on "
-                   "the subnets whose top or bottom fused slot it is; pair it with the "
-                   "--sampling rule of the same name so each gets its share")
+                   "the subnets whose top or bottom fused slot it is (pair it with the "
+                   "--sampling rule of the same name so each gets its share), or two split on "
+                   "whether a subnet fuses slot J (slot-J)")
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=False,
                    help="supernet training: in-place distillation (BigNAS): every subnet but "
                    "the largest within the budget learns the largest's predictions on the same "

@@ -212,7 +212,7 @@ def run_search(space: SearchSpace, data_spec: str, out: Path, cfg: SearchConfig,
         raise AutopmfError("--inherited-score heads reads the supernet's shared heads, which "
                            "an untrained supernet (--epochs 0) does not fit; use "
                            "--inherited-score probe, or train it (--epochs 1 or more)")
-    check_supernet_settings(cfg.supernet)
+    check_supernet_settings(cfg.supernet, space)
     out = Path(out)
     identity = _run_identity(space, data_spec, cfg)
     claim = claim_run_dir(out, identity, resume=resume, force=force, what="search",

@@ -41,7 +41,7 @@ from autopmf.run_dir import (claim_run_dir, fingerprint, holds_run_lock, package
                              run_settings)
 from autopmf.space import SearchSpace
 from autopmf.train import LoopHooks, TrainConfig, batches_per_epoch, train_loop
-from supernet.few_shot import FewShotSupernet, build_supernet
+from supernet.few_shot import FewShotSupernet, build_supernet, split_slot
 from supernet.optim import step_used_only
 from supernet.sampling import ArchSampler, reference_subnets, steps_by_edge_slot
 from supernet.supernet import Supernet
@@ -336,8 +336,12 @@ class SupernetSteps(LoopHooks):
 DISTILL_SAMPLING = ("sandwich", "progressive")
 
 
-def check_supernet_settings(cfg: SupernetConfig) -> None:
+def check_supernet_settings(cfg: SupernetConfig, space: SearchSpace) -> None:
     """Refuse settings that cannot train, before a run folder is claimed."""
+    try:
+        split_slot(cfg.few_shot, space)
+    except ValueError as exc:
+        raise AutopmfError(f"--few-shot: {exc}") from None
     if cfg.sampling == "progressive" and cfg.few_shot != "none":
         # Its stages shrink one largest subnet, which lies in one shot only.
         raise AutopmfError(f"--sampling progressive shrinks one supernet's largest subnet; "
@@ -358,7 +362,7 @@ def train_supernet(space: SearchSpace, data_spec: str, out: Path, cfg: SupernetC
     """`autopmf supernet`: train the supernet into the run folder `out`, claimed like every
     run folder (run_dir.claim_run_dir). `resume` continues an interrupted training, or
     returns a finished one; `force` replaces the run in `out`."""
-    check_supernet_settings(cfg)
+    check_supernet_settings(cfg, space)
     claim = claim_run_dir(out, supernet_identity(space, data_spec, cfg), resume=resume,
                           force=force, what="supernet", outputs=(WEIGHTS, METRICS),
                           finished=METRICS)

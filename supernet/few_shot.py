@@ -1,7 +1,8 @@
 """Few-shot supernets (Zhao et al. 2021): one weight-sharing supernet per value of one
 decision, each trained only on the subnets that take that value.
 
-The decision is a subnet's highest fused slot ("top-slot") or its lowest ("bottom-slot").
+The decision is a subnet's highest fused slot ("top-slot"), its lowest ("bottom-slot"), or
+whether it fuses one given slot J ("slot-J": two shots).
 
 Top: in one supernet, slot k's prompts serve subnets that fuse a slot above k (they feed
 it) and subnets whose top fused slot is k (they carry the signal to the [CLS] alone): two
@@ -18,7 +19,12 @@ do not (BENCHMARKS.md). Split on the bottom slot, each shot sees one input distr
 Measured on the demo (12 epochs, one seed), that split trained nothing: every design stayed
 within 0.09 of chance (BENCHMARKS.md, "Which subnets a sampler trains").
 
-`FewShotSupernet` holds one `Supernet` (a "shot") per fusable slot, sharing the frozen
+Slot J: on the demo every supernet variant trained the designs that fuse slot 3 and left the
+others at or below their start (BENCHMARKS.md, "What the inherited scores rank"): the shared
+prompts served the subnets with slot 3 and lost what the others need. Split on one slot,
+the subnets without it get weights of their own.
+
+`FewShotSupernet` holds one `Supernet` (a "shot") per fusable slot (two for "slot-J"), sharing the frozen
 backbone, each starting from the same weights, and routes every call by the subnet's top
 (or bottom) fused slot; a subnet that fuses nothing goes to the lowest slot's shot (it trains
 only that shot's heads). It answers what a `Supernet` answers, so training, the search
@@ -39,14 +45,30 @@ from supernet.pmf import PMFModel
 from supernet.supernet import Supernet
 from supernet.weights import trainable_state
 
-# How a supernet is split (`build_supernet`): "none" is one supernet, the default.
+# How a supernet is split (`build_supernet`): "none" is one supernet, the default; beside
+# these, "slot-J" splits on whether a subnet fuses slot J (SLOT_SPLIT + J).
 FEW_SHOT_SPLITS = ("none", "top-slot", "bottom-slot")
+SLOT_SPLIT = "slot-"
+# A slot split's two shots: the subnets that do not fuse its slot, and those that do.
+SLOT_SPLIT_SHOTS = ("without", "with")
+
+
+def split_slot(split: str, space: SubnetSpace) -> int | None:
+    """The slot J of a "slot-J" split (None for the named splits); ValueError naming the
+    fusable slots when `split` is neither."""
+    if split in FEW_SHOT_SPLITS:
+        return None
+    slot = split[len(SLOT_SPLIT):] if split.startswith(SLOT_SPLIT) else ""
+    if not slot.isdigit() or int(slot) not in space.fusable_slots:
+        raise ValueError(f"few-shot split {split!r} is not one of {FEW_SHOT_SPLITS} or "
+                         f"{SLOT_SPLIT}J with J a fusable slot "
+                         f"({', '.join(map(str, space.fusable_slots))})")
+    return int(slot)
 
 
 def build_supernet(space: SubnetSpace, backbone: FrozenBackbone, num_classes: int,
                    few_shot: str = "none") -> "Supernet | FewShotSupernet":
-    if few_shot not in FEW_SHOT_SPLITS:
-        raise ValueError(f"few-shot split {few_shot!r} is not one of {FEW_SHOT_SPLITS}")
+    split_slot(few_shot, space)
     if few_shot == "none":
         return Supernet(space, backbone, num_classes)
     return FewShotSupernet(space, backbone, num_classes, split=few_shot)
@@ -56,16 +78,19 @@ class FewShotSupernet(nn.Module):
     def __init__(self, space: SubnetSpace, backbone: FrozenBackbone, num_classes: int,
                  split: str = "top-slot"):
         super().__init__()
-        if split not in FEW_SHOT_SPLITS[1:]:
-            raise ValueError(f"few-shot split {split!r} is not one of {FEW_SHOT_SPLITS[1:]}")
+        if split == "none":
+            raise ValueError("few-shot split 'none' is one supernet: build a Supernet")
+        self.slot = split_slot(split, space)
         self.space = space
         self.split = split
         self.backbone = backbone
         self.num_classes = num_classes
+        names = ([str(j) for j in sorted(space.fusable_slots)] if self.slot is None
+                 else list(SLOT_SPLIT_SHOTS))
         first = Supernet(space, backbone, num_classes)
-        shots = {str(min(space.fusable_slots)): first}
-        for j in sorted(space.fusable_slots)[1:]:
-            shots[str(j)] = shot = Supernet(space, backbone, num_classes)
+        shots = {names[0]: first}
+        for name in names[1:]:
+            shots[name] = shot = Supernet(space, backbone, num_classes)
             # The same start for every shot, as if split from one supernet.
             with torch.no_grad():
                 for mine, theirs in zip(shot.parameters(), first.parameters()):
@@ -79,7 +104,9 @@ class FewShotSupernet(nn.Module):
 
     def split_of(self, arch: Mapping[str, int]) -> str:
         """The name of the shot that holds subnet `arch`'s weights: its top (or bottom)
-        fused slot."""
+        fused slot, or whether it fuses the split's slot."""
+        if self.slot is not None:
+            return SLOT_SPLIT_SHOTS[self.slot in self.space.fused_slots(arch)]
         edge = max if self.split == "top-slot" else min
         return str(edge(self.space.fused_slots(arch), default=self.lowest_fusable_slot))
 

@@ -1,12 +1,15 @@
-"""Few-shot supernets split on the highest or lowest fused slot (supernet.few_shot)."""
+"""Few-shot supernets split on the highest or lowest fused slot, or on whether a subnet fuses
+one slot (supernet.few_shot)."""
 
 import argparse
 import random
+from dataclasses import replace
 
 import pytest
 import torch
 
 from autopmf.build import build_backbone
+from autopmf.errors import AutopmfError
 from autopmf.files import load_tensors
 from autopmf.run_dir import run_settings
 from autopmf.supernet_train import SupernetConfig, shared_head_subnets, train_supernet
@@ -83,6 +86,43 @@ def test_a_bottom_slot_split_routes_by_the_lowest_fused_slot(images):
         supernet.shots["1"]
 
 
+def test_a_slot_split_routes_by_whether_the_subnet_fuses_that_slot(images):
+    space = tiny_space()
+    torch.manual_seed(0)
+    supernet = build_supernet(space, build_backbone(space), 3, "slot-1")
+    assert isinstance(supernet, FewShotSupernet) and list(supernet.shots) == ["without", "with"]
+    states = [shot.trainable_state_dict() for shot in supernet.all_shots()]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    batch = make_batch(supernet.backbone, space, images)
+    rng, seen = random.Random(4), set()
+    while len(seen) < 2:
+        arch = space.random_arch(rng)
+        fuses = 1 in space.fused_slots(arch)
+        seen.add(fuses)
+        assert supernet.shot(arch) is supernet.shots["with" if fuses else "without"]
+        with torch.no_grad():
+            torch.testing.assert_close(supernet.extract(arch)(batch),
+                                       supernet.forward_batch(batch, arch), atol=0, rtol=0)
+    nothing = {key: min(values) for key, values in space.choices().items()}
+    assert supernet.shot(nothing) is supernet.shots["without"]
+
+
+@pytest.mark.parametrize("split", ["slot-3", "slot-", "slot-x", "lowest", "Slot-1"])
+def test_a_split_the_space_cannot_take_is_refused_naming_the_fusable_slots(split):
+    with pytest.raises(ValueError,
+                       match=f"few-shot split '{split}' .*fusable slot \\(0, 1, 2\\)"):
+        build_supernet(tiny_space(), build_backbone(tiny_space()), 2, split)
+
+
+def test_supernet_training_refuses_a_slot_outside_the_space_before_claiming_its_folder(
+        tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(AutopmfError,
+                       match="--few-shot: few-shot split 'slot-5'.*\\(0, 1, 2\\)"):
+        train_supernet(tiny_space(), DATA, out, SupernetConfig(epochs=1, few_shot="slot-5"))
+    assert not out.exists()
+
+
 def test_a_step_moves_only_the_routed_shot_and_in_it_only_what_the_subnet_used(images):
     space = tiny_space()
     torch.manual_seed(1)
@@ -153,6 +193,27 @@ def test_a_few_shot_supernet_trains_resumes_and_gives_its_weights_to_a_retrain(
     assert all(torch.equal(weights[k], expected[k]) for k in weights)
 
 
+def test_a_slot_split_trains_its_slot_only_in_the_shot_that_fuses_it(tmp_path, cache_dir):
+    space = tiny_space()
+    cfg = SupernetConfig(epochs=1, batch_size=16, lr=5e-3, progress=False,
+                         sampling="sandwich", distill=True, few_shot="slot-2")
+    run = train_supernet(space, DATA, tmp_path / "run", cfg)
+    # No epochs: the same supernet as initialised, before any step.
+    start = train_supernet(space, DATA, tmp_path / "start", replace(cfg, epochs=0)
+                           ).supernet.trainable_state_dict()
+    saved = load_tensors(tmp_path / "run" / "supernet.safetensors")
+    assert saved.keys() == start.keys()
+    for key in ("fusion.2.text_query", "fusion.0.text_query", "heads.text.weight"):
+        without, with_ = saved[f"shots.without.{key}"], saved[f"shots.with.{key}"]
+        assert not torch.equal(with_, start[f"shots.with.{key}"]), key
+        if key.startswith("fusion.2."):  # no subnet of its shot reads slot 2
+            assert torch.equal(without, start[f"shots.without.{key}"])
+        else:
+            assert not torch.equal(without, start[f"shots.without.{key}"]), key
+            assert not torch.equal(without, with_), key
+    assert run.metrics["config"]["few_shot"] == "slot-2"
+
+
 def test_the_default_leaves_every_earlier_supernets_fingerprint_as_it_was():
     assert "few_shot" not in run_settings(SupernetConfig())
     assert run_settings(SupernetConfig(few_shot="top-slot"))["few_shot"] == "top-slot"
@@ -171,8 +232,10 @@ def test_cli_few_shot_reaches_the_supernet_config():
     assert config().few_shot == "none"
     assert config("--few-shot", "top-slot").few_shot == "top-slot"
     assert config("--few-shot", "bottom-slot").few_shot == "bottom-slot"
-    with pytest.raises(_UsageError, match="invalid choice: 'lowest'"):
-        config("--few-shot", "lowest")
+    assert config("--few-shot", "slot-2").few_shot == "slot-2"
+    for wrong in ("lowest", "slot-", "slot-two"):
+        with pytest.raises(_UsageError, match=f"invalid choice: '{wrong}' .*slot-J"):
+            config("--few-shot", wrong)
 
 
 def test_every_shots_heads_train_at_the_heads_rate(few_shot):
