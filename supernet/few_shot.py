@@ -19,14 +19,17 @@ do not (BENCHMARKS.md). Split on the bottom slot, each shot sees one input distr
 Measured on the demo (12 epochs, one seed), that split trained nothing: every design stayed
 within 0.09 of chance (BENCHMARKS.md, "Which subnets a sampler trains").
 
-Slot J: on the demo every supernet variant trained the designs that fuse slot 3 and left the
-others at or below their start (BENCHMARKS.md, "What the inherited scores rank"): the shared
-prompts served the subnets with slot 3 and lost what the others need. Split on one slot,
-the subnets without it get weights of their own.
+Slot J: on the demo the supernets trained the designs that fuse slot 3 and left the others
+at or below their start, so one guess was that the shared prompts served the subnets with
+slot 3 and lost what the others need. Split on one slot, the subnets without it get weights
+of their own. Measured on the demo (split on slot 3, the distilled sandwich, four seeds),
+the others stayed at their start and the ranking got worse (BENCHMARKS.md, "Where the
+ranking is lost"): it is an option, not the default.
 
-`FewShotSupernet` holds one `Supernet` (a "shot") per fusable slot (two for "slot-J"), sharing the frozen
-backbone, each starting from the same weights, and routes every call by the subnet's top
-(or bottom) fused slot; a subnet that fuses nothing goes to the lowest slot's shot (it trains
+`FewShotSupernet` holds one `Supernet` (a "shot") per fusable slot (two for "slot-J":
+"without" and "with"), sharing the frozen backbone, each starting from the same weights,
+and routes every call by the subnet's top (or bottom) fused slot, or by whether it fuses
+slot J; a subnet that fuses nothing goes to the lowest slot's shot (or "without"; it trains
 only that shot's heads). It answers what a `Supernet` answers, so training, the search
 and `extract` need not know which one they hold.
 """
@@ -60,8 +63,8 @@ def split_slot(split: str, space: SubnetSpace) -> int | None:
         return None
     slot = split[len(SLOT_SPLIT):] if split.startswith(SLOT_SPLIT) else ""
     if not slot.isdigit() or int(slot) not in space.fusable_slots:
-        raise ValueError(f"few-shot split {split!r} is not one of {FEW_SHOT_SPLITS} or "
-                         f"{SLOT_SPLIT}J with J a fusable slot "
+        raise ValueError(f"few-shot split {split!r} is not one of "
+                         f"{', '.join(FEW_SHOT_SPLITS)} or {SLOT_SPLIT}J with J a fusable slot "
                          f"({', '.join(map(str, space.fusable_slots))})")
     return int(slot)
 
