@@ -38,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from autopmf.choices import PROBE_EXAMPLES  # noqa: E402
 from autopmf.files import atomic_write_json  # noqa: E402
 from autopmf.ranking import kendall_tau_b  # noqa: E402
 from bench.variant_table import grouped  # noqa: E402
@@ -73,31 +74,37 @@ def mean_std(values: list[float]) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", default=str(ROOT / "bench/results/validate_fixed.json"))
-    parser.add_argument("--ranking", default=str(ROOT / "bench/results/ranking.json"))
+    parser.add_argument("--results", default="bench/results/validate_fixed.json")
+    parser.add_argument("--ranking", default="bench/results/ranking.json")
     parser.add_argument("--untrained", default="fixed start, untrained (--epochs 0), probe on",
                         help="the start's entries: those whose variant name begins so")
     parser.add_argument("--scoring", default="probe")
     parser.add_argument("--top", type=int, default=3, help="k: the yardstick's top designs")
-    parser.add_argument("--out", default=str(ROOT / "bench/results/ranking_decomposition.json"))
+    parser.add_argument("--out", default="bench/results/ranking_decomposition.json")
     args = parser.parse_args()
 
-    yardstick = json.loads(Path(args.ranking).read_text())
+    yardstick = json.loads((ROOT / args.ranking).read_text())
     designs = [row["design"] for row in yardstick["per_design"]]
     standalone = [row["val_mean"] for row in yardstick["per_design"]]
     n, k = len(designs), args.top
     if not 0 < k < n:
         parser.error(f"--top must be between 1 and {n - 1}, got {k}")
-    entries = [e for e in json.loads(Path(args.results).read_text())["variants"]
+    entries = [e for e in json.loads((ROOT / args.results).read_text())["variants"]
                if e.get("design_names", designs) == designs]
+    for entry in entries:  # entries from before the field probed the default sample
+        entry.setdefault("probe_examples", PROBE_EXAMPLES)
     starts = {e["probe_examples"]: e["by_scoring"][args.scoring]["inherited"] for e in entries
               if e["variant"].startswith(args.untrained) and args.scoring in e["by_scoring"]}
     for entry in entries:  # each scoring's result carries its entry's probe size
         for result in entry["by_scoring"].values():
             result["probe_examples"] = entry["probe_examples"]
+        if entry["probe_examples"] not in starts:
+            parser.error(f"{args.results} has no untrained entry ('{args.untrained} ...') "
+                         f"with a probe on {entry['probe_examples']} examples, which "
+                         f"{entry['variant']!r} needs as its start")
+    top = [designs[i] for i in decompose(standalone, standalone, k)["top"]]
     variants = {}
-    print(f"top {k} of {n} by seed-mean standalone score: "
-          + ", ".join(designs[i] for i in decompose(standalone, standalone, k)["top"]))
+    print(f"top {k} of {n} by seed-mean standalone score: {', '.join(top)}")
     print("| variant | seeds | τ mean | separation | τ within the top | τ within the rest | "
           "lift of the rest | lift of the top |")
     print("|---|---|---|---|---|---|---|---|")
@@ -123,10 +130,9 @@ def main() -> None:
         print(f"| {variant} | {len(rows)} | {shown('kendall_tau')} | {shown('separation')} | "
               f"{shown('tau_top')} | {shown('tau_rest')} | {shown('lift_rest')} | "
               f"{shown('lift_top')} |")
-    atomic_write_json(Path(args.out), {
+    atomic_write_json(ROOT / args.out, {
         "yardstick": args.ranking, "results": args.results, "scoring": args.scoring,
-        "designs": designs, "top_k": k, "top": [designs[i] for i in
-                                               decompose(standalone, standalone, k)["top"]],
+        "designs": designs, "top_k": k, "top": top,
         "tau_if_top_separated_and_rest_random": mixed_tau(n, k, 1.0, 1.0, 0.0),
         "tau_rest_needed_for_0.7": (0.7 * comb(n, 2) - k * (n - k) - comb(k, 2))
         / comb(n - k, 2),
